@@ -1,0 +1,1 @@
+//! The QueueSupervisor and its WorkerActors.

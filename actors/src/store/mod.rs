@@ -1,0 +1,123 @@
+//! Storage behind one async trait. Backends: [`memory`] (nothing survives a restart) and
+//! [`sqlite`] (embedded, durable, the default). Every backend passes [`conformance`].
+//!
+//! The store is the authority on a task's final status: [`Store::finish_task`] writes a final
+//! record only over a live one, so whichever path ends a task first (completion, cancel,
+//! timeout, shutdown) wins and later writers are told they lost.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::model::{Priority, Session, SessionId, SessionStatus, Task, TaskId, TaskStatus};
+
+#[cfg(test)]
+mod conformance;
+pub mod memory;
+pub mod sqlite;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum StoreError {
+    /// The backend cannot be reached or failed to write; the caller answers 503.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read back (a bug or a corrupted file).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Filters for [`Store::list_tasks`].
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub session_id: Option<SessionId>,
+    /// `Some(owner)`: only tasks of that key (`Some(None)`: anonymous ones). `None`: all.
+    pub owner: Option<Option<String>>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Filters for [`Store::list_sessions`].
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub status: Option<SessionStatus>,
+    pub project_path: Option<String>,
+    /// Case-insensitive substring of id, project path or metadata (JSON text).
+    pub query: Option<String>,
+    pub owner: Option<Option<String>>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// Counts of tasks per status and the cost of all stored tasks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskCounts {
+    pub by_status: HashMap<TaskStatus, u64>,
+    pub total_cost_usd: f64,
+}
+
+impl TaskCounts {
+    pub fn get(&self, s: TaskStatus) -> u64 {
+        self.by_status.get(&s).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.by_status.values().sum()
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `memory`, `sqlite` or `redis`.
+    fn kind(&self) -> &'static str;
+    /// Cheap check that the backend answers (for `/health`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- tasks
+    /// Store a new task durably (on disk for SQLite when this returns). Assigns `seq`, which
+    /// increases with every insert, and returns the stored record.
+    async fn insert_task(&self, task: Task) -> StoreResult<Task>;
+    async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>>;
+    /// `pending` → `processing`, sets `started_at`, increments `attempts`. Returns the updated
+    /// task, or `None` when it was not pending (cancelled meanwhile): then it must not run.
+    async fn start_task(&self, id: TaskId, at: DateTime<Utc>) -> StoreResult<Option<Task>>;
+    /// Write a final record (its status must be final) over a live one. Returns `false`, and
+    /// writes nothing, when the stored task is already final or missing.
+    async fn finish_task(&self, task: &Task) -> StoreResult<bool>;
+    /// Change the priority of a pending task. `false` when it is not pending.
+    async fn set_priority(&self, id: TaskId, priority: Priority) -> StoreResult<bool>;
+    /// A page of tasks and the total matching. With `status = pending`: run order (priority
+    /// desc, then seq asc); otherwise newest first (seq desc).
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<(Vec<Task>, u64)>;
+    /// Every pending task, in run order (used to rebuild the queue at start-up).
+    async fn pending_tasks(&self) -> StoreResult<Vec<Task>>;
+    /// Tasks left `processing` by a previous process: end each `failed` with code
+    /// `interrupted` (never run again). Returns their ids.
+    async fn interrupt_processing(&self, at: DateTime<Utc>) -> StoreResult<Vec<TaskId>>;
+    async fn task_counts(&self) -> StoreResult<TaskCounts>;
+    /// Delete final tasks completed before `before`. Returns how many.
+    async fn delete_tasks_finished_before(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    // ---- sessions
+    async fn insert_session(&self, session: &Session) -> StoreResult<()>;
+    async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>>;
+    /// Replace a stored session. `false` when it does not exist.
+    async fn update_session(&self, session: &Session) -> StoreResult<bool>;
+    async fn delete_session(&self, id: SessionId) -> StoreResult<bool>;
+    /// Newest first (`created_at` desc) and the total matching.
+    async fn list_sessions(&self, filter: &SessionFilter) -> StoreResult<(Vec<Session>, u64)>;
+    /// Delete sessions whose `updated_at` is before `before`. Returns how many.
+    async fn delete_sessions_idle_since(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    // ---- statistics: one JSON document per UTC day, owned by the statistics actor
+    async fn save_stats_day(&self, day: NaiveDate, doc: &serde_json::Value) -> StoreResult<()>;
+    /// Days in `from..=to`, ascending.
+    async fn load_stats_days(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<(NaiveDate, serde_json::Value)>>;
+    async fn prune_stats_before(&self, day: NaiveDate) -> StoreResult<u64>;
+}

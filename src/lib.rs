@@ -1,0 +1,1 @@
+//! claude-code-server: the HTTP daemon around the Claude Code CLI.

@@ -1,1 +1,11 @@
 //! claude-code-server: the HTTP daemon around the Claude Code CLI.
+//!
+//! * [`app`]   — the application assembled and bound to its port.
+//! * [`http`]  — routes, extractors, errors; handlers only validate and talk to the actors.
+//! * [`state`] — what handlers share.
+//!
+//! The actors and the pure logic they wrap live in the `actors` crate.
+
+pub mod app;
+pub mod http;
+pub mod state;

@@ -14,6 +14,8 @@ pub enum ErrorCode {
     ValidationError,
     /// `project_path` does not exist or is not a directory.
     InvalidProjectPath,
+    /// `webhook_url` is not an acceptable http(s) URL.
+    InvalidWebhookUrl,
     /// `project_path` resolves outside `allowedProjectRoots`.
     ForbiddenPath,
     /// A feature the config turns off, or an action the key may not take.
@@ -76,7 +78,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            InvalidJson | ValidationError | InvalidProjectPath => 400,
+            InvalidJson | ValidationError | InvalidProjectPath | InvalidWebhookUrl => 400,
             Unauthorized => 401,
             ForbiddenPath | Forbidden => 403,
             NotFound | RouteNotFound => 404,
@@ -87,9 +89,9 @@ impl ErrorCode {
             MaxTurnsExceeded => 422,
             RateLimited | BudgetExceeded => 429,
             CliError | CliNotAuthenticated | CliApiError | CliCrashed | CliUnavailable => 502,
-            QueueFull | ShuttingDown | StorageUnavailable => 503,
+            QueueFull | ShuttingDown | StorageUnavailable | Interrupted => 503,
             Timeout | IdleTimeout => 504,
-            Interrupted | InternalError => 500,
+            InternalError => 500,
         }
     }
 
@@ -100,6 +102,7 @@ impl ErrorCode {
             InvalidJson => "invalid_json",
             ValidationError => "validation_error",
             InvalidProjectPath => "invalid_project_path",
+            InvalidWebhookUrl => "invalid_webhook_url",
             ForbiddenPath => "forbidden_path",
             Forbidden => "forbidden",
             Unauthorized => "unauthorized",

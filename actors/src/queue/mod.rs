@@ -1,1 +1,281 @@
-//! The QueueSupervisor and its WorkerActors.
+//! The scheduler: every run is a task, and every task goes through one [`Queue`].
+//!
+//! * [`order`]      — pending tasks in run order (pure).
+//! * [`supervisor`] — the QueueSupervisor: one tokio task that owns the pending order, the
+//!   running set and the concurrency limit, and is driven by messages.
+//! * [`worker`]     — the WorkerActor: one per run; starts the task in the store, runs the CLI,
+//!   writes the final record, reports back.
+//!
+//! Store writes happen in the callers' tasks, not in the supervisor's loop, so the mailbox never
+//! waits on disk and concurrent submissions share one SQLite commit.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::error::ErrorCode;
+use crate::model::{Priority, RunOutcome, Task, TaskError, TaskId, TaskStatus};
+use crate::store::{Store, StoreError};
+
+pub mod order;
+pub mod supervisor;
+pub mod worker;
+
+use supervisor::Msg;
+
+/// Why a submission or a control request failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum QueueError {
+    #[error("the queue is full ({0} tasks pending); try again later")]
+    QueueFull(u64),
+    #[error("the server is shutting down and accepts no new runs")]
+    ShuttingDown,
+    #[error("task not found")]
+    NotFound,
+    #[error("the task has already finished ({0})")]
+    AlreadyFinished(&'static str),
+    #[error("only a pending task can change priority (this one is {0})")]
+    NotPending(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl QueueError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            QueueError::QueueFull(_) => ErrorCode::QueueFull,
+            QueueError::ShuttingDown => ErrorCode::ShuttingDown,
+            QueueError::NotFound => ErrorCode::NotFound,
+            QueueError::AlreadyFinished(_) | QueueError::NotPending(_) => ErrorCode::InvalidState,
+            QueueError::Store(_) => ErrorCode::StorageUnavailable,
+        }
+    }
+}
+
+/// Why a task is being cancelled: recorded in its error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// `DELETE /api/tasks/:id`.
+    Requested,
+    /// The sync client went away (`cancelOnDisconnect`).
+    ClientDisconnected,
+}
+
+impl CancelReason {
+    fn message(self) -> &'static str {
+        match self {
+            CancelReason::Requested => "The task was cancelled.",
+            CancelReason::ClientDisconnected => {
+                "The task was cancelled because its client disconnected."
+            }
+        }
+    }
+}
+
+/// A submitted task, and for sync callers the receiver of its final record.
+pub struct Submitted {
+    pub task: Task,
+    pub done: Option<oneshot::Receiver<Task>>,
+}
+
+/// Live figures of the scheduler (from memory, no storage access).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveStatus {
+    pub pending: u64,
+    pub running: u64,
+    pub concurrency: u64,
+    pub accepting: bool,
+}
+
+/// Counters shared between the handle and the supervisor.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Pending tasks, including submissions reserved but not yet stored (so `maxPending`
+    /// cannot be overshot by concurrent submissions).
+    pending: AtomicU64,
+    running: AtomicU64,
+    concurrency: AtomicU64,
+    max_pending: AtomicU64,
+    accepting: AtomicBool,
+}
+
+/// The handle every HTTP handler uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::UnboundedSender<Msg>,
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+}
+
+impl Queue {
+    /// Recover from a previous run (tasks left `processing` end `failed`/`interrupted`; pending
+    /// tasks are queued again in order) and start the supervisor.
+    pub async fn start(store: Arc<dyn Store>, config: Arc<Config>) -> Result<Queue, StoreError> {
+        let interrupted = store.interrupt_processing(Utc::now()).await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                count = interrupted.len(),
+                "tasks that were running when the server stopped are marked failed/interrupted"
+            );
+        }
+        let pending = store.pending_tasks().await?;
+        let shared = Arc::new(Shared {
+            pending: AtomicU64::new(pending.len() as u64),
+            running: AtomicU64::new(0),
+            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
+            max_pending: AtomicU64::new(config.task_queue.max_pending),
+            accepting: AtomicBool::new(true),
+        });
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "pending tasks recovered from storage"
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Queue {
+            tx,
+            store: store.clone(),
+            shared: shared.clone(),
+        };
+        let sup = supervisor::Supervisor::new(store, config, shared, queue.tx.clone(), pending);
+        tokio::spawn(sup.run(rx));
+        Ok(queue)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Store a new task durably, then queue it. With `wait`, also return a receiver for its
+    /// final record. A returned `Ok` means the task is on disk (SQLite) and will run.
+    pub async fn submit(&self, task: Task, wait: bool) -> Result<Submitted, QueueError> {
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(QueueError::ShuttingDown);
+        }
+        self.reserve_pending_slot()?;
+        let stored = match self.store.insert_task(task).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+                return Err(e.into());
+            }
+        };
+        let (done_tx, done_rx) = if wait {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let msg = Msg::Enqueue {
+            id: stored.id,
+            priority: stored.priority,
+            seq: stored.seq,
+            waiter: done_tx,
+        };
+        if self.tx.send(msg).is_err() {
+            // The supervisor is gone (shutdown): the task stays pending in storage and runs
+            // after the next start.
+            return Err(QueueError::ShuttingDown);
+        }
+        Ok(Submitted {
+            task: stored,
+            done: done_rx,
+        })
+    }
+
+    fn reserve_pending_slot(&self) -> Result<(), QueueError> {
+        let max = self.shared.max_pending.load(Ordering::SeqCst);
+        self.shared
+            .pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(QueueError::QueueFull)
+    }
+
+    /// Wait for the final record of a task that is already queued (e.g. a batch item).
+    pub async fn wait_for(&self, id: TaskId) -> Result<Task, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Msg::Watch { id, waiter: tx });
+        match rx.await {
+            Ok(task) => Ok(task),
+            // Not tracked by the supervisor: it is already final (or unknown).
+            Err(_) => self.store.get_task(id).await?.ok_or(QueueError::NotFound),
+        }
+    }
+
+    /// Cancel a task. Pending: it never runs. Running: its final status is written as
+    /// `cancelled` now, and its process group is killed; the slot frees once it is dead.
+    pub async fn cancel(&self, id: TaskId, reason: CancelReason) -> Result<Task, QueueError> {
+        let mut task = self.store.get_task(id).await?.ok_or(QueueError::NotFound)?;
+        if task.status.is_final() {
+            return Err(QueueError::AlreadyFinished(task.status.as_str()));
+        }
+        let now = Utc::now();
+        let ran_ms = task
+            .started_at
+            .map(|s| (now - s).num_milliseconds().max(0) as u64)
+            .unwrap_or(0);
+        let outcome = RunOutcome {
+            status: TaskStatus::Cancelled,
+            report: None,
+            error: Some(TaskError::new(ErrorCode::Cancelled, reason.message())),
+            cost_usd: 0.0,
+            duration_ms: ran_ms,
+        };
+        task.finish(&outcome, now);
+        if !self.store.finish_task(&task).await? {
+            let current = self.store.get_task(id).await?.ok_or(QueueError::NotFound)?;
+            return Err(QueueError::AlreadyFinished(current.status.as_str()));
+        }
+        let _ = self.tx.send(Msg::Cancelled {
+            id,
+            task: Box::new(task.clone()),
+        });
+        Ok(task)
+    }
+
+    /// Change a pending task's priority; it takes its new place at once.
+    pub async fn set_priority(&self, id: TaskId, priority: Priority) -> Result<Task, QueueError> {
+        if !self.store.set_priority(id, priority).await? {
+            let task = self.store.get_task(id).await?.ok_or(QueueError::NotFound)?;
+            return Err(QueueError::NotPending(task.status.as_str()));
+        }
+        let _ = self.tx.send(Msg::Reprioritise { id, priority });
+        self.store.get_task(id).await?.ok_or(QueueError::NotFound)
+    }
+
+    pub fn live_status(&self) -> LiveStatus {
+        LiveStatus {
+            pending: self.shared.pending.load(Ordering::SeqCst),
+            running: self.shared.running.load(Ordering::SeqCst),
+            concurrency: self.shared.concurrency.load(Ordering::SeqCst),
+            accepting: self.shared.accepting.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Apply a new config: concurrency, limits and runner settings take effect for the next
+    /// dispatch.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        self.shared
+            .max_pending
+            .store(config.task_queue.max_pending, Ordering::SeqCst);
+        let _ = self.tx.send(Msg::Reconfigure(config));
+    }
+
+    /// Stop accepting runs; give running ones `grace` to finish, then kill them (they end
+    /// `failed`/`interrupted`). Pending tasks stay pending in storage. Returns when no run is left.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown { grace, done: tx }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

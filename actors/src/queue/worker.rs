@@ -1,0 +1,109 @@
+//! The WorkerActor: one run of one task, from `pending` to its final record.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+
+use super::supervisor::Msg;
+use crate::claude::{process, RunnerSettings, StopReason};
+use crate::config::Config;
+use crate::model::{Task, TaskId};
+use crate::store::{Store, StoreError};
+
+/// The runner settings a config gives. Read at each dispatch, so a reload applies to the next run.
+pub fn runner_settings(config: &Config) -> RunnerSettings {
+    let ms = Duration::from_millis;
+    RunnerSettings {
+        claude_path: PathBuf::from(config.claude_path.as_deref().unwrap_or("claude")),
+        path_prefix: config.nvm_bin.as_deref().map(PathBuf::from),
+        env: config.claude_env.clone(),
+        kill_grace: ms(config.task_queue.kill_grace_ms),
+        idle_timeout: (config.task_queue.idle_timeout > 0)
+            .then(|| ms(config.task_queue.idle_timeout)),
+        max_line_bytes: usize::try_from(config.limits.max_output_line_bytes).unwrap_or(usize::MAX),
+        stderr_tail_bytes: usize::try_from(config.limits.stderr_tail_bytes).unwrap_or(usize::MAX),
+    }
+}
+
+/// Run one task and report to the supervisor. The report is sent only after the process group
+/// is gone, so the slot is never freed while a process of the run lives.
+pub(crate) async fn run_task(
+    id: TaskId,
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    stop: watch::Receiver<Option<StopReason>>,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    let task = execute(id, &store, &config, stop).await.map(Box::new);
+    let _ = tx.send(Msg::Finished { id, task });
+}
+
+async fn execute(
+    id: TaskId,
+    store: &Arc<dyn Store>,
+    config: &Config,
+    stop: watch::Receiver<Option<StopReason>>,
+) -> Option<Task> {
+    let started = retry("start task", &stop, || store.start_task(id, Utc::now())).await?;
+    let Some(task) = started else {
+        // Cancelled before it started: it never runs.
+        return store.get_task(id).await.ok().flatten();
+    };
+    if stop.borrow().is_some() {
+        // Cancelled between dispatch and start; the canceller wrote the final record.
+        return store.get_task(id).await.ok().flatten();
+    }
+    tracing::info!(task_id = %id, "run started");
+    tracing::debug!(task_id = %id, prompt = %task.spec.prompt, "run prompt");
+    let settings = runner_settings(config);
+    let outcome = process::run(&task.spec, &settings, stop.clone(), &mut |_event| {}).await;
+    tracing::info!(
+        task_id = %id,
+        status = outcome.status.as_str(),
+        duration_ms = outcome.duration_ms,
+        cost_usd = outcome.cost_usd,
+        "run ended"
+    );
+    let mut task = task;
+    task.finish(&outcome, Utc::now());
+    // Whoever wrote a final status first (a cancel) wins; then report what is stored.
+    let (never_stop_tx, never_stop) = watch::channel(None);
+    let written = retry("finish task", &never_stop, || store.finish_task(&task)).await;
+    drop(never_stop_tx);
+    match written {
+        Some(true) => Some(task),
+        _ => store.get_task(id).await.ok().flatten(),
+    }
+}
+
+/// Retry a storage call with backoff while the storage is unavailable (up to about five
+/// minutes), so a passing outage loses nothing. Gives up early when the run is being stopped.
+async fn retry<T, F, Fut>(
+    what: &str,
+    stop: &watch::Receiver<Option<StopReason>>,
+    mut call: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        match call().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "storage failed to {what}; retrying");
+                if tokio::time::Instant::now() + delay > deadline || stop.borrow().is_some() {
+                    tracing::error!("giving up: storage failed to {what}");
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

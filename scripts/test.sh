@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs every test of claude-code-server on a fresh machine.
+#
+# It provisions what the tests need and fails loudly when something cannot be had — it never
+# skips a test silently:
+#   * the pinned real Claude CLI (npm package @anthropic-ai/claude-code), into a cache
+#     directory, for the end-to-end tests (Node.js and npm come from apt when missing);
+# then checks formatting and lints, and runs the whole test suite.
+#
+# Environment: CCS_CACHE_DIR (default ./.cache) holds the provisioned tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLAUDE_CLI_VERSION="2.1.197"
+CACHE_DIR="${CCS_CACHE_DIR:-$PWD/.cache}"
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+
+apt_install() {
+  command -v apt-get >/dev/null || die "$1 is missing and apt-get is not available to install it"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  say "installing $* with apt"
+  $sudo apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null || die "apt-get install $* failed"
+}
+
+command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup"
+
+# ---- the real Claude CLI, pinned, in the cache
+CLAUDE_DIR="$CACHE_DIR/claude-cli-$CLAUDE_CLI_VERSION"
+CLAUDE_BIN="$CLAUDE_DIR/node_modules/.bin/claude"
+if [ ! -x "$CLAUDE_BIN" ]; then
+  command -v npm >/dev/null || apt_install nodejs npm
+  say "installing @anthropic-ai/claude-code@$CLAUDE_CLI_VERSION into $CLAUDE_DIR"
+  mkdir -p "$CLAUDE_DIR"
+  (cd "$CLAUDE_DIR" && npm install --no-audit --no-fund --loglevel=error "@anthropic-ai/claude-code@$CLAUDE_CLI_VERSION") \
+    || die "npm could not install the Claude CLI"
+fi
+got="$("$CLAUDE_BIN" --version 2>/dev/null || true)"
+case "$got" in
+  "$CLAUDE_CLI_VERSION"*) say "real Claude CLI: $got" ;;
+  *) die "the cached Claude CLI answers '$got', expected $CLAUDE_CLI_VERSION (remove $CLAUDE_DIR)" ;;
+esac
+export CCS_REAL_CLAUDE="$CLAUDE_BIN"
+
+# ---- checks and tests
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "cargo test"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$CACHE_DIR/last-test.log"
+status=${PIPESTATUS[0]}
+passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' "$CACHE_DIR/last-test.log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$CACHE_DIR/last-test.log" | awk '{s+=$1} END {print s+0}')
+echo "$passed passed, $failed failed"
+exit "$status"

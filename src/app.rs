@@ -1,0 +1,223 @@
+//! `Application`: the daemon assembled — config, storage, queue, HTTP — bound to its port.
+//! Tests build one on port 0 and drive it over HTTP; `serve` builds one and runs it until a
+//! signal.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+
+use actors::claude::process::cli_version;
+use actors::config::load::{load, Environment};
+use actors::config::{Config, StorageType};
+use actors::queue::worker::runner_settings;
+use actors::queue::Queue;
+use actors::store::memory::MemoryStore;
+use actors::store::sqlite::SqliteStore;
+use actors::store::Store;
+
+use crate::state::{AppState, ClaudeInfo};
+
+/// How to build the application.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub config_path: PathBuf,
+    /// `--host`: wins over `HOST` and the file.
+    pub host: Option<String>,
+    /// `--port`: wins over `PORT` and the file.
+    pub port: Option<u16>,
+    /// The environment to read `HOME`, `PORT`, `HOST`, `PATH` from (`None`: the process's).
+    pub env: Option<Environment>,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    port: u16,
+}
+
+impl Application {
+    pub async fn build(opts: Options) -> anyhow::Result<Application> {
+        let env = opts.env.clone().unwrap_or_else(Environment::from_process);
+        let loaded = load(&opts.config_path, &env)?;
+        if loaded.created {
+            tracing::info!(path = %opts.config_path.display(), "wrote the default config file");
+        }
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let mut config = loaded.config;
+        if let Some(h) = opts.host {
+            config.host = h;
+        }
+        if let Some(p) = opts.port {
+            config.port = p;
+        }
+        config.validate()?;
+        check_bind_policy(&config)?;
+        let config = Arc::new(config);
+
+        let store = open_store(&config)?;
+        let queue = Queue::start(store.clone(), config.clone())
+            .await
+            .context("cannot recover the task queue from storage")?;
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState::new(config.clone(), queue, store, opts.config_path.clone());
+
+        // The version check runs beside start-up so the port answers at once.
+        let check_state = state.clone();
+        let settings = runner_settings(&config);
+        tokio::spawn(async move {
+            let version = cli_version(&settings).await;
+            match &version {
+                Some(v) => {
+                    tracing::info!(version = %v, path = %settings.claude_path.display(), "Claude CLI found")
+                }
+                None => {
+                    tracing::warn!(path = %settings.claude_path.display(), "Claude CLI did not answer `--version`; runs will fail")
+                }
+            }
+            check_state.set_claude_info(ClaudeInfo {
+                version,
+                checked: true,
+            });
+        });
+        Ok(Application {
+            listener,
+            state,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `shutdown` resolves; then stop taking runs, give running ones
+    /// `shutdownGraceMs` before killing them, finish in-flight responses and return.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            port,
+        } = self;
+        let config = state.config();
+        let pid_file = PathBuf::from(&config.pid_file);
+        write_pid_file(&pid_file);
+        tracing::info!(host = %config.host, port, storage = state.store.kind(), "listening");
+
+        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let router = crate::http::router(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop_rx.await;
+                })
+                .await
+        });
+
+        shutdown.await;
+        let grace = Duration::from_millis(state.config().shutdown_grace_ms);
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: no new runs; waiting for running ones"
+        );
+        state.queue.shutdown(grace).await;
+        let _ = http_stop_tx.send(());
+        // Responses of finished runs are flushed; a stream that never ends does not hold us.
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+            Err(_) => tracing::warn!("open connections did not close within 5 s; exiting anyway"),
+        }
+        remove_pid_file(&pid_file);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// With no API keys the server may listen on loopback only, unless `auth.allowAnonymous`.
+fn check_bind_policy(config: &Config) -> anyhow::Result<()> {
+    if !config.auth.api_keys.is_empty() || config.auth.allow_anonymous || is_loopback(&config.host)
+    {
+        return Ok(());
+    }
+    bail!(
+        "refusing to listen on {} without API keys: anyone who can reach the port could run Claude \
+         with your credentials. Add a key under auth.apiKeys in the config, listen on 127.0.0.1, \
+         or set auth.allowAnonymous to true if a proxy in front authenticates callers.",
+        config.host
+    )
+}
+
+fn is_loopback(host: &str) -> bool {
+    if host == "localhost" {
+        return true;
+    }
+    host.trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.storage_type {
+        StorageType::Memory => Arc::new(MemoryStore::new()),
+        StorageType::Sqlite => {
+            let path = Path::new(&config.data_dir).join("claude-code-server.db");
+            Arc::new(SqliteStore::open(&path).with_context(|| format!("cannot open the SQLite database {}", path.display()))?)
+        }
+        StorageType::Redis => bail!("storageType \"redis\" is not available in this build yet; use \"sqlite\" or \"memory\""),
+    })
+}
+
+fn write_pid_file(path: &Path) {
+    let result = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|_| std::fs::write(path, format!("{}\n", std::process::id())));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the pid file");
+    }
+}
+
+fn remove_pid_file(path: &Path) {
+    // Only our own pid file: another instance may have taken the path since.
+    let ours = std::fs::read_to_string(path)
+        .map(|s| s.trim() == std::process::id().to_string())
+        .unwrap_or(false);
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("::1"));
+        assert!(is_loopback("[::1]"));
+        assert!(is_loopback("localhost"));
+        assert!(!is_loopback("0.0.0.0"));
+        assert!(!is_loopback("192.168.1.4"));
+    }
+}

@@ -1,0 +1,148 @@
+//! `POST /api/claude`: run a prompt, synchronously (the request waits for its task) or
+//! asynchronously (202 with the task id).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use actors::error::ErrorCode;
+use actors::model::{Task, TaskMode, TaskStatus};
+use actors::queue::{CancelReason, Queue};
+
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::run_request::{validate, RunRequest, ValidatedRun};
+use crate::state::AppState;
+
+pub async fn run_claude(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    let config = state.config();
+    let run = validate(req, &config)?;
+    if run.session_id.is_some() {
+        return Err(ApiError::not_found("Session"));
+    }
+    if run.stream {
+        return Err(ApiError::new(
+            ErrorCode::ValidationError,
+            "Streaming answers (`stream: true`) are not available on this server yet.",
+        )
+        .with_details(json!({"field": "stream", "rule": "not supported yet"})));
+    }
+    if run.is_async {
+        let task = build_task(run, TaskMode::Async);
+        let submitted = state.queue.submit(task, false).await?;
+        return Ok((StatusCode::ACCEPTED, Json(async_answer(&submitted.task))).into_response());
+    }
+    let task = build_task(run, TaskMode::Sync);
+    let finished = run_sync(&state.queue, task, config.cancel_on_disconnect).await?;
+    Ok(sync_answer(&finished))
+}
+
+pub fn build_task(run: ValidatedRun, mode: TaskMode) -> Task {
+    let mut task = Task::new(run.spec, run.priority, mode);
+    task.webhook_url = run.webhook_url;
+    task.metadata = run.metadata;
+    task.session_id = run.session_id;
+    task
+}
+
+/// Submit a task and wait for its final record. If this future is dropped (the client went
+/// away; hyper drops the handler), the guard cancels the run, which kills its process group.
+pub async fn run_sync(
+    queue: &Queue,
+    task: Task,
+    cancel_on_disconnect: bool,
+) -> Result<Task, ApiError> {
+    let submitted = queue.submit(task, true).await?;
+    let id = submitted.task.id;
+    let mut guard = CancelOnDrop {
+        queue: queue.clone(),
+        id,
+        armed: cancel_on_disconnect,
+    };
+    let finished = match submitted.done {
+        Some(done) => match done.await {
+            Ok(task) => task,
+            Err(_) => queue.wait_for(id).await?,
+        },
+        None => queue.wait_for(id).await?,
+    };
+    guard.armed = false;
+    if !finished.status.is_final() {
+        // The supervisor stopped (shutdown) before the task ran; it stays pending.
+        return Err(ApiError {
+            task_id: Some(id),
+            ..ApiError::new(
+                ErrorCode::ShuttingDown,
+                "The server is shutting down; the task is kept and runs after the restart.",
+            )
+        });
+    }
+    Ok(finished)
+}
+
+struct CancelOnDrop {
+    queue: Queue,
+    id: actors::model::TaskId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let queue = self.queue.clone();
+        let id = self.id;
+        tracing::info!(task_id = %id, "client disconnected; cancelling its run");
+        // Drop cannot await; the cancel runs on its own task.
+        tokio::spawn(async move {
+            if let Err(e) = queue.cancel(id, CancelReason::ClientDisconnected).await {
+                tracing::debug!(task_id = %id, error = %e, "cancel after disconnect not needed");
+            }
+        });
+    }
+}
+
+/// The 202 body of an async submission.
+pub fn async_answer(task: &Task) -> Value {
+    json!({
+        "success": true,
+        "task_id": task.id,
+        "status": task.status,
+        "priority": task.priority,
+        "session_id": task.session_id,
+        "webhook_url": task.webhook_url,
+    })
+}
+
+/// The answer for a finished task: 200 with the result, or its error with the right status.
+pub fn sync_answer(task: &Task) -> Response {
+    if task.status != TaskStatus::Completed {
+        return ApiError::from_task(task).into_response();
+    }
+    (StatusCode::OK, Json(success_body(task))).into_response()
+}
+
+/// The body of a completed run (`api.md` § sync answer).
+pub fn success_body(task: &Task) -> Value {
+    let report = task.report.clone().unwrap_or_default();
+    json!({
+        "success": true,
+        "result": report.result.unwrap_or_default(),
+        "session_id": task.session_id.map(|s| s.to_string()).or(report.session_id),
+        "task_id": task.id,
+        "duration_ms": task.duration_ms.unwrap_or(report.duration_ms),
+        "cost_usd": task.cost_usd.unwrap_or(0.0),
+        "usage": report.usage,
+        "num_turns": report.num_turns,
+        "model": task.spec.model,
+        "resolved_model": report.resolved_model,
+        "permission_denials": report.permission_denials,
+        "is_error": false,
+    })
+}

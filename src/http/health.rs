@@ -1,0 +1,42 @@
+//! `GET /health`: liveness and readiness for load balancers (503 when degraded).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde_json::json;
+
+use actors::model::rfc3339;
+
+use crate::state::AppState;
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    let config = state.config();
+    let storage_ok = state.store.ping().await.is_ok();
+    let claude = state.claude_info();
+    // Until the version check has run, the CLI is not counted as missing.
+    let claude_ok = !claude.checked || claude.version.is_some();
+    let ok = storage_ok && claude_ok;
+    let live = state.queue.live_status();
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "uptime": state.started.elapsed().as_secs_f64(),
+        "timestamp": rfc3339(&Utc::now()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "storage": {"type": state.store.kind(), "ok": storage_ok},
+        "claude": {"path": config.claude_path, "version": claude.version, "ok": claude_ok},
+        "queue": {
+            "running": live.running,
+            "pending": live.pending,
+            "concurrency": live.concurrency,
+            "accepting": live.accepting,
+        },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

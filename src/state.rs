@@ -1,0 +1,83 @@
+//! What every handler shares: the live config, the queue, the store, and facts about the CLI.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use actors::config::Config;
+use actors::queue::Queue;
+use actors::store::Store;
+
+/// What `claude --version` said at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct ClaudeInfo {
+    pub version: Option<String>,
+    /// The check has run (until then `/health` reports the CLI as unknown, not missing).
+    pub checked: bool,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    config: RwLock<Arc<Config>>,
+    pub queue: Queue,
+    pub store: Arc<dyn Store>,
+    pub started: Instant,
+    pub claude: RwLock<ClaudeInfo>,
+    pub config_path: PathBuf,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        queue: Queue,
+        store: Arc<dyn Store>,
+        config_path: PathBuf,
+    ) -> AppState {
+        AppState(Arc::new(Inner {
+            config: RwLock::new(config),
+            queue,
+            store,
+            started: Instant::now(),
+            claude: RwLock::new(ClaudeInfo::default()),
+            config_path,
+        }))
+    }
+
+    /// A snapshot of the current config; a reload swaps it for later requests.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_config(&self, config: Arc<Config>) {
+        match self.config.write() {
+            Ok(mut c) => *c = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+
+    pub fn claude_info(&self) -> ClaudeInfo {
+        match self.claude.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_claude_info(&self, info: ClaudeInfo) {
+        match self.claude.write() {
+            Ok(mut c) => *c = info,
+            Err(poisoned) => *poisoned.into_inner() = info,
+        }
+    }
+}

@@ -35,10 +35,7 @@ pub mod time_format {
         use chrono::{DateTime, Utc};
         use serde::{Deserialize, Deserializer, Serializer};
 
-        pub fn serialize<S: Serializer>(
-            t: &Option<DateTime<Utc>>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_str(&super::super::rfc3339(t)),
                 None => s.serialize_none(),
@@ -292,17 +289,9 @@ pub struct Task {
     pub owner: Option<String>,
     #[serde(with = "time_format")]
     pub created_at: DateTime<Utc>,
-    #[serde(
-        default,
-        with = "time_format::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "time_format::option", skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(
-        default,
-        with = "time_format::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "time_format::option", skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,

@@ -315,15 +315,7 @@ impl<'a> Supervisor<'a> {
             tokio::select! {
                 status = child.wait(), if !exited => {
                     exited = true;
-                    self.observed.exit = match status {
-                        Ok(status) => Exit::from_status(status),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "waiting for the CLI failed");
-                            Exit::Unknown
-                        }
-                    };
-                    // Tool subprocesses must not outlive the CLI, whatever it did.
-                    signal_group(self.pgid, libc::SIGKILL);
+                    self.on_exit(status);
                     drain_until = Some(after(Instant::now(), DRAIN_TIMEOUT));
                 }
                 line = next_line(stdout.as_mut()) => match line {
@@ -370,6 +362,19 @@ impl<'a> Supervisor<'a> {
         if self.non_json_lines > 0 {
             tracing::debug!(lines = self.non_json_lines, "ignored non-JSON stdout lines");
         }
+    }
+
+    /// The CLI exited: record how, and kill whatever it left behind in its group (tool
+    /// subprocesses must not outlive it, whatever it did).
+    fn on_exit(&mut self, status: io::Result<std::process::ExitStatus>) {
+        self.observed.exit = match status {
+            Ok(status) => Exit::from_status(status),
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for the CLI failed");
+                Exit::Unknown
+            }
+        };
+        signal_group(self.pgid, libc::SIGKILL);
     }
 
     fn idle_deadline(&self) -> Option<Instant> {

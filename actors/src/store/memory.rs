@@ -129,7 +129,8 @@ impl Inner {
         }
     }
 
-    fn put_session(&mut self, s: Session) {
+    fn put_session(&mut self, mut s: Session) {
+        rules::normalize_session(&mut s);
         self.remove_session(s.id);
         self.sessions_by_created.insert((s.created_at, s.id));
         self.sessions.insert(s.id, s);
@@ -176,6 +177,7 @@ impl Store for MemoryStore {
                 task.id
             )));
         }
+        rules::normalize_task(&mut task);
         g.last_seq += 1;
         task.seq = g.last_seq;
         g.index(&task);
@@ -196,7 +198,7 @@ impl Store for MemoryStore {
             return Ok(None);
         }
         t.status = TaskStatus::Processing;
-        t.started_at = Some(at);
+        t.started_at = Some(rules::trunc(at));
         t.attempts += 1;
         g.replace(t.clone());
         Ok(Some(t))

@@ -1,7 +1,7 @@
 //! The small rules every backend applies the same way, kept in one place so that the memory,
 //! SQLite (and later Redis) stores cannot drift apart.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::error::ErrorCode;
 use crate::model::{Session, SessionStatus, Task, TaskError, TaskStatus};
@@ -52,13 +52,14 @@ pub(super) fn merge_final(stored: &Task, new: &Task) -> Task {
     if t.started_at.is_none() {
         t.started_at = stored.started_at;
     }
+    normalize_task(&mut t);
     t
 }
 
 /// Turn a task left `processing` by a previous process into `failed` / `interrupted`.
 pub(super) fn interrupt(t: &mut Task, at: DateTime<Utc>) {
     t.status = TaskStatus::Failed;
-    t.completed_at = Some(at);
+    t.completed_at = Some(trunc(at));
     if t.duration_ms.is_none() {
         t.duration_ms = t
             .started_at
@@ -73,4 +74,21 @@ pub(super) fn interrupt(t: &mut Task, at: DateTime<Utc>) {
 /// Milliseconds since the epoch: the precision every backend compares times at.
 pub(super) fn ms(t: &DateTime<Utc>) -> i64 {
     t.timestamp_millis()
+}
+
+/// Times are kept to the millisecond (the API's precision) by every backend, so what a write
+/// returns equals what a later read returns, whatever the backend.
+pub(super) fn normalize_task(t: &mut Task) {
+    t.created_at = trunc(t.created_at);
+    t.started_at = t.started_at.map(trunc);
+    t.completed_at = t.completed_at.map(trunc);
+}
+
+pub(super) fn normalize_session(s: &mut Session) {
+    s.created_at = trunc(s.created_at);
+    s.updated_at = trunc(s.updated_at);
+}
+
+pub(super) fn trunc(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(3)
 }

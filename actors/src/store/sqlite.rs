@@ -15,18 +15,36 @@
 //! checkpoints the WAL into the database file and exits, and `Drop` joins it.
 //!
 //! # Reads: a small pool of read-only connections
-//! Reads run on `tokio::task::spawn_blocking` over read-only connections (up to
-//! [`MAX_IDLE_READERS`] kept idle). In WAL mode they never wait for the writer, and since a write
+//! Reads run on `tokio::task::spawn_blocking` over at most [`MAX_READERS`] read-only
+//! connections. In WAL mode they never wait for the writer, and since a write
 //! is answered only after its commit, a read that starts after a write's reply sees it.
-//! Measured (see `bench_concurrent_inserts`): going through the writer thread instead makes reads
-//! queue behind fsyncs; the pool does not.
+//! The pool is bounded by a semaphore: a burst of reads waits for one of the connections
+//! instead of opening more.
+//!
+//! # Measured (`bench_concurrent_inserts`, release, 2 shared cores, ext4 on a VM disk, fsync
+//! ≈ 0.25 ms)
+//! * 10,000 concurrent async inserts: ≈ 34,000 inserts/s (0.29 s); a single insert alone
+//!   0.2–0.3 ms (one fsync). Debug build: ≈ 13,500 inserts/s.
+//! * One `get_task` while 8 writers keep the writer busy: pool p50 0.018 ms / p99 0.2 ms;
+//!   through the writer thread p50 0.5 ms / p99 2.9 ms (a read waits for the batch in hand and
+//!   its fsync, worse on slower disks). A burst of 2,000 concurrent reads is faster through the
+//!   writer (≈ 200k/s, they batch) than the pool (≈ 42k/s), but single-read latency and keeping
+//!   the writer free for writes matter more here: reads use the pool.
+//! * Pending page of 50 out of 10,000+: 0.4 ms; `task_counts`: 0.7 ms (covering index).
 //!
 //! # Schema
 //! Versioned with `PRAGMA user_version` ([`MIGRATIONS`]): each entry moves the schema one version
 //! up, in a transaction together with the new version number. A database newer than this build
 //! is refused. Records are stored whole as JSON (`doc`); the other columns are copies of the
 //! fields that queries filter or sort on. Times are integer milliseconds since the epoch.
-//! `seq` continues from `max(seq) + 1` at open, so it keeps increasing across restarts.
+//! `seq` continues from the highest ever handed out (`meta.last_seq`, written once per batch,
+//! or `max(seq)` if larger) at open, so it keeps increasing across restarts, even when the
+//! newest tasks were deleted meanwhile.
+//!
+//! Also kept identical across backends (see `rules`): times are truncated to milliseconds on
+//! write; `limit = 0` means no limit; `finish_task` keeps the store-owned `seq`, `attempts` and
+//! (when the caller's copy lacks it) `started_at`; a duplicate id on insert is refused with
+//! `Corrupt` (a caller bug, not an outage).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -38,7 +56,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use super::rules;
 use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
@@ -46,8 +64,8 @@ use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
 
 /// Most commands committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
-/// Idle read-only connections kept for reuse.
-pub const MAX_IDLE_READERS: usize = 4;
+/// Read-only connections (and so reads running at once).
+pub const MAX_READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations: entry `i` moves the database from `user_version = i` to `i + 1`.
@@ -67,7 +85,7 @@ pub const MIGRATIONS: &[&str] = &[
         doc          TEXT NOT NULL
     );
     CREATE INDEX tasks_run_order ON tasks (status, priority DESC, seq);
-    CREATE INDEX tasks_status_seq ON tasks (status, seq);
+    CREATE INDEX tasks_status_seq ON tasks (status, seq, cost_usd);
     CREATE INDEX tasks_session ON tasks (session_id, seq);
     CREATE INDEX tasks_owner ON tasks (owner, seq);
     CREATE INDEX tasks_completed_at ON tasks (completed_at);
@@ -84,9 +102,9 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_created ON sessions (created_at, id);
     CREATE INDEX sessions_updated ON sessions (updated_at);
-    CREATE INDEX sessions_status ON sessions (status, created_at);
-    CREATE INDEX sessions_project ON sessions (project_path, created_at);
-    CREATE INDEX sessions_owner ON sessions (owner, created_at);
+    CREATE INDEX sessions_status ON sessions (status, created_at, id);
+    CREATE INDEX sessions_project ON sessions (project_path, created_at, id);
+    CREATE INDEX sessions_owner ON sessions (owner, created_at, id);
 
     CREATE TABLE stats_days (
         day TEXT PRIMARY KEY,
@@ -162,6 +180,7 @@ impl SqliteStore {
         let readers = Arc::new(ReadPool {
             path: abs,
             idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(MAX_READERS)),
         });
         let probe = readers.take()?;
         readers.give(probe);
@@ -220,12 +239,18 @@ impl SqliteStore {
             return self.write(move |w| f(&w.conn)).await;
         }
         let pool = Arc::clone(&self.readers);
+        // Wait for one of the connections rather than open more: opening costs more than a read.
+        let permit = Arc::clone(&pool.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("the storage readers are closed".into()))?;
         tokio::task::spawn_blocking(move || {
             let conn = pool.take()?;
             let r = f(&conn);
             if r.is_ok() {
                 pool.give(conn);
             }
+            drop(permit);
             r
         })
         .await
@@ -724,6 +749,8 @@ fn r_task_counts(conn: &Connection) -> StoreResult<TaskCounts> {
 struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One per connection: at most [`MAX_READERS`] reads at once.
+    permits: Arc<Semaphore>,
 }
 
 impl ReadPool {
@@ -749,7 +776,7 @@ impl ReadPool {
 
     fn give(&self, c: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
+        if idle.len() < MAX_READERS {
             idle.push(c);
         }
     }
@@ -1223,8 +1250,47 @@ mod tests {
         assert_eq!((list.len(), total), (1, 1));
     }
 
+    #[test]
+    fn list_queries_use_indexes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("p.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = raw(&path);
+        for q in [
+            "SELECT status, COUNT(*), TOTAL(cost_usd) FROM tasks GROUP BY status",
+            "SELECT doc FROM tasks WHERE status = ? ORDER BY priority DESC, seq ASC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE status = 'pending' ORDER BY priority DESC, seq ASC",
+            "SELECT doc FROM tasks WHERE status = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE session_id = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE owner = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE owner IS NULL ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT COUNT(*) FROM tasks WHERE status = ?",
+            "DELETE FROM tasks WHERE completed_at < ?1 AND status NOT IN ('pending', 'processing')",
+            "SELECT doc FROM sessions ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM sessions WHERE status = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM sessions WHERE project_path = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM sessions WHERE owner = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "DELETE FROM sessions WHERE updated_at < ?1",
+        ] {
+            let mut st = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {q}"))
+                .expect("prepare");
+            let n = st.parameter_count();
+            let plan: Vec<String> = st
+                .query_map(params_from_iter(vec![Value::Null; n]), |r| r.get::<_, String>(3))
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            let plan = plan.join(" | ");
+            assert!(plan.contains("INDEX"), "{q}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{q}: {plan}");
+        }
+    }
+
     /// Throughput of the write path and latency of the read paths, on the machine at hand:
     /// `cargo test -p actors --release store::sqlite::tests::bench -- --ignored --nocapture`.
+    /// Figures taken are in the module documentation.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "a measurement, not a check"]
     async fn bench_concurrent_inserts() {
@@ -1255,15 +1321,18 @@ mod tests {
             }
             let serial_ms = t0.elapsed().as_secs_f64() * 1000.0 / 20.0;
 
-            // Reads while a stream of writes keeps the writer busy.
-            let writer_load = {
+            // Reads while a stream of writes (8 writers) keeps the writer thread busy.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut load = Vec::new();
+            for _ in 0..8 {
                 let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    for _ in 0..200 {
+                let stop = Arc::clone(&stop);
+                load.push(tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let _ = store.insert_task(task(5)).await;
                     }
-                })
-            };
+                }));
+            }
             let t0 = Instant::now();
             let mut reads = Vec::new();
             for id in ids.iter().take(2_000) {
@@ -1275,7 +1344,18 @@ mod tests {
                 r.await.expect("join").expect("get").expect("present");
             }
             let read_secs = t0.elapsed().as_secs_f64();
-            writer_load.await.expect("join");
+            let mut lat = Vec::new();
+            for id in ids.iter().take(500) {
+                let t0 = Instant::now();
+                store.get_task(*id).await.expect("get").expect("present");
+                lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat.sort_by(f64::total_cmp);
+            let (p50, p99) = (lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for l in load {
+                l.await.expect("join");
+            }
 
             let t0 = Instant::now();
             let f = crate::store::TaskFilter {
@@ -1295,7 +1375,8 @@ mod tests {
             println!(
                 "reads_on_writer={reads_on_writer}: {N} concurrent inserts in {insert_secs:.2}s = \
                  {:.0} inserts/s; one insert alone {serial_ms:.2} ms; \
-                 2000 concurrent get_task under write load {:.0} reads/s; \
+                 under write load: 2000 concurrent get_task {:.0} reads/s, \
+                 one get_task p50 {p50:.3} ms p99 {p99:.3} ms; \
                  pending page of 50 (of {N}+) {page_ms:.2} ms; task_counts {counts_ms:.2} ms",
                 N as f64 / insert_secs,
                 2000.0 / read_secs,

@@ -1,1 +1,948 @@
-//! Stub.
+//! The one test suite every [`Store`] backend must pass.
+//!
+//! `conformance_suite!(name, factory)` expands to a module `name` with one `#[tokio::test]` per
+//! check in [`checks`]. `factory` is a closure returning a future of [`Fixture`]: the store, and
+//! a guard kept alive until the check has finished and dropped the store (a temp dir, a Redis
+//! key prefix to clean up, ...). A new backend adds one invocation at the bottom of this file.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::memory::MemoryStore;
+use super::sqlite::SqliteStore;
+use super::Store;
+
+/// A store under test and whatever must outlive it.
+pub(crate) type Fixture = (Arc<dyn Store>, Box<dyn Any + Send>);
+
+macro_rules! conformance_suite {
+    ($name:ident, $make:expr) => {
+        conformance_suite!(@each $name, $make, [
+            kind_and_ping,
+            insert_get_round_trip,
+            insert_keeps_milliseconds,
+            insert_duplicate_id_is_rejected,
+            seq_increases,
+            start_task_only_from_pending,
+            finish_task_writes_once,
+            finish_pending_task_for_cancel,
+            finish_with_live_status_writes_nothing,
+            finish_keeps_store_owned_fields,
+            set_priority_only_pending,
+            list_pending_in_run_order,
+            list_unfiltered_newest_first,
+            list_filters,
+            list_limit_offset_total,
+            pending_tasks_in_run_order,
+            interrupt_processing,
+            task_counts_and_cost,
+            delete_tasks_finished_before_keeps_live,
+            sessions_crud,
+            sessions_list_newest_first_with_filters,
+            sessions_query,
+            sessions_limit_offset_total,
+            delete_sessions_idle_since,
+            stats_days,
+        ]);
+    };
+    (@each $name:ident, $make:expr, [$($check:ident),* $(,)?]) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (store, guard): super::Fixture = ($make)().await;
+                    super::checks::$check(store).await;
+                    drop(guard);
+                }
+            )*
+        }
+    };
+}
+
+conformance_suite!(memory, || async {
+    (
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        Box::new(()) as Box<dyn Any + Send>,
+    )
+});
+
+conformance_suite!(sqlite, || async {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("nested/dir/store.db")).expect("open sqlite");
+    (
+        Arc::new(store) as Arc<dyn Store>,
+        Box::new(dir) as Box<dyn Any + Send>,
+    )
+});
+
+/// Records to test with.
+pub(crate) mod fixtures {
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    use crate::error::ErrorCode;
+    use crate::model::{
+        Priority, RunReport, RunSpec, Session, SessionMode, SessionStatus, Task, TaskError,
+        TaskMode, Usage,
+    };
+
+    /// A fixed time with milliseconds, plus `ms`.
+    pub fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_767_225_600_123 + ms).expect("valid time")
+    }
+
+    pub fn prio(p: i64) -> Priority {
+        Priority::new(p).expect("valid priority")
+    }
+
+    pub fn spec(prompt: &str) -> RunSpec {
+        RunSpec {
+            prompt: prompt.to_owned(),
+            project_path: "/srv/project".into(),
+            model: None,
+            system_prompt: None,
+            append_system_prompt: None,
+            max_budget_usd: None,
+            max_turns: None,
+            allowed_tools: Vec::new(),
+            disallowed_tools: Vec::new(),
+            permission_mode: None,
+            agent: None,
+            mcp_config: None,
+            session: SessionMode::None,
+            timeout_ms: 60_000,
+        }
+    }
+
+    /// A plain pending task.
+    pub fn task(p: i64) -> Task {
+        let mut t = Task::new(spec("hello"), prio(p), TaskMode::Async);
+        t.created_at = at(0);
+        t
+    }
+
+    /// A task with every optional field set.
+    pub fn full_task() -> Task {
+        let mut t = task(7);
+        t.mode = TaskMode::Batch;
+        t.spec = RunSpec {
+            prompt: "\\/review the diff — ünïcode ✓".into(),
+            project_path: "/srv/Projekt Ä".into(),
+            model: Some("claude-sonnet-4".into()),
+            system_prompt: Some("be brief".into()),
+            append_system_prompt: Some("and kind".into()),
+            max_budget_usd: Some(1.25),
+            max_turns: Some(9),
+            allowed_tools: vec!["Read".into(), "Bash(git:*)".into()],
+            disallowed_tools: vec!["Write".into()],
+            permission_mode: Some("plan".into()),
+            agent: Some("reviewer".into()),
+            mcp_config: Some("/etc/mcp.json".into()),
+            session: SessionMode::Resume {
+                id: uuid::Uuid::new_v4(),
+            },
+            timeout_ms: 123_456,
+        };
+        t.session_id = Some(uuid::Uuid::new_v4());
+        t.owner = Some("team-a".into());
+        t.started_at = Some(at(1_500));
+        t.completed_at = Some(at(9_876));
+        t.duration_ms = Some(8_376);
+        t.cost_usd = Some(0.0375);
+        t.report = Some(RunReport {
+            result: Some("done".into()),
+            session_id: Some("cli-session".into()),
+            reported_cost_usd: 0.5,
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                cache_creation_input_tokens: 30,
+                cache_read_input_tokens: 40,
+            },
+            num_turns: 3,
+            duration_ms: 8_000,
+            permission_denials: vec![json!({"tool": "Bash"})],
+            resolved_model: Some("claude-sonnet-4-20250514".into()),
+            subtype: Some("success".into()),
+            is_error: false,
+            api_error_status: Some(529),
+            cli_version: Some("2.0.1".into()),
+        });
+        t.error = Some(
+            TaskError::new(ErrorCode::CliApiError, "overloaded").with_details(json!({"a": [1, 2]})),
+        );
+        t.webhook_url = Some("https://example.test/hook".into());
+        t.metadata = Some(json!({"ticket": "ABC-1", "nested": {"n": 1.5, "ok": true}}));
+        t.attempts = 0;
+        t
+    }
+
+    /// A final copy of `t` with `status`, cost and completion time.
+    pub fn finished(t: &Task, status: crate::model::TaskStatus, cost: f64, ms: i64) -> Task {
+        let mut f = t.clone();
+        f.status = status;
+        f.completed_at = Some(at(ms));
+        f.cost_usd = Some(cost);
+        f.duration_ms = Some(10);
+        if status != crate::model::TaskStatus::Completed {
+            f.error = Some(TaskError::new(ErrorCode::CliError, "it failed"));
+        }
+        f
+    }
+
+    pub fn session(created_ms: i64) -> Session {
+        Session {
+            id: uuid::Uuid::new_v4(),
+            created_at: at(created_ms),
+            updated_at: at(created_ms),
+            status: SessionStatus::Active,
+            model: Some("claude-opus-4".into()),
+            project_path: "/srv/project".into(),
+            messages_count: 0,
+            total_cost_usd: 0.0,
+            last_reported_cost_usd: 0.0,
+            last_task_id: None,
+            owner: None,
+            metadata: json!({}),
+        }
+    }
+}
+
+pub(crate) mod checks {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use chrono::{NaiveDate, Utc};
+    use serde_json::json;
+
+    use super::fixtures::*;
+    use crate::error::ErrorCode;
+    use crate::model::{SessionStatus, Task, TaskId, TaskStatus};
+    use crate::store::{SessionFilter, Store, TaskFilter};
+
+    type S = Arc<dyn Store>;
+
+    async fn insert(s: &S, t: Task) -> Task {
+        s.insert_task(t).await.expect("insert")
+    }
+
+    async fn get(s: &S, id: TaskId) -> Task {
+        s.get_task(id).await.expect("get").expect("present")
+    }
+
+    fn ids(tasks: &[Task]) -> Vec<TaskId> {
+        tasks.iter().map(|t| t.id).collect()
+    }
+
+    async fn list(s: &S, f: TaskFilter) -> (Vec<TaskId>, u64) {
+        let (tasks, total) = s.list_tasks(&f).await.expect("list");
+        (ids(&tasks), total)
+    }
+
+    fn by_status(status: TaskStatus) -> TaskFilter {
+        TaskFilter {
+            status: Some(status),
+            ..TaskFilter::default()
+        }
+    }
+
+    pub async fn kind_and_ping(s: S) {
+        assert!(["memory", "sqlite", "redis"].contains(&s.kind()));
+        s.ping().await.expect("ping");
+    }
+
+    pub async fn insert_get_round_trip(s: S) {
+        let t = full_task();
+        let stored = insert(&s, t.clone()).await;
+        assert!(stored.seq > 0);
+        let mut expected = t.clone();
+        expected.seq = stored.seq;
+        assert_eq!(stored, expected);
+        assert_eq!(get(&s, t.id).await, expected);
+        assert_eq!(s.get_task(uuid::Uuid::new_v4()).await.expect("get"), None);
+    }
+
+    pub async fn insert_keeps_milliseconds(s: S) {
+        let mut t = task(5);
+        t.created_at = at(0) + chrono::Duration::nanoseconds(456_789);
+        let stored = insert(&s, t.clone()).await;
+        assert_eq!(stored.created_at, at(0));
+        assert_eq!(get(&s, t.id).await, stored);
+    }
+
+    pub async fn insert_duplicate_id_is_rejected(s: S) {
+        let t = task(5);
+        let first = insert(&s, t.clone()).await;
+        let mut again = t.clone();
+        again.priority = prio(9);
+        assert!(s.insert_task(again).await.is_err());
+        assert_eq!(get(&s, t.id).await, first);
+        // The store still works after the rejected write.
+        insert(&s, task(5)).await;
+    }
+
+    pub async fn seq_increases(s: S) {
+        let mut last = 0;
+        for i in 0..20 {
+            let mut t = task(1 + i % 10);
+            t.seq = 999_999; // ignored: the store assigns it
+            let stored = insert(&s, t).await;
+            assert!(stored.seq > last, "seq {} after {last}", stored.seq);
+            assert_eq!(get(&s, stored.id).await.seq, stored.seq);
+            last = stored.seq;
+        }
+        // Deleting the newest tasks does not make their seqs come back.
+        for t in s.pending_tasks().await.expect("pending") {
+            let gone = finished(&t, TaskStatus::Cancelled, 0.0, 1);
+            assert!(s.finish_task(&gone).await.expect("finish"));
+        }
+        assert_eq!(
+            s.delete_tasks_finished_before(at(2)).await.expect("delete"),
+            20
+        );
+        assert!(insert(&s, task(5)).await.seq > last);
+    }
+
+    pub async fn start_task_only_from_pending(s: S) {
+        let t = insert(&s, task(5)).await;
+        let started = s.start_task(t.id, at(100)).await.expect("start");
+        let started = started.expect("was pending");
+        assert_eq!(started.status, TaskStatus::Processing);
+        assert_eq!(started.started_at, Some(at(100)));
+        assert_eq!(started.attempts, 1);
+        assert_eq!(started.seq, t.seq);
+        assert_eq!(get(&s, t.id).await, started);
+
+        assert_eq!(s.start_task(t.id, at(200)).await.expect("start"), None);
+        assert_eq!(get(&s, t.id).await.attempts, 1);
+        assert_eq!(
+            s.start_task(uuid::Uuid::new_v4(), at(200))
+                .await
+                .expect("start"),
+            None
+        );
+
+        let c = insert(&s, task(5)).await;
+        assert!(s
+            .finish_task(&finished(&c, TaskStatus::Cancelled, 0.0, 50))
+            .await
+            .expect("finish"));
+        assert_eq!(s.start_task(c.id, at(300)).await.expect("start"), None);
+        assert_eq!(get(&s, c.id).await.status, TaskStatus::Cancelled);
+    }
+
+    pub async fn finish_task_writes_once(s: S) {
+        let t = insert(&s, task(5)).await;
+        let started = s
+            .start_task(t.id, at(10))
+            .await
+            .expect("start")
+            .expect("pending");
+        let done = finished(&started, TaskStatus::Completed, 0.25, 500);
+        assert!(s.finish_task(&done).await.expect("finish"));
+        assert_eq!(get(&s, t.id).await, done);
+
+        let late = finished(&started, TaskStatus::Timeout, 9.0, 900);
+        assert!(!s.finish_task(&late).await.expect("finish"));
+        assert_eq!(get(&s, t.id).await, done);
+
+        let ghost = finished(&task(5), TaskStatus::Failed, 0.0, 1);
+        assert!(!s.finish_task(&ghost).await.expect("finish"));
+        assert_eq!(s.get_task(ghost.id).await.expect("get"), None);
+    }
+
+    pub async fn finish_pending_task_for_cancel(s: S) {
+        let a = insert(&s, task(5)).await;
+        let b = insert(&s, task(5)).await;
+        let cancelled = finished(&a, TaskStatus::Cancelled, 0.0, 20);
+        assert!(s.finish_task(&cancelled).await.expect("finish"));
+        assert_eq!(get(&s, a.id).await, cancelled);
+        // The worker's completion after the cancel loses.
+        let late = finished(&a, TaskStatus::Completed, 1.0, 30);
+        assert!(!s.finish_task(&late).await.expect("finish"));
+        assert_eq!(get(&s, a.id).await, cancelled);
+        let pending = s.pending_tasks().await.expect("pending");
+        assert_eq!(ids(&pending), vec![b.id]);
+        assert_eq!(
+            list(&s, by_status(TaskStatus::Pending)).await,
+            (vec![b.id], 1)
+        );
+        assert!(!s.set_priority(a.id, prio(9)).await.expect("set"));
+    }
+
+    pub async fn finish_with_live_status_writes_nothing(s: S) {
+        let t = insert(&s, task(5)).await;
+        let mut bogus = t.clone();
+        bogus.status = TaskStatus::Processing;
+        bogus.priority = prio(1);
+        assert!(!s.finish_task(&bogus).await.expect("finish"));
+        assert_eq!(get(&s, t.id).await, t);
+    }
+
+    pub async fn finish_keeps_store_owned_fields(s: S) {
+        let t = insert(&s, task(5)).await;
+        s.start_task(t.id, at(10))
+            .await
+            .expect("start")
+            .expect("pending");
+        // A copy taken before the start (e.g. by a cancel racing the worker).
+        let mut stale = finished(&t, TaskStatus::Cancelled, 0.0, 30);
+        stale.seq = 0;
+        assert!(s.finish_task(&stale).await.expect("finish"));
+        let got = get(&s, t.id).await;
+        assert_eq!(got.status, TaskStatus::Cancelled);
+        assert_eq!(got.seq, t.seq);
+        assert_eq!(got.attempts, 1);
+        assert_eq!(got.started_at, Some(at(10)));
+        assert_eq!(got.completed_at, Some(at(30)));
+    }
+
+    pub async fn set_priority_only_pending(s: S) {
+        let t = insert(&s, task(5)).await;
+        assert!(s.set_priority(t.id, prio(8)).await.expect("set"));
+        assert_eq!(get(&s, t.id).await.priority, prio(8));
+        s.start_task(t.id, at(1))
+            .await
+            .expect("start")
+            .expect("pending");
+        assert!(!s.set_priority(t.id, prio(2)).await.expect("set"));
+        assert_eq!(get(&s, t.id).await.priority, prio(8));
+        assert!(!s
+            .set_priority(uuid::Uuid::new_v4(), prio(2))
+            .await
+            .expect("set"));
+    }
+
+    pub async fn list_pending_in_run_order(s: S) {
+        let a = insert(&s, task(5)).await;
+        let b = insert(&s, task(9)).await;
+        let c = insert(&s, task(5)).await;
+        let d = insert(&s, task(1)).await;
+        let e = insert(&s, task(9)).await;
+        let running = insert(&s, task(10)).await;
+        s.start_task(running.id, at(1)).await.expect("start");
+        let f = by_status(TaskStatus::Pending);
+        assert_eq!(
+            list(&s, f.clone()).await,
+            (vec![b.id, e.id, a.id, c.id, d.id], 5)
+        );
+
+        // Raised to the front of its new priority? No: FIFO by seq within the priority.
+        assert!(s.set_priority(c.id, prio(9)).await.expect("set"));
+        assert!(s.set_priority(b.id, prio(1)).await.expect("set"));
+        assert_eq!(list(&s, f).await, (vec![c.id, e.id, a.id, b.id, d.id], 5));
+    }
+
+    pub async fn list_unfiltered_newest_first(s: S) {
+        let a = insert(&s, task(10)).await;
+        let b = insert(&s, task(1)).await;
+        let c = insert(&s, task(5)).await;
+        s.start_task(b.id, at(1)).await.expect("start");
+        s.finish_task(&finished(&c, TaskStatus::Cancelled, 0.0, 3))
+            .await
+            .expect("finish");
+        assert_eq!(
+            list(&s, TaskFilter::default()).await,
+            (vec![c.id, b.id, a.id], 3)
+        );
+        // Any status other than pending: newest first too.
+        let d = insert(&s, task(5)).await;
+        s.finish_task(&finished(&d, TaskStatus::Cancelled, 0.0, 4))
+            .await
+            .expect("finish");
+        assert_eq!(
+            list(&s, by_status(TaskStatus::Cancelled)).await,
+            (vec![d.id, c.id], 2)
+        );
+    }
+
+    pub async fn list_filters(s: S) {
+        let sess = uuid::Uuid::new_v4();
+        let mut t1 = task(5);
+        t1.owner = Some("alice".into());
+        t1.session_id = Some(sess);
+        let mut t2 = task(5);
+        t2.owner = Some("bob".into());
+        let t3 = task(5); // anonymous
+        let mut t4 = task(5);
+        t4.owner = Some("alice".into());
+        let mut t5 = task(3);
+        t5.session_id = Some(sess);
+        let (t1, t2, t3, t4, t5) = (
+            insert(&s, t1).await,
+            insert(&s, t2).await,
+            insert(&s, t3).await,
+            insert(&s, t4).await,
+            insert(&s, t5).await,
+        );
+        s.start_task(t4.id, at(1)).await.expect("start");
+        s.finish_task(&finished(&t2, TaskStatus::Failed, 0.1, 2))
+            .await
+            .expect("finish");
+
+        let owner = |o: Option<&str>| TaskFilter {
+            owner: Some(o.map(str::to_owned)),
+            ..TaskFilter::default()
+        };
+        assert_eq!(
+            list(&s, owner(Some("alice"))).await,
+            (vec![t4.id, t1.id], 2)
+        );
+        assert_eq!(list(&s, owner(Some("bob"))).await, (vec![t2.id], 1));
+        assert_eq!(list(&s, owner(None)).await, (vec![t5.id, t3.id], 2));
+        assert_eq!(list(&s, owner(Some("carol"))).await, (vec![], 0));
+
+        let by_sess = TaskFilter {
+            session_id: Some(sess),
+            ..TaskFilter::default()
+        };
+        assert_eq!(list(&s, by_sess.clone()).await, (vec![t5.id, t1.id], 2));
+        let sess_pending = TaskFilter {
+            status: Some(TaskStatus::Pending),
+            ..by_sess.clone()
+        };
+        assert_eq!(list(&s, sess_pending).await, (vec![t1.id, t5.id], 2));
+        let sess_anon = TaskFilter {
+            owner: Some(None),
+            ..by_sess
+        };
+        assert_eq!(list(&s, sess_anon).await, (vec![t5.id], 1));
+
+        assert_eq!(
+            list(&s, by_status(TaskStatus::Processing)).await,
+            (vec![t4.id], 1)
+        );
+        assert_eq!(
+            list(&s, by_status(TaskStatus::Failed)).await,
+            (vec![t2.id], 1)
+        );
+        assert_eq!(list(&s, by_status(TaskStatus::Timeout)).await, (vec![], 0));
+        let pending_alice = TaskFilter {
+            status: Some(TaskStatus::Pending),
+            owner: Some(Some("alice".into())),
+            ..TaskFilter::default()
+        };
+        assert_eq!(list(&s, pending_alice).await, (vec![t1.id], 1));
+    }
+
+    pub async fn list_limit_offset_total(s: S) {
+        let mut all = Vec::new();
+        for i in 0..7 {
+            all.push(insert(&s, task(if i % 2 == 0 { 8 } else { 4 })).await);
+        }
+        let newest: Vec<TaskId> = all.iter().rev().map(|t| t.id).collect();
+        let page = |limit, offset| TaskFilter {
+            limit,
+            offset,
+            ..TaskFilter::default()
+        };
+        assert_eq!(list(&s, page(3, 0)).await, (newest[0..3].to_vec(), 7));
+        assert_eq!(list(&s, page(3, 3)).await, (newest[3..6].to_vec(), 7));
+        assert_eq!(list(&s, page(3, 6)).await, (newest[6..].to_vec(), 7));
+        assert_eq!(list(&s, page(3, 10)).await, (vec![], 7));
+        // limit 0: no limit.
+        assert_eq!(list(&s, page(0, 2)).await, (newest[2..].to_vec(), 7));
+
+        // Run order pages: priority 8 (seq 0, 2, 4, 6) then 4 (1, 3, 5).
+        let order: Vec<TaskId> = [0, 2, 4, 6, 1, 3, 5].iter().map(|&i| all[i].id).collect();
+        let pending_page = |limit, offset| TaskFilter {
+            status: Some(TaskStatus::Pending),
+            limit,
+            offset,
+            ..TaskFilter::default()
+        };
+        assert_eq!(
+            list(&s, pending_page(2, 0)).await,
+            (order[0..2].to_vec(), 7)
+        );
+        assert_eq!(
+            list(&s, pending_page(2, 3)).await,
+            (order[3..5].to_vec(), 7)
+        );
+        assert_eq!(list(&s, pending_page(0, 5)).await, (order[5..].to_vec(), 7));
+        assert_eq!(list(&s, pending_page(5, 7)).await, (vec![], 7));
+    }
+
+    pub async fn pending_tasks_in_run_order(s: S) {
+        assert!(s.pending_tasks().await.expect("pending").is_empty());
+        let a = insert(&s, task(2)).await;
+        let b = insert(&s, task(7)).await;
+        let c = insert(&s, task(2)).await;
+        let d = insert(&s, task(7)).await;
+        let x = insert(&s, task(10)).await;
+        s.start_task(x.id, at(1)).await.expect("start");
+        let got = s.pending_tasks().await.expect("pending");
+        assert_eq!(ids(&got), vec![b.id, d.id, a.id, c.id]);
+        assert!(got.iter().all(|t| t.status == TaskStatus::Pending));
+        assert_eq!(got[0], b);
+    }
+
+    pub async fn interrupt_processing(s: S) {
+        let p = insert(&s, task(5)).await;
+        let r1 = insert(&s, task(5)).await;
+        let r2 = insert(&s, task(5)).await;
+        let done = insert(&s, task(5)).await;
+        s.start_task(r1.id, at(1_000)).await.expect("start");
+        s.start_task(r2.id, at(2_000)).await.expect("start");
+        s.start_task(done.id, at(500)).await.expect("start");
+        let done_final = finished(&get(&s, done.id).await, TaskStatus::Completed, 0.5, 600);
+        s.finish_task(&done_final).await.expect("finish");
+
+        let mut hit = s.interrupt_processing(at(5_000)).await.expect("interrupt");
+        hit.sort();
+        let mut want = vec![r1.id, r2.id];
+        want.sort();
+        assert_eq!(hit, want);
+        for id in [r1.id, r2.id] {
+            let t = get(&s, id).await;
+            assert_eq!(t.status, TaskStatus::Failed);
+            assert_eq!(t.completed_at, Some(at(5_000)));
+            assert_eq!(
+                t.error.as_ref().map(|e| e.code),
+                Some(ErrorCode::Interrupted)
+            );
+            assert_eq!(t.attempts, 1);
+        }
+        assert_eq!(get(&s, r1.id).await.duration_ms, Some(4_000));
+        assert_eq!(get(&s, p.id).await, p);
+        assert_eq!(get(&s, done.id).await, done_final);
+        // Final now: a late finish loses, and nothing is left to interrupt.
+        assert!(!s
+            .finish_task(&finished(&r1, TaskStatus::Completed, 1.0, 6_000))
+            .await
+            .expect("finish"));
+        assert!(s
+            .interrupt_processing(at(7_000))
+            .await
+            .expect("again")
+            .is_empty());
+    }
+
+    pub async fn task_counts_and_cost(s: S) {
+        let c = s.task_counts().await.expect("counts");
+        assert_eq!(c.total(), 0);
+        assert_eq!(c.total_cost_usd, 0.0);
+
+        let _p1 = insert(&s, task(5)).await;
+        let _p2 = insert(&s, task(5)).await;
+        let r = insert(&s, task(5)).await;
+        let d1 = insert(&s, task(5)).await;
+        let d2 = insert(&s, task(5)).await;
+        let f = insert(&s, task(5)).await;
+        s.start_task(r.id, at(1)).await.expect("start");
+        for (t, st, cost) in [
+            (&d1, TaskStatus::Completed, 0.25),
+            (&d2, TaskStatus::Completed, 0.5),
+            (&f, TaskStatus::Failed, 0.125),
+        ] {
+            assert!(s
+                .finish_task(&finished(t, st, cost, 9))
+                .await
+                .expect("finish"));
+        }
+        let c = s.task_counts().await.expect("counts");
+        assert_eq!(c.get(TaskStatus::Pending), 2);
+        assert_eq!(c.get(TaskStatus::Processing), 1);
+        assert_eq!(c.get(TaskStatus::Completed), 2);
+        assert_eq!(c.get(TaskStatus::Failed), 1);
+        assert_eq!(c.get(TaskStatus::Cancelled), 0);
+        assert_eq!(c.total(), 6);
+        assert!(
+            (c.total_cost_usd - 0.875).abs() < 1e-9,
+            "{}",
+            c.total_cost_usd
+        );
+
+        // Deleting a task takes its cost out.
+        s.delete_tasks_finished_before(at(100))
+            .await
+            .expect("delete");
+        let c = s.task_counts().await.expect("counts");
+        assert_eq!(c.total(), 3);
+        assert_eq!(c.get(TaskStatus::Completed), 0);
+        assert!(c.total_cost_usd.abs() < 1e-9);
+    }
+
+    pub async fn delete_tasks_finished_before_keeps_live(s: S) {
+        let pending = insert(&s, task(5)).await;
+        let running = insert(&s, task(5)).await;
+        s.start_task(running.id, at(1)).await.expect("start");
+        let old = insert(&s, task(5)).await;
+        let recent = insert(&s, task(5)).await;
+        let boundary = insert(&s, task(5)).await;
+        s.finish_task(&finished(&old, TaskStatus::Completed, 0.0, 1_000))
+            .await
+            .expect("finish");
+        s.finish_task(&finished(&recent, TaskStatus::Failed, 0.0, 9_000))
+            .await
+            .expect("finish");
+        s.finish_task(&finished(&boundary, TaskStatus::Cancelled, 0.0, 5_000))
+            .await
+            .expect("finish");
+
+        assert_eq!(
+            s.delete_tasks_finished_before(at(5_000))
+                .await
+                .expect("delete"),
+            1
+        );
+        assert_eq!(s.get_task(old.id).await.expect("get"), None);
+        for id in [pending.id, running.id, recent.id, boundary.id] {
+            assert!(s.get_task(id).await.expect("get").is_some());
+        }
+        // Live tasks stay whatever the cut-off.
+        let far = Utc::now() + chrono::Duration::days(3650);
+        assert_eq!(
+            s.delete_tasks_finished_before(far).await.expect("delete"),
+            2
+        );
+        let (left, total) = list(&s, TaskFilter::default()).await;
+        assert_eq!(total, 2);
+        assert_eq!(left, vec![running.id, pending.id]);
+        assert_eq!(
+            ids(&s.pending_tasks().await.expect("pending")),
+            vec![pending.id]
+        );
+    }
+
+    pub async fn sessions_crud(s: S) {
+        let mut a = session(0);
+        a.owner = Some("alice".into());
+        a.metadata = json!({"title": "Refactor", "tags": ["x"]});
+        a.last_task_id = Some(uuid::Uuid::new_v4());
+        a.total_cost_usd = 0.75;
+        s.insert_session(&a).await.expect("insert");
+        assert_eq!(s.get_session(a.id).await.expect("get"), Some(a.clone()));
+        assert!(s.insert_session(&a).await.is_err());
+        assert_eq!(
+            s.get_session(uuid::Uuid::new_v4()).await.expect("get"),
+            None
+        );
+
+        let mut b = a.clone();
+        b.messages_count = 3;
+        b.status = SessionStatus::Archived;
+        b.updated_at = at(5_000);
+        b.total_cost_usd = 1.5;
+        assert!(s.update_session(&b).await.expect("update"));
+        assert_eq!(s.get_session(a.id).await.expect("get"), Some(b.clone()));
+        let stranger = session(1);
+        assert!(!s.update_session(&stranger).await.expect("update"));
+        assert_eq!(s.get_session(stranger.id).await.expect("get"), None);
+
+        assert!(s.delete_session(a.id).await.expect("delete"));
+        assert!(!s.delete_session(a.id).await.expect("delete"));
+        assert_eq!(s.get_session(a.id).await.expect("get"), None);
+    }
+
+    async fn session_ids(s: &S, f: SessionFilter) -> (Vec<uuid::Uuid>, u64) {
+        let (list, total) = s.list_sessions(&f).await.expect("list sessions");
+        (list.iter().map(|x| x.id).collect(), total)
+    }
+
+    pub async fn sessions_list_newest_first_with_filters(s: S) {
+        let a = session(0);
+        let mut b = session(1_000);
+        b.status = SessionStatus::Closed;
+        b.owner = Some("bob".into());
+        let mut c = session(2_000);
+        c.project_path = "/srv/other".into();
+        c.owner = Some("alice".into());
+        let mut d = session(3_000);
+        d.status = SessionStatus::Archived;
+        for x in [&c, &a, &d, &b] {
+            s.insert_session(x).await.expect("insert");
+        }
+        assert_eq!(
+            session_ids(&s, SessionFilter::default()).await,
+            (vec![d.id, c.id, b.id, a.id], 4)
+        );
+        let f = |status| SessionFilter {
+            status: Some(status),
+            ..SessionFilter::default()
+        };
+        assert_eq!(
+            session_ids(&s, f(SessionStatus::Active)).await,
+            (vec![c.id, a.id], 2)
+        );
+        assert_eq!(
+            session_ids(&s, f(SessionStatus::Closed)).await,
+            (vec![b.id], 1)
+        );
+        let path = |p: &str| SessionFilter {
+            project_path: Some(p.into()),
+            ..SessionFilter::default()
+        };
+        assert_eq!(
+            session_ids(&s, path("/srv/project")).await,
+            (vec![d.id, b.id, a.id], 3)
+        );
+        assert_eq!(session_ids(&s, path("/srv/other")).await, (vec![c.id], 1));
+        assert_eq!(session_ids(&s, path("/srv")).await, (vec![], 0));
+        let owner = |o: Option<&str>| SessionFilter {
+            owner: Some(o.map(str::to_owned)),
+            ..SessionFilter::default()
+        };
+        assert_eq!(session_ids(&s, owner(Some("alice"))).await, (vec![c.id], 1));
+        assert_eq!(session_ids(&s, owner(None)).await, (vec![d.id, a.id], 2));
+        let combined = SessionFilter {
+            status: Some(SessionStatus::Active),
+            project_path: Some("/srv/project".into()),
+            owner: Some(None),
+            ..SessionFilter::default()
+        };
+        assert_eq!(session_ids(&s, combined).await, (vec![a.id], 1));
+    }
+
+    pub async fn sessions_query(s: S) {
+        let mut a = session(0);
+        a.project_path = "/home/Dev/WebShop".into();
+        let mut b = session(1);
+        b.metadata = json!({"title": "Quarterly REPORT", "n": 42});
+        let c = session(2);
+        for x in [&a, &b, &c] {
+            s.insert_session(x).await.expect("insert");
+        }
+        let q = |q: &str| SessionFilter {
+            query: Some(q.into()),
+            ..SessionFilter::default()
+        };
+        assert_eq!(session_ids(&s, q("webshop")).await, (vec![a.id], 1));
+        assert_eq!(session_ids(&s, q("DEV/web")).await, (vec![a.id], 1));
+        assert_eq!(
+            session_ids(&s, q("quarterly report")).await,
+            (vec![b.id], 1)
+        );
+        assert_eq!(session_ids(&s, q("\"n\":42")).await, (vec![b.id], 1));
+        let id_part = c.id.to_string()[..13].to_uppercase();
+        assert_eq!(session_ids(&s, q(&id_part)).await, (vec![c.id], 1));
+        assert_eq!(session_ids(&s, q("no such thing")).await, (vec![], 0));
+        // Combined with another filter.
+        let f = SessionFilter {
+            query: Some("srv/project".into()),
+            status: Some(SessionStatus::Active),
+            ..SessionFilter::default()
+        };
+        assert_eq!(session_ids(&s, f).await, (vec![c.id, b.id], 2));
+        // Query text that means something to SQL LIKE is taken literally.
+        assert_eq!(session_ids(&s, q("%")).await, (vec![], 0));
+        assert_eq!(session_ids(&s, q("_")).await, (vec![], 0));
+    }
+
+    pub async fn sessions_limit_offset_total(s: S) {
+        let mut all = Vec::new();
+        for i in 0..5 {
+            let x = session(i * 10);
+            s.insert_session(&x).await.expect("insert");
+            all.push(x.id);
+        }
+        all.reverse();
+        let page = |limit, offset| SessionFilter {
+            limit,
+            offset,
+            ..SessionFilter::default()
+        };
+        assert_eq!(session_ids(&s, page(2, 0)).await, (all[0..2].to_vec(), 5));
+        assert_eq!(session_ids(&s, page(2, 4)).await, (all[4..].to_vec(), 5));
+        assert_eq!(session_ids(&s, page(2, 5)).await, (vec![], 5));
+        assert_eq!(session_ids(&s, page(0, 1)).await, (all[1..].to_vec(), 5));
+    }
+
+    pub async fn delete_sessions_idle_since(s: S) {
+        let mut old = session(0);
+        old.updated_at = at(1_000);
+        let mut edge = session(0);
+        edge.updated_at = at(5_000);
+        let mut fresh = session(0);
+        fresh.updated_at = at(9_000);
+        for x in [&old, &edge, &fresh] {
+            s.insert_session(x).await.expect("insert");
+        }
+        assert_eq!(
+            s.delete_sessions_idle_since(at(5_000))
+                .await
+                .expect("delete"),
+            1
+        );
+        assert_eq!(s.get_session(old.id).await.expect("get"), None);
+        assert!(s.get_session(edge.id).await.expect("get").is_some());
+        assert!(s.get_session(fresh.id).await.expect("get").is_some());
+        // Touching a session keeps it.
+        let mut touched = edge.clone();
+        touched.updated_at = at(20_000);
+        assert!(s.update_session(&touched).await.expect("update"));
+        assert_eq!(
+            s.delete_sessions_idle_since(at(10_000))
+                .await
+                .expect("delete"),
+            1
+        );
+        let (left, total) = session_ids(&s, SessionFilter::default()).await;
+        assert_eq!((left, total), (vec![edge.id], 1));
+    }
+
+    pub async fn stats_days(s: S) {
+        let d = |day: u32| NaiveDate::from_ymd_opt(2026, 1, day).expect("date");
+        assert!(s
+            .load_stats_days(d(1), d(31))
+            .await
+            .expect("load")
+            .is_empty());
+        s.save_stats_day(d(3), &json!({"runs": 3}))
+            .await
+            .expect("save");
+        s.save_stats_day(d(1), &json!({"runs": 1}))
+            .await
+            .expect("save");
+        s.save_stats_day(d(2), &json!({"runs": 2, "by_model": {"m": 1.5}}))
+            .await
+            .expect("save");
+        s.save_stats_day(d(3), &json!({"runs": 33}))
+            .await
+            .expect("overwrite");
+        s.save_stats_day(d(10), &json!({"runs": 10}))
+            .await
+            .expect("save");
+
+        let got = s.load_stats_days(d(1), d(3)).await.expect("load");
+        assert_eq!(
+            got,
+            vec![
+                (d(1), json!({"runs": 1})),
+                (d(2), json!({"runs": 2, "by_model": {"m": 1.5}})),
+                (d(3), json!({"runs": 33})),
+            ]
+        );
+        let days: Vec<NaiveDate> = s
+            .load_stats_days(d(2), d(30))
+            .await
+            .expect("load")
+            .into_iter()
+            .map(|(day, _)| day)
+            .collect();
+        assert_eq!(days, vec![d(2), d(3), d(10)]);
+        assert!(s
+            .load_stats_days(d(4), d(9))
+            .await
+            .expect("load")
+            .is_empty());
+        assert!(s
+            .load_stats_days(d(3), d(1))
+            .await
+            .expect("load")
+            .is_empty());
+
+        assert_eq!(s.prune_stats_before(d(3)).await.expect("prune"), 2);
+        let days: HashSet<NaiveDate> = s
+            .load_stats_days(d(1), d(31))
+            .await
+            .expect("load")
+            .into_iter()
+            .map(|(day, _)| day)
+            .collect();
+        assert_eq!(days, HashSet::from([d(3), d(10)]));
+        assert_eq!(s.prune_stats_before(d(3)).await.expect("prune"), 0);
+    }
+}

@@ -15,6 +15,7 @@ use crate::model::{Priority, Session, SessionId, SessionStatus, Task, TaskId, Ta
 #[cfg(test)]
 mod conformance;
 pub mod memory;
+mod rules;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

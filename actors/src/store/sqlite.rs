@@ -1,7 +1,1386 @@
-//! Stub.
-pub struct SqliteStore;
+//! [`SqliteStore`]: the embedded, durable backend (the default).
+//!
+//! # Writes: one thread, group commit
+//! One dedicated thread (`sqlite-writer`) owns the only read-write connection. Every write is a
+//! command sent to it over a channel with a oneshot reply. The thread takes the first queued
+//! command, drains whatever else is queued (up to [`MAX_BATCH`]), and runs them all in ONE
+//! `BEGIN IMMEDIATE … COMMIT` transaction, each inside its own savepoint (so a command that
+//! fails, e.g. a duplicate id, is rolled back alone and answered with its own error). Only after
+//! `COMMIT` returns does it send the replies: a reply means the write is on disk. With
+//! `journal_mode=WAL` and `synchronous=FULL` a commit costs one fsync of the WAL, and all
+//! commands that queued up while the previous fsync ran share the next one. If `COMMIT` fails,
+//! every command of the batch is answered `Unavailable`.
+//!
+//! When the store is dropped the channel closes; the thread finishes the batch in hand,
+//! checkpoints the WAL into the database file and exits, and `Drop` joins it.
+//!
+//! # Reads: a small pool of read-only connections
+//! Reads run on `tokio::task::spawn_blocking` over at most [`MAX_READERS`] read-only
+//! connections. In WAL mode they never wait for the writer, and since a write
+//! is answered only after its commit, a read that starts after a write's reply sees it.
+//! The pool is bounded by a semaphore: a burst of reads waits for one of the connections
+//! instead of opening more.
+//!
+//! # Measured (`bench_concurrent_inserts`, release, 2 shared cores, ext4 on a VM disk, fsync
+//! ≈ 0.25 ms)
+//! * 10,000 concurrent async inserts: ≈ 34,000 inserts/s (0.29 s); a single insert alone
+//!   0.2–0.3 ms (one fsync). Debug build: ≈ 13,500 inserts/s.
+//! * One `get_task` while 8 writers keep the writer busy: pool p50 0.018 ms / p99 0.2 ms;
+//!   through the writer thread p50 0.5 ms / p99 2.9 ms (a read waits for the batch in hand and
+//!   its fsync, worse on slower disks). A burst of 2,000 concurrent reads is faster through the
+//!   writer (≈ 200k/s, they batch) than the pool (≈ 42k/s), but single-read latency and keeping
+//!   the writer free for writes matter more here: reads use the pool.
+//! * Pending page of 50 out of 10,000+: 0.4 ms; `task_counts`: 0.7 ms (covering index).
+//!
+//! # Schema
+//! Versioned with `PRAGMA user_version` ([`MIGRATIONS`]): each entry moves the schema one version
+//! up, in a transaction together with the new version number. A database newer than this build
+//! is refused. Records are stored whole as JSON (`doc`); the other columns are copies of the
+//! fields that queries filter or sort on. Times are integer milliseconds since the epoch.
+//! `seq` continues from the highest ever handed out (`meta.last_seq`, written once per batch,
+//! or `max(seq)` if larger) at open, so it keeps increasing across restarts, even when the
+//! newest tasks were deleted meanwhile.
+//!
+//! Also kept identical across backends (see `rules`): times are truncated to milliseconds on
+//! write; `limit = 0` means no limit; `finish_task` keeps the store-owned `seq`, `attempts` and
+//! (when the caller's copy lacks it) `started_at`; a duplicate id on insert is refused with
+//! `Corrupt` (a caller bug, not an outage).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::rules;
+use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
+use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
+
+/// Most commands committed in one transaction.
+pub const MAX_BATCH: usize = 4096;
+/// Read-only connections (and so reads running at once).
+pub const MAX_READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations: entry `i` moves the database from `user_version = i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    "
+    CREATE TABLE tasks (
+        id           TEXT PRIMARY KEY,
+        seq          INTEGER NOT NULL UNIQUE,
+        status       TEXT NOT NULL,
+        priority     INTEGER NOT NULL,
+        session_id   TEXT,
+        owner        TEXT,
+        created_at   INTEGER NOT NULL,
+        completed_at INTEGER,
+        cost_usd     REAL,
+        doc          TEXT NOT NULL
+    );
+    CREATE INDEX tasks_run_order ON tasks (status, priority DESC, seq);
+    CREATE INDEX tasks_status_seq ON tasks (status, seq, cost_usd);
+    CREATE INDEX tasks_session ON tasks (session_id, seq);
+    CREATE INDEX tasks_owner ON tasks (owner, seq);
+    CREATE INDEX tasks_completed_at ON tasks (completed_at);
+
+    CREATE TABLE sessions (
+        id           TEXT PRIMARY KEY,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        status       TEXT NOT NULL,
+        project_path TEXT NOT NULL,
+        owner        TEXT,
+        search       TEXT NOT NULL,
+        doc          TEXT NOT NULL
+    );
+    CREATE INDEX sessions_created ON sessions (created_at, id);
+    CREATE INDEX sessions_updated ON sessions (updated_at);
+    CREATE INDEX sessions_status ON sessions (status, created_at, id);
+    CREATE INDEX sessions_project ON sessions (project_path, created_at, id);
+    CREATE INDEX sessions_owner ON sessions (owner, created_at, id);
+
+    CREATE TABLE stats_days (
+        day TEXT PRIMARY KEY,
+        doc TEXT NOT NULL
+    );
+
+    -- last_seq: the highest seq ever handed out, so seq never repeats even when the newest
+    -- tasks have been deleted.
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('last_seq', 0);
+    ",
+];
+
+/// The schema version this build writes.
+pub fn schema_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// The SQLite backend. Cheap to share behind an `Arc`; dropping it flushes and stops the writer.
+pub struct SqliteStore {
+    tx: Option<mpsc::Sender<Box<dyn Command>>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<ReadPool>,
+    reads_on_writer: bool,
+}
+
 impl SqliteStore {
-    pub fn open(_p: &std::path::Path) -> super::StoreResult<SqliteStore> {
-        unimplemented!()
+    /// Open (or create) the database at `path`: creates the parent directories, the schema (or
+    /// migrates it), and starts the writer thread.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, reads_on_writer: bool) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "{} cannot use WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(db_err)?;
+        migrate(&mut conn)?;
+        let last_seq: i64 = conn
+            .query_row(
+                "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM tasks),
+                            (SELECT COALESCE(MAX(value), 0) FROM meta WHERE key = 'last_seq'))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        let last_seq = u64::try_from(last_seq)
+            .map_err(|_| StoreError::Corrupt(format!("negative seq {last_seq}")))?;
+
+        // Readers find the file by an absolute path, whatever the working directory becomes.
+        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let readers = Arc::new(ReadPool {
+            path: abs,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(MAX_READERS)),
+        });
+        let probe = readers.take()?;
+        readers.give(probe);
+
+        let (tx, rx) = mpsc::channel::<Box<dyn Command>>();
+        let writer = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                writer_main(
+                    Writer {
+                        conn,
+                        last_seq,
+                        saved_seq: last_seq,
+                    },
+                    rx,
+                )
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+        Ok(SqliteStore {
+            tx: Some(tx),
+            writer: Some(writer),
+            readers,
+            reads_on_writer,
+        })
+    }
+
+    /// Run `f` on the writer thread, inside the current batch's transaction; answer once the
+    /// batch is committed.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let cmd: Box<dyn Command> = Box::new(Job {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        let stopped = || StoreError::Unavailable("the storage writer has stopped".into());
+        self.tx
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(cmd)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Run `f` on a read-only connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if self.reads_on_writer {
+            return self.write(move |w| f(&w.conn)).await;
+        }
+        let pool = Arc::clone(&self.readers);
+        // Wait for one of the connections rather than open more: opening costs more than a read.
+        let permit = Arc::clone(&pool.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("the storage readers are closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let r = f(&conn);
+            if r.is_ok() {
+                pool.give(conn);
+            }
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("storage read failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish its batch, checkpoint and exit.
+        drop(self.tx.take());
+        if let Some(h) = self.writer.take() {
+            if h.join().is_err() {
+                tracing::error!("the SQLite writer thread panicked");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// errors and encoding
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::Error as E;
+    match e {
+        E::FromSqlConversionFailure(..)
+        | E::InvalidColumnType(..)
+        | E::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn encode<T: serde::Serialize>(what: &str, v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("cannot encode {what}: {e}")))
+}
+
+fn decode_task(doc: &str) -> StoreResult<Task> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("stored task: {e}")))
+}
+
+fn decode_session(doc: &str) -> StoreResult<Session> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("stored session: {e}")))
+}
+
+fn seq_i64(seq: u64) -> StoreResult<i64> {
+    i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("seq {seq} out of range")))
+}
+
+fn day_text(d: NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+/// `LIMIT` for SQLite: 0 means no limit (-1).
+fn sql_limit(limit: u32) -> i64 {
+    if limit == 0 {
+        -1
+    } else {
+        i64::from(limit)
+    }
+}
+
+fn owner_cond(
+    owner: &Option<Option<String>>,
+    conds: &mut Vec<&'static str>,
+    args: &mut Vec<Value>,
+) {
+    match owner {
+        None => {}
+        Some(None) => conds.push("owner IS NULL"),
+        Some(Some(o)) => {
+            conds.push("owner = ?");
+            args.push(Value::Text(o.clone()));
+        }
+    }
+}
+
+fn where_clause(conds: &[&str]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the writer thread
+
+/// What the writer thread owns.
+struct Writer {
+    conn: Connection,
+    /// The last seq handed out.
+    last_seq: u64,
+    /// The last seq recorded in `meta` (committed).
+    saved_seq: u64,
+}
+
+/// One queued write: run inside the batch, answered after the batch's commit.
+trait Command: Send {
+    /// Run; `false` when the command failed (its savepoint is then rolled back).
+    fn run(&mut self, w: &mut Writer) -> bool;
+    /// Reply: with the command's own result, or `failure` when the batch did not commit.
+    fn complete(self: Box<Self>, failure: Option<StoreError>);
+}
+
+struct Job<T, F> {
+    f: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Command for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&mut Writer) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, w: &mut Writer) -> bool {
+        match self.f.take() {
+            Some(f) => {
+                let r = f(w);
+                let ok = r.is_ok();
+                self.result = Some(r);
+                ok
+            }
+            None => false,
+        }
+    }
+
+    fn complete(self: Box<Self>, failure: Option<StoreError>) {
+        let out = match (self.result, failure) {
+            (Some(Err(e)), _) => Err(e),
+            (_, Some(f)) => Err(f),
+            (Some(Ok(v)), None) => Ok(v),
+            (None, None) => Err(StoreError::Unavailable("the write was not run".into())),
+        };
+        // The caller may have gone away (request cancelled): nothing to tell then.
+        let _ = self.reply.send(out);
+    }
+}
+
+fn writer_main(mut w: Writer, rx: mpsc::Receiver<Box<dyn Command>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut w, batch);
+    }
+    // Every sender is gone and every reply sent: fold the WAL back into the database file.
+    if let Err(e) = w
+        .conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    {
+        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+    }
+}
+
+fn run_batch(w: &mut Writer, mut batch: Vec<Box<dyn Command>>) {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        execute_batch(w, &mut batch)
+    }));
+    let failure = match run {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => {
+            rollback(&w.conn);
+            Some(StoreError::Unavailable("the storage writer failed".into()))
+        }
+    };
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, commands = batch.len(), "storage batch not committed");
+    }
+    for c in batch {
+        c.complete(failure.clone());
+    }
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "rollback failed");
+        }
+    }
+}
+
+fn execute_batch(w: &mut Writer, batch: &mut [Box<dyn Command>]) -> StoreResult<()> {
+    let fail = |w: &Writer, e: rusqlite::Error| {
+        rollback(&w.conn);
+        StoreError::Unavailable(e.to_string())
+    };
+    w.conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+    for c in batch.iter_mut() {
+        w.conn
+            .execute_batch("SAVEPOINT cmd")
+            .map_err(|e| fail(w, e))?;
+        let ok = c.run(w);
+        if w.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (disk full, I/O error, ...).
+            return Err(StoreError::Unavailable(
+                "the storage transaction was aborted".into(),
+            ));
+        }
+        let end = if ok {
+            "RELEASE cmd"
+        } else {
+            "ROLLBACK TO cmd; RELEASE cmd"
+        };
+        w.conn.execute_batch(end).map_err(|e| fail(w, e))?;
+    }
+    if w.last_seq > w.saved_seq {
+        w.conn
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'last_seq'")
+            .and_then(|mut st| st.execute([seq_i64(w.last_seq).unwrap_or(i64::MAX)]))
+            .map_err(|e| fail(w, e))?;
+    }
+    w.conn.execute_batch("COMMIT").map_err(|e| fail(w, e))?;
+    w.saved_seq = w.last_seq;
+    Ok(())
+}
+
+// ---- write commands (run on the writer thread)
+
+const TASK_INSERT: &str = "INSERT INTO tasks
+    (id, seq, status, priority, session_id, owner, created_at, completed_at, cost_usd, doc)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (id) DO NOTHING";
+const TASK_UPDATE_LIVE: &str = "UPDATE tasks SET
+    status = ?3, priority = ?4, session_id = ?5, owner = ?6, created_at = ?7,
+    completed_at = ?8, cost_usd = ?9, doc = ?10
+    WHERE id = ?1 AND seq = ?2 AND status IN ('pending', 'processing')";
+
+/// Write `t` with `sql` (one of the two above); returns the number of rows changed.
+fn put_task(conn: &Connection, sql: &str, t: &Task) -> StoreResult<usize> {
+    let doc = encode("task", t)?;
+    let mut st = conn.prepare_cached(sql).map_err(db_err)?;
+    st.execute(params![
+        t.id.to_string(),
+        seq_i64(t.seq)?,
+        t.status.as_str(),
+        i64::from(t.priority.get()),
+        t.session_id.map(|s| s.to_string()),
+        t.owner,
+        rules::ms(&t.created_at),
+        rules::finished_at(t).map(|f| rules::ms(&f)),
+        t.cost_usd,
+        doc,
+    ])
+    .map_err(db_err)
+}
+
+/// The stored task `id` if its status is one of `live` (a subset of pending/processing).
+fn get_live(conn: &Connection, id: TaskId, pending_only: bool) -> StoreResult<Option<Task>> {
+    let sql = if pending_only {
+        "SELECT doc FROM tasks WHERE id = ?1 AND status = 'pending'"
+    } else {
+        "SELECT doc FROM tasks WHERE id = ?1 AND status IN ('pending', 'processing')"
+    };
+    let doc: Option<String> = conn
+        .prepare_cached(sql)
+        .map_err(db_err)?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    doc.as_deref().map(decode_task).transpose()
+}
+
+fn w_insert_task(w: &mut Writer, mut task: Task) -> StoreResult<Task> {
+    rules::normalize_task(&mut task);
+    task.seq = w.last_seq + 1;
+    if put_task(&w.conn, TASK_INSERT, &task)? == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "task {} already exists",
+            task.id
+        )));
+    }
+    w.last_seq = task.seq;
+    Ok(task)
+}
+
+fn w_start_task(w: &mut Writer, id: TaskId, at: DateTime<Utc>) -> StoreResult<Option<Task>> {
+    let Some(mut t) = get_live(&w.conn, id, true)? else {
+        return Ok(None);
+    };
+    t.status = TaskStatus::Processing;
+    t.started_at = Some(rules::trunc(at));
+    t.attempts += 1;
+    Ok((put_task(&w.conn, TASK_UPDATE_LIVE, &t)? == 1).then_some(t))
+}
+
+fn w_finish_task(w: &mut Writer, task: Task) -> StoreResult<bool> {
+    let Some(stored) = get_live(&w.conn, task.id, false)? else {
+        return Ok(false);
+    };
+    let merged = rules::merge_final(&stored, &task);
+    Ok(put_task(&w.conn, TASK_UPDATE_LIVE, &merged)? == 1)
+}
+
+fn w_set_priority(w: &mut Writer, id: TaskId, priority: Priority) -> StoreResult<bool> {
+    let Some(mut t) = get_live(&w.conn, id, true)? else {
+        return Ok(false);
+    };
+    t.priority = priority;
+    Ok(put_task(&w.conn, TASK_UPDATE_LIVE, &t)? == 1)
+}
+
+fn w_interrupt_processing(w: &mut Writer, at: DateTime<Utc>) -> StoreResult<Vec<TaskId>> {
+    let docs: Vec<String> = {
+        let mut st = w
+            .conn
+            .prepare_cached("SELECT doc FROM tasks WHERE status = 'processing' ORDER BY seq")
+            .map_err(db_err)?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)?
+    };
+    let mut ids = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let mut t = decode_task(&doc)?;
+        rules::interrupt(&mut t, at);
+        if put_task(&w.conn, TASK_UPDATE_LIVE, &t)? == 1 {
+            ids.push(t.id);
+        }
+    }
+    Ok(ids)
+}
+
+const SESSION_INSERT: &str = "INSERT INTO sessions
+    (id, created_at, updated_at, status, project_path, owner, search, doc)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING";
+const SESSION_UPDATE: &str = "UPDATE sessions SET
+    created_at = ?2, updated_at = ?3, status = ?4, project_path = ?5, owner = ?6, search = ?7,
+    doc = ?8 WHERE id = ?1";
+
+fn put_session(conn: &Connection, sql: &str, s: &Session) -> StoreResult<usize> {
+    let mut s = s.clone();
+    rules::normalize_session(&mut s);
+    let s = &s;
+    let doc = encode("session", s)?;
+    let mut st = conn.prepare_cached(sql).map_err(db_err)?;
+    st.execute(params![
+        s.id.to_string(),
+        rules::ms(&s.created_at),
+        rules::ms(&s.updated_at),
+        rules::session_status_str(s.status),
+        s.project_path.to_string_lossy(),
+        s.owner,
+        rules::session_search_text(s),
+        doc,
+    ])
+    .map_err(db_err)
+}
+
+// ---- read queries (run on a reader connection)
+
+fn query_docs(conn: &Connection, sql: &str, args: &[Value]) -> StoreResult<Vec<String>> {
+    let mut st = conn.prepare_cached(sql).map_err(db_err)?;
+    let rows = st
+        .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    rows.collect::<Result<_, _>>().map_err(db_err)
+}
+
+fn query_count(conn: &Connection, sql: &str, args: &[Value]) -> StoreResult<u64> {
+    let n: i64 = conn
+        .prepare_cached(sql)
+        .map_err(db_err)?
+        .query_row(params_from_iter(args.iter()), |r| r.get(0))
+        .map_err(db_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// A page of `table` rows matching `conds`, in `order`, and the number matching; read in one
+/// snapshot.
+fn page_docs(
+    conn: &Connection,
+    table: &str,
+    conds: &[&str],
+    args: Vec<Value>,
+    order: &str,
+    limit: u32,
+    offset: u32,
+) -> StoreResult<(Vec<String>, u64)> {
+    let wh = where_clause(conds);
+    // One read transaction for both statements (unless already inside the writer's).
+    let tx = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction().map_err(db_err)?)
+    } else {
+        None
+    };
+    let mut page_args = args.clone();
+    page_args.push(Value::Integer(sql_limit(limit)));
+    page_args.push(Value::Integer(i64::from(offset)));
+    let docs = query_docs(
+        conn,
+        &format!("SELECT doc FROM {table}{wh} ORDER BY {order} LIMIT ? OFFSET ?"),
+        &page_args,
+    )?;
+    let total = if offset == 0 && (limit == 0 || docs.len() < limit as usize) {
+        docs.len() as u64
+    } else {
+        query_count(conn, &format!("SELECT COUNT(*) FROM {table}{wh}"), &args)?
+    };
+    if let Some(tx) = tx {
+        tx.finish().map_err(db_err)?;
+    }
+    Ok((docs, total))
+}
+
+fn r_list_tasks(conn: &Connection, f: &TaskFilter) -> StoreResult<(Vec<Task>, u64)> {
+    let mut conds = Vec::new();
+    let mut args = Vec::new();
+    if let Some(s) = f.status {
+        conds.push("status = ?");
+        args.push(Value::Text(s.as_str().to_owned()));
+    }
+    if let Some(s) = f.session_id {
+        conds.push("session_id = ?");
+        args.push(Value::Text(s.to_string()));
+    }
+    owner_cond(&f.owner, &mut conds, &mut args);
+    let order = if f.status == Some(TaskStatus::Pending) {
+        "priority DESC, seq ASC"
+    } else {
+        "seq DESC"
+    };
+    let (docs, total) = page_docs(conn, "tasks", &conds, args, order, f.limit, f.offset)?;
+    let tasks = docs
+        .iter()
+        .map(|d| decode_task(d))
+        .collect::<StoreResult<_>>()?;
+    Ok((tasks, total))
+}
+
+fn r_list_sessions(conn: &Connection, f: &SessionFilter) -> StoreResult<(Vec<Session>, u64)> {
+    let mut conds = Vec::new();
+    let mut args = Vec::new();
+    if let Some(s) = f.status {
+        conds.push("status = ?");
+        args.push(Value::Text(rules::session_status_str(s).to_owned()));
+    }
+    if let Some(p) = &f.project_path {
+        conds.push("project_path = ?");
+        args.push(Value::Text(p.clone()));
+    }
+    owner_cond(&f.owner, &mut conds, &mut args);
+    if let Some(q) = &f.query {
+        conds.push("instr(search, ?) > 0");
+        args.push(Value::Text(rules::query_needle(q)));
+    }
+    let (docs, total) = page_docs(
+        conn,
+        "sessions",
+        &conds,
+        args,
+        "created_at DESC, id DESC",
+        f.limit,
+        f.offset,
+    )?;
+    let sessions = docs
+        .iter()
+        .map(|d| decode_session(d))
+        .collect::<StoreResult<_>>()?;
+    Ok((sessions, total))
+}
+
+fn r_task_counts(conn: &Connection) -> StoreResult<TaskCounts> {
+    let mut st = conn
+        .prepare_cached("SELECT status, COUNT(*), TOTAL(cost_usd) FROM tasks GROUP BY status")
+        .map_err(db_err)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut counts = TaskCounts::default();
+    for row in rows {
+        let (status, n, cost) = row.map_err(db_err)?;
+        let status = TaskStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown task status {status:?}")))?;
+        counts
+            .by_status
+            .insert(status, u64::try_from(n).unwrap_or(0));
+        counts.total_cost_usd += cost;
+    }
+    Ok(counts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// readers
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// One per connection: at most [`MAX_READERS`] reads at once.
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    fn take(&self) -> StoreResult<Connection> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(db_err)?;
+                c.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+                Ok(c)
+            }
+        }
+    }
+
+    fn give(&self, c: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_READERS {
+            idle.push(c);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// schema
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let target = schema_version();
+    if version > target {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {version}, newer than this build's {target}"
+        )));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction().map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.write(|w| w.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
+    }
+
+    async fn insert_task(&self, task: Task) -> StoreResult<Task> {
+        self.write(move |w| w_insert_task(w, task)).await
+    }
+
+    async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>> {
+        self.read(move |c| {
+            let doc: Option<String> = c
+                .prepare_cached("SELECT doc FROM tasks WHERE id = ?1")
+                .map_err(db_err)?
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            doc.as_deref().map(decode_task).transpose()
+        })
+        .await
+    }
+
+    async fn start_task(&self, id: TaskId, at: DateTime<Utc>) -> StoreResult<Option<Task>> {
+        self.write(move |w| w_start_task(w, id, at)).await
+    }
+
+    async fn finish_task(&self, task: &Task) -> StoreResult<bool> {
+        if !task.status.is_final() {
+            tracing::warn!(task = %task.id, status = task.status.as_str(), "finish_task called with a live status; nothing written");
+            return Ok(false);
+        }
+        let task = task.clone();
+        self.write(move |w| w_finish_task(w, task)).await
+    }
+
+    async fn set_priority(&self, id: TaskId, priority: Priority) -> StoreResult<bool> {
+        self.write(move |w| w_set_priority(w, id, priority)).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<(Vec<Task>, u64)> {
+        let filter = filter.clone();
+        self.read(move |c| r_list_tasks(c, &filter)).await
+    }
+
+    async fn pending_tasks(&self) -> StoreResult<Vec<Task>> {
+        self.read(|c| {
+            query_docs(
+                c,
+                "SELECT doc FROM tasks WHERE status = 'pending' ORDER BY priority DESC, seq ASC",
+                &[],
+            )?
+            .iter()
+            .map(|d| decode_task(d))
+            .collect()
+        })
+        .await
+    }
+
+    async fn interrupt_processing(&self, at: DateTime<Utc>) -> StoreResult<Vec<TaskId>> {
+        self.write(move |w| w_interrupt_processing(w, at)).await
+    }
+
+    async fn task_counts(&self) -> StoreResult<TaskCounts> {
+        self.read(r_task_counts).await
+    }
+
+    async fn delete_tasks_finished_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let cut = rules::ms(&before);
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached(
+                    "DELETE FROM tasks WHERE completed_at < ?1
+                     AND status NOT IN ('pending', 'processing')",
+                )
+                .map_err(db_err)?
+                .execute([cut])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn insert_session(&self, session: &Session) -> StoreResult<()> {
+        let s = session.clone();
+        self.write(move |w| {
+            if put_session(&w.conn, SESSION_INSERT, &s)? == 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "session {} already exists",
+                    s.id
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>> {
+        self.read(move |c| {
+            let doc: Option<String> = c
+                .prepare_cached("SELECT doc FROM sessions WHERE id = ?1")
+                .map_err(db_err)?
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            doc.as_deref().map(decode_session).transpose()
+        })
+        .await
+    }
+
+    async fn update_session(&self, session: &Session) -> StoreResult<bool> {
+        let s = session.clone();
+        self.write(move |w| Ok(put_session(&w.conn, SESSION_UPDATE, &s)? == 1))
+            .await
+    }
+
+    async fn delete_session(&self, id: SessionId) -> StoreResult<bool> {
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached("DELETE FROM sessions WHERE id = ?1")
+                .map_err(db_err)?
+                .execute([id.to_string()])
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, filter: &SessionFilter) -> StoreResult<(Vec<Session>, u64)> {
+        let filter = filter.clone();
+        self.read(move |c| r_list_sessions(c, &filter)).await
+    }
+
+    async fn delete_sessions_idle_since(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let cut = rules::ms(&before);
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached("DELETE FROM sessions WHERE updated_at < ?1")
+                .map_err(db_err)?
+                .execute([cut])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn save_stats_day(&self, day: NaiveDate, doc: &serde_json::Value) -> StoreResult<()> {
+        let doc = encode("statistics", doc)?;
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO stats_days (day, doc) VALUES (?1, ?2)
+                     ON CONFLICT (day) DO UPDATE SET doc = excluded.doc",
+                )
+                .map_err(db_err)?
+                .execute(params![day_text(day), doc])
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_stats_days(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<(NaiveDate, serde_json::Value)>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT day, doc FROM stats_days WHERE day >= ?1 AND day <= ?2 ORDER BY day",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([day_text(from), day_text(to)], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (day, doc) = row.map_err(db_err)?;
+                let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+                    .map_err(|e| StoreError::Corrupt(format!("stored day {day:?}: {e}")))?;
+                let doc = serde_json::from_str(&doc)
+                    .map_err(|e| StoreError::Corrupt(format!("stored statistics: {e}")))?;
+                out.push((day, doc));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn prune_stats_before(&self, day: NaiveDate) -> StoreResult<u64> {
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached("DELETE FROM stats_days WHERE day < ?1")
+                .map_err(db_err)?
+                .execute([day_text(day)])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::store::conformance::fixtures::{at, finished, prio, session, task};
+
+    fn raw(path: &Path) -> Connection {
+        Connection::open(path).expect("raw connection")
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening_and_seq_continues() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("store.db");
+        let (a, b, c, s1, max_seq);
+        {
+            let store = SqliteStore::open(&path).expect("open");
+            a = store.insert_task(task(3)).await.expect("insert");
+            b = store.insert_task(task(8)).await.expect("insert");
+            c = store.insert_task(task(5)).await.expect("insert");
+            store.start_task(c.id, at(5)).await.expect("start");
+            let done = finished(&a, TaskStatus::Cancelled, 0.5, 9);
+            assert!(store.finish_task(&done).await.expect("finish"));
+            // The newest task is deleted, so max(seq) must not come from a count.
+            let d = store.insert_task(task(1)).await.expect("insert");
+            let gone = finished(&d, TaskStatus::Cancelled, 0.0, 1);
+            store.finish_task(&gone).await.expect("finish");
+            max_seq = d.seq;
+            assert_eq!(
+                store
+                    .delete_tasks_finished_before(at(2))
+                    .await
+                    .expect("delete"),
+                1
+            );
+            s1 = session(0);
+            store.insert_session(&s1).await.expect("session");
+            store
+                .save_stats_day(
+                    NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"),
+                    &serde_json::json!({"runs": 1}),
+                )
+                .await
+                .expect("stats");
+        }
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.get_task(a.id).await.expect("get").map(|t| t.status),
+            Some(TaskStatus::Cancelled)
+        );
+        assert_eq!(store.get_task(b.id).await.expect("get"), Some(b.clone()));
+        let pending = store.pending_tasks().await.expect("pending");
+        assert_eq!(pending.iter().map(|t| t.id).collect::<Vec<_>>(), vec![b.id]);
+        assert_eq!(
+            store.interrupt_processing(at(10)).await.expect("interrupt"),
+            vec![c.id]
+        );
+        assert_eq!(store.get_session(s1.id).await.expect("get"), Some(s1));
+        assert_eq!(
+            store
+                .load_stats_days(
+                    NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"),
+                    NaiveDate::from_ymd_opt(2026, 1, 1).expect("date")
+                )
+                .await
+                .expect("stats")
+                .len(),
+            1
+        );
+        let e = store.insert_task(task(5)).await.expect("insert");
+        assert!(e.seq > max_seq, "seq {} after {max_seq}", e.seq);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inserts_all_land_with_distinct_seqs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+        let mut handles = Vec::new();
+        for i in 0..50 {
+            let store = Arc::clone(&store);
+            handles.push(tokio::spawn(async move {
+                store.insert_task(task(1 + i % 10)).await
+            }));
+        }
+        let mut seqs = std::collections::HashSet::new();
+        let mut ids = Vec::new();
+        for h in handles {
+            let t = h.await.expect("join").expect("insert");
+            assert!(seqs.insert(t.seq), "duplicate seq {}", t.seq);
+            ids.push(t.id);
+        }
+        let counts = store.task_counts().await.expect("counts");
+        assert_eq!(counts.get(TaskStatus::Pending), 50);
+        for id in ids {
+            let got = store.get_task(id).await.expect("get").expect("present");
+            assert!(seqs.contains(&got.seq));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answered_insert_is_visible_to_a_fresh_connection() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).expect("open");
+        for _ in 0..5 {
+            let t = store.insert_task(task(5)).await.expect("insert");
+            let conn = raw(&path);
+            let doc: String = conn
+                .query_row(
+                    "SELECT doc FROM tasks WHERE id = ?1",
+                    [t.id.to_string()],
+                    |r| r.get(0),
+                )
+                .expect("row is on disk");
+            assert_eq!(decode_task(&doc).expect("decode"), t);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_command_does_not_sink_its_batch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+        let dup = store.insert_task(task(5)).await.expect("insert");
+        let mut handles = Vec::new();
+        for i in 0..40 {
+            let store = Arc::clone(&store);
+            let t = if i % 4 == 0 { dup.clone() } else { task(5) };
+            handles.push(tokio::spawn(async move { store.insert_task(t).await }));
+        }
+        let mut ok = 0;
+        for h in handles {
+            match h.await.expect("join") {
+                Ok(_) => ok += 1,
+                Err(e) => assert!(matches!(e, StoreError::Corrupt(_)), "{e}"),
+            }
+        }
+        assert_eq!(ok, 30);
+        assert_eq!(store.task_counts().await.expect("counts").total(), 31);
+        assert_eq!(store.get_task(dup.id).await.expect("get"), Some(dup));
+    }
+
+    #[tokio::test]
+    async fn schema_is_versioned_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let v: i64 = raw(&path)
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, schema_version());
+        let mode: String = raw(&path)
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+        drop(SqliteStore::open(&path).expect("reopen at the same version"));
+        raw(&path)
+            .pragma_update(None, "user_version", schema_version() + 1)
+            .expect("bump");
+        assert!(matches!(
+            SqliteStore::open(&path).err(),
+            Some(StoreError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_corrupt_not_panics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let t = store.insert_task(task(5)).await.expect("insert");
+        let s = session(0);
+        store.insert_session(&s).await.expect("insert");
+        let conn = raw(&path);
+        conn.execute(
+            "UPDATE tasks SET doc = '{\"id\": 1' WHERE id = ?1",
+            [t.id.to_string()],
+        )
+        .expect("break task");
+        conn.execute("UPDATE sessions SET doc = 'null'", [])
+            .expect("break session");
+        conn.execute(
+            "INSERT INTO stats_days (day, doc) VALUES ('2026-13-45', '{}')",
+            [],
+        )
+        .expect("break stats");
+        drop(conn);
+        assert!(matches!(
+            store.get_task(t.id).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.pending_tasks().await,
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.start_task(t.id, at(1)).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.get_session(s.id).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        let d = NaiveDate::from_ymd_opt(2026, 1, 1).expect("date");
+        let far = NaiveDate::from_ymd_opt(9999, 1, 1).expect("date");
+        assert!(matches!(
+            store.load_stats_days(d, far).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        // The store keeps serving everything else.
+        let other = store.insert_task(task(5)).await.expect("insert");
+        assert!(store.get_task(other.id).await.expect("get").is_some());
+        store.ping().await.expect("ping");
+    }
+
+    #[tokio::test]
+    async fn reads_through_the_writer_work_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open_with(&dir.path().join("s.db"), true).expect("open");
+        let t = store.insert_task(task(5)).await.expect("insert");
+        assert!(store.set_priority(t.id, prio(9)).await.expect("set"));
+        let (list, total) = store
+            .list_tasks(&crate::store::TaskFilter::default())
+            .await
+            .expect("list");
+        assert_eq!((list.len(), total), (1, 1));
+    }
+
+    #[test]
+    fn list_queries_use_indexes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("p.db");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = raw(&path);
+        for q in [
+            "SELECT status, COUNT(*), TOTAL(cost_usd) FROM tasks GROUP BY status",
+            "SELECT doc FROM tasks WHERE status = ? ORDER BY priority DESC, seq ASC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE status = 'pending' ORDER BY priority DESC, seq ASC",
+            "SELECT doc FROM tasks WHERE status = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE session_id = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE owner = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM tasks WHERE owner IS NULL ORDER BY seq DESC LIMIT ? OFFSET ?",
+            "SELECT COUNT(*) FROM tasks WHERE status = ?",
+            "DELETE FROM tasks WHERE completed_at < ?1 AND status NOT IN ('pending', 'processing')",
+            "SELECT doc FROM sessions ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM sessions WHERE status = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM sessions WHERE project_path = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "SELECT doc FROM sessions WHERE owner = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            "DELETE FROM sessions WHERE updated_at < ?1",
+        ] {
+            let mut st = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {q}"))
+                .expect("prepare");
+            let n = st.parameter_count();
+            let plan: Vec<String> = st
+                .query_map(params_from_iter(vec![Value::Null; n]), |r| r.get::<_, String>(3))
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            let plan = plan.join(" | ");
+            assert!(plan.contains("INDEX"), "{q}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{q}: {plan}");
+        }
+    }
+
+    /// Throughput of the write path and latency of the read paths, on the machine at hand:
+    /// `cargo test -p actors --release store::sqlite::tests::bench -- --ignored --nocapture`.
+    /// Figures taken are in the module documentation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn bench_concurrent_inserts() {
+        const N: usize = 10_000;
+        for reads_on_writer in [false, true] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Arc::new(
+                SqliteStore::open_with(&dir.path().join("b.db"), reads_on_writer).expect("open"),
+            );
+
+            let t0 = Instant::now();
+            let mut handles = Vec::with_capacity(N);
+            for i in 0..N {
+                let store = Arc::clone(&store);
+                handles.push(tokio::spawn(async move {
+                    store.insert_task(task(1 + (i % 10) as i64)).await
+                }));
+            }
+            let mut ids = Vec::with_capacity(N);
+            for h in handles {
+                ids.push(h.await.expect("join").expect("insert").id);
+            }
+            let insert_secs = t0.elapsed().as_secs_f64();
+
+            let t0 = Instant::now();
+            for _ in 0..20 {
+                store.insert_task(task(5)).await.expect("insert");
+            }
+            let serial_ms = t0.elapsed().as_secs_f64() * 1000.0 / 20.0;
+
+            // Reads while a stream of writes (8 writers) keeps the writer thread busy.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut load = Vec::new();
+            for _ in 0..8 {
+                let store = Arc::clone(&store);
+                let stop = Arc::clone(&stop);
+                load.push(tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = store.insert_task(task(5)).await;
+                    }
+                }));
+            }
+            let t0 = Instant::now();
+            let mut reads = Vec::new();
+            for id in ids.iter().take(2_000) {
+                let store = Arc::clone(&store);
+                let id = *id;
+                reads.push(tokio::spawn(async move { store.get_task(id).await }));
+            }
+            for r in reads {
+                r.await.expect("join").expect("get").expect("present");
+            }
+            let read_secs = t0.elapsed().as_secs_f64();
+            let mut lat = Vec::new();
+            for id in ids.iter().take(500) {
+                let t0 = Instant::now();
+                store.get_task(*id).await.expect("get").expect("present");
+                lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat.sort_by(f64::total_cmp);
+            let (p50, p99) = (lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for l in load {
+                l.await.expect("join");
+            }
+
+            let t0 = Instant::now();
+            let f = crate::store::TaskFilter {
+                status: Some(TaskStatus::Pending),
+                limit: 50,
+                offset: 0,
+                ..Default::default()
+            };
+            for _ in 0..20 {
+                store.list_tasks(&f).await.expect("list");
+            }
+            let page_ms = t0.elapsed().as_secs_f64() * 1000.0 / 20.0;
+            let t0 = Instant::now();
+            store.task_counts().await.expect("counts");
+            let counts_ms = t0.elapsed().as_secs_f64() * 1000.0;
+
+            println!(
+                "reads_on_writer={reads_on_writer}: {N} concurrent inserts in {insert_secs:.2}s = \
+                 {:.0} inserts/s; one insert alone {serial_ms:.2} ms; \
+                 under write load: 2000 concurrent get_task {:.0} reads/s, \
+                 one get_task p50 {p50:.3} ms p99 {p99:.3} ms; \
+                 pending page of 50 (of {N}+) {page_ms:.2} ms; task_counts {counts_ms:.2} ms",
+                N as f64 / insert_secs,
+                2000.0 / read_secs,
+            );
+        }
     }
 }

@@ -15,12 +15,10 @@ pub const FAKE_CLAUDE: &str = env!("CARGO_BIN_EXE_fake-claude");
 
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub client: reqwest::Client,
     pub dir: TempDir,
     pub project: PathBuf,
     pub calls_log: PathBuf,
-    pub config_path: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -88,12 +86,10 @@ pub async fn spawn_app_in(dir: TempDir, overrides: Value) -> TestApp {
     }));
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        port,
         client: reqwest::Client::builder().build().expect("client"),
         dir,
         project,
         calls_log,
-        config_path,
         stop: Some(stop_tx),
         server: Some(server),
     }

@@ -220,7 +220,7 @@ impl Supervisor {
     }
 
     fn shutdown_complete(&mut self) -> bool {
-        let done = matches!(&self.shutdown, Some(_) if self.running.is_empty());
+        let done = self.shutdown.is_some() && self.running.is_empty();
         if done {
             if let Some(s) = self.shutdown.take() {
                 for d in s.done {

@@ -1,0 +1,1 @@
+//! placeholder until the fake's tests merge

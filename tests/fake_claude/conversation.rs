@@ -1,0 +1,747 @@
+//! One turn of the simulated conversation: from the init line to the result, including tool
+//! round trips, turn and budget limits, API errors, partial-message streaming and the
+//! failure modes the directives ask for.
+
+use std::time::Instant;
+
+use crate::clock::{now_iso, simulate};
+use crate::directives::Directives;
+use crate::json::J;
+use crate::messages::{self, new_uuid, Ctx};
+use crate::output;
+use crate::result::{self, Outcome, ResultSpec};
+use crate::session::Session;
+use crate::settings::Settings;
+use crate::usage::{self, ModelUsage, Tokens};
+use crate::version::{Generation, Version};
+use crate::{shutdown, signals};
+
+/// `tool_loop` without `--max-turns` stops asking for tools after this many calls.
+const TOOL_LOOP_CAP: u32 = 50;
+const TOOL_OUTPUT: &str = "tool-ran";
+const TOOL_PREAMBLE: &str = "I'll run a command.";
+
+/// Everything one turn needs.
+pub struct Turn<'a> {
+    pub settings: &'a Settings,
+    pub ctx: &'a Ctx,
+    pub d: &'a Directives,
+    pub version: Version,
+    pub session: &'a Session,
+    /// User turns in the session including this one (the reply counter).
+    pub turn_no: u32,
+    /// The prompt as received (stored in the transcript).
+    pub prompt_raw: &'a str,
+    /// The prompt without directives (echoed back, counted for tokens).
+    pub prompt_text: &'a str,
+    /// Session totals before this turn.
+    pub prior: &'a ModelUsage,
+    /// Where `duration_ms` counts from.
+    pub started: Instant,
+    pub parsed_flags: &'a J,
+    /// `--replay-user-messages`: the user message to echo after init.
+    pub replay: Option<J>,
+}
+
+/// How the turn ended.
+pub struct TurnEnd {
+    pub exit_code: i32,
+    /// Session totals after this turn.
+    pub totals: ModelUsage,
+}
+
+/// A content block the simulated model produces.
+enum Block {
+    Text(String),
+    ToolUse { id: String, name: String, input: J },
+}
+
+impl Block {
+    fn to_json(&self) -> J {
+        match self {
+            Block::Text(t) => messages::text_block(t),
+            Block::ToolUse { id, name, input } => messages::tool_use_block(id, name, input),
+        }
+    }
+}
+
+/// An API or auth failure the directives ask for, with the real texts (docs §6).
+struct ApiFailure {
+    text: String,
+    status: Option<u16>,
+    error_type: Option<&'static str>,
+    /// The assistant line's `error` field.
+    assistant_error: &'static str,
+    /// The `api_retry` line's `error` field.
+    retry_error: &'static str,
+    connection: bool,
+    auth: bool,
+}
+
+fn gateway_suffix() -> String {
+    let base = std::env::var("ANTHROPIC_BASE_URL").unwrap_or_default();
+    let authority = base
+        .split_once("://")
+        .map_or(base.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    if authority.is_empty() || authority == "api.anthropic.com" {
+        " If it persists, check https://status.claude.com.".to_string()
+    } else {
+        format!(" If it persists, check your inference gateway ({authority}).")
+    }
+}
+
+fn api_failure(d: &Directives, version: Version) -> Option<ApiFailure> {
+    let has_credentials = [
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    let require_auth = std::env::var("FAKE_CLAUDE_REQUIRE_AUTH").is_ok_and(|v| v == "1");
+    if d.flag("not_logged_in") || (require_auth && !has_credentials) {
+        return Some(ApiFailure {
+            text: version.not_logged_in_text().to_string(),
+            status: None,
+            error_type: None,
+            assistant_error: "authentication_failed",
+            retry_error: "authentication_failed",
+            connection: false,
+            auth: true,
+        });
+    }
+    let kind = d.text("api_error")?.trim().to_ascii_lowercase();
+    let server = "This is a server-side issue, usually temporary — try again in a moment.";
+    let failure =
+        |text: String, status: u16, error_type, assistant_error, retry_error| ApiFailure {
+            text,
+            status: Some(status),
+            error_type: Some(error_type),
+            assistant_error,
+            retry_error,
+            connection: false,
+            auth: false,
+        };
+    Some(match kind.as_str() {
+        "400" => failure(
+            "API Error: 400 fake bad request".into(),
+            400,
+            "invalid_request_error",
+            "invalid_request",
+            "invalid_request",
+        ),
+        "401" => failure(
+            "Invalid API key · Fix external API key".into(),
+            401,
+            "authentication_error",
+            "authentication_failed",
+            "authentication_failed",
+        ),
+        "403" => failure(
+            "API Error: 403 fake permission denied".into(),
+            403,
+            "permission_error",
+            "authentication_failed",
+            "authentication_failed",
+        ),
+        "429" => failure(
+            "API Error: 429 fake rate limit exceeded".into(),
+            429,
+            "rate_limit_error",
+            "rate_limit",
+            "rate_limit",
+        ),
+        "529" => failure(
+            format!("API Error: 529 Overloaded. {server}{}", gateway_suffix()),
+            529,
+            "overloaded_error",
+            "server_error",
+            "server_error",
+        ),
+        "conn" => ApiFailure {
+            text: "API Error: Connection refused — a firewall or proxy may be blocking it (ECONNREFUSED)"
+                .into(),
+            status: None,
+            error_type: None,
+            assistant_error: "server_error",
+            retry_error: "unknown",
+            connection: true,
+            auth: false,
+        },
+        // 500 and anything unrecognised: the common server error.
+        _ => failure(
+            format!("API Error: 500 Internal server error. {server}{}", gateway_suffix()),
+            500,
+            "api_error",
+            "server_error",
+            "server_error",
+        ),
+    })
+}
+
+/// A reply of exactly `n` bytes (ASCII, so JSON escaping does not change its length).
+fn big_text(n: usize) -> String {
+    const PATTERN: &str = "fake big reply 0123456789 abcdefghijklmnopqrstuvwxyz ";
+    PATTERN.chars().cycle().take(n).collect()
+}
+
+/// Splits `text` into `k` pieces of about equal length, on character boundaries.
+fn chunks(text: &str, k: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let k = k.clamp(1, chars.len().max(1));
+    let size = chars.len().div_ceil(k).max(1);
+    let mut out: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
+    if out.is_empty() {
+        out.push(String::new());
+    }
+    out
+}
+
+/// Appends the turn's records to the transcript, chaining `parentUuid`.
+struct Recorder<'a> {
+    session: &'a Session,
+    ctx: &'a Ctx,
+    parent: Option<String>,
+}
+
+impl Recorder<'_> {
+    fn append(&mut self, mut record: J) {
+        let id = new_uuid();
+        record.set("uuid", id.as_str());
+        record.set("parentUuid", self.parent.clone());
+        record.set("sessionId", self.ctx.session_id.as_str());
+        record.set("cwd", self.ctx.cwd.as_str());
+        record.set("timestamp", now_iso());
+        record.set("version", self.ctx.version.as_str());
+        self.session.append(&record);
+        self.parent = Some(id);
+    }
+}
+
+/// The state of a running turn.
+struct Run<'a> {
+    t: &'a Turn<'a>,
+    rec: Recorder<'a>,
+    partial: bool,
+    calls: u32,
+    api_ms: u64,
+    ttft_ms: u64,
+    per_call: Tokens,
+    run: Tokens,
+    run_models: ModelUsage,
+    message_ids: Vec<String>,
+    denials: Vec<J>,
+}
+
+impl Run<'_> {
+    fn latency(&mut self) {
+        let slept = simulate(self.t.d.num("latency_ms").unwrap_or(0));
+        if self.calls == 0 {
+            self.ttft_ms = slept;
+        }
+        self.api_ms += slept;
+    }
+
+    fn stream_event(&self, msg_id: &str, event: J) {
+        output::emit(messages::stream_event(self.t.ctx, msg_id, event));
+    }
+
+    /// One model call producing `blocks`. With `hang_early`, stops after the first piece of
+    /// output and waits for a signal (`hang_after_partial`).
+    fn model_call(&mut self, blocks: &[Block], stop_reason: &str, hang_early: bool) {
+        let ctx = self.t.ctx;
+        if self.partial && self.calls > 0 && ctx.generation == Generation::Current {
+            output::emit(messages::status_requesting(ctx));
+        }
+        self.latency();
+        self.calls += 1;
+        let msg_id = messages::message_id();
+        self.message_ids.push(msg_id.clone());
+        let tokens = self.per_call;
+        if self.partial {
+            self.stream_event(
+                &msg_id,
+                obj! {"type" => "message_start", "message" => obj! {
+                    "id" => msg_id.as_str(), "type" => "message", "role" => "assistant",
+                    "model" => ctx.model.as_str(), "content" => J::Arr(vec![]),
+                    "stop_reason" => J::Null, "stop_sequence" => J::Null,
+                    "usage" => usage::message_usage(tokens),
+                }},
+            );
+        }
+        let k = self.t.d.num::<usize>("chunks").unwrap_or(2);
+        let chunk_ms = self.t.d.num::<u64>("chunk_ms").unwrap_or(0);
+        for (index, block) in blocks.iter().enumerate() {
+            let first = index == 0;
+            if self.partial {
+                let (start, body, delta_type, field) = match block {
+                    Block::Text(text) => (
+                        obj! {"type" => "text", "text" => ""},
+                        text.clone(),
+                        "text_delta",
+                        "text",
+                    ),
+                    Block::ToolUse { id, name, input } => (
+                        obj! {"type" => "tool_use", "id" => id.as_str(), "name" => name.as_str(), "input" => J::Obj(vec![])},
+                        input.to_line(),
+                        "input_json_delta",
+                        "partial_json",
+                    ),
+                };
+                self.stream_event(
+                    &msg_id,
+                    obj! {"type" => "content_block_start", "index" => index, "content_block" => start},
+                );
+                for (i, piece) in chunks(&body, k).into_iter().enumerate() {
+                    if i > 0 {
+                        self.api_ms += simulate(chunk_ms);
+                    }
+                    let mut delta = obj! {"type" => delta_type};
+                    delta.set(field, piece);
+                    self.stream_event(
+                        &msg_id,
+                        obj! {"type" => "content_block_delta", "index" => index, "delta" => delta},
+                    );
+                    if hang_early && first {
+                        signals::hang();
+                    }
+                }
+            }
+            output::emit(messages::assistant(ctx, &msg_id, block.to_json(), tokens));
+            if hang_early && first {
+                signals::hang();
+            }
+            if self.partial {
+                self.stream_event(
+                    &msg_id,
+                    obj! {"type" => "content_block_stop", "index" => index},
+                );
+            }
+        }
+        if self.partial {
+            self.stream_event(
+                &msg_id,
+                obj! {"type" => "message_delta",
+                "delta" => obj! {"stop_reason" => stop_reason, "stop_sequence" => J::Null},
+                "usage" => obj! {"output_tokens" => tokens.output}},
+            );
+            self.stream_event(&msg_id, obj! {"type" => "message_stop"});
+        }
+        self.rec.append(obj! {
+            "type" => "assistant",
+            "message" => obj! {
+                "id" => msg_id.as_str(), "type" => "message", "role" => "assistant",
+                "model" => ctx.model.as_str(),
+                "content" => J::Arr(blocks.iter().map(Block::to_json).collect()),
+                "stop_reason" => stop_reason, "stop_sequence" => J::Null,
+                "usage" => obj! {"input_tokens" => tokens.input, "output_tokens" => tokens.output},
+            },
+        });
+        self.run += tokens;
+        usage::add_model(&mut self.run_models, &ctx.model, tokens);
+    }
+
+    fn over_budget(&self) -> Option<f64> {
+        self.t
+            .settings
+            .max_budget
+            .filter(|limit| self.run.cost > *limit)
+    }
+
+    /// Runs the tool of the last call and reports its answer.
+    fn run_tool(&mut self, id: &str, name: &str, input: &J) {
+        let t = self.t;
+        let ctx = t.ctx;
+        let allowed = t
+            .settings
+            .allowed_tools
+            .iter()
+            .any(|a| a == name || a.starts_with(&format!("{name}(")));
+        let lenient_mode = matches!(
+            t.settings.permission_mode.as_str(),
+            "acceptEdits" | "bypassPermissions"
+        );
+        let denied = t.d.flag("deny_tool") && !allowed && !lenient_mode;
+        let (content, result_record) = if denied {
+            let message = if name == "Bash" {
+                format!(
+                    "mkdir in '{cwd}/x' needs approval. The path is inside the working directories for this \
+                     session ('{cwd}'), and Claude Code asks before a shell command creates, changes or removes \
+                     files there.",
+                    cwd = ctx.cwd
+                )
+            } else {
+                format!(
+                    "Claude requested permissions to use {name}, but you haven't granted it yet."
+                )
+            };
+            output::emit(messages::permission_denied(ctx, name, id, &message));
+            self.denials.push(
+                obj! {"tool_name" => name, "tool_use_id" => id, "tool_input" => input.clone()},
+            );
+            let line = messages::tool_result(ctx, id, &message, true);
+            (message, line)
+        } else {
+            (
+                TOOL_OUTPUT.to_string(),
+                messages::tool_result(ctx, id, TOOL_OUTPUT, false),
+            )
+        };
+        output::emit(result_record);
+        self.rec.append(obj! {
+            "type" => "user",
+            "message" => obj! {"role" => "user", "content" => vec![obj! {
+                "tool_use_id" => id, "type" => "tool_result", "content" => content, "is_error" => denied,
+            }]},
+        });
+    }
+
+    /// A call that asks for `name`; returns the tool_use to run.
+    fn tool_call(&mut self, name: &str, hang_early: bool) -> (String, String, J) {
+        let id = messages::tool_use_id();
+        let input = if name == "Bash" && self.t.d.flag("deny_tool") {
+            obj! {"command" => "mkdir x && echo made", "description" => "Make a dir"}
+        } else if name == "Bash" {
+            obj! {"command" => "echo tool-ran", "description" => "Echo a word"}
+        } else {
+            obj! {"input" => "fake tool input"}
+        };
+        let blocks = [
+            Block::Text(TOOL_PREAMBLE.to_string()),
+            Block::ToolUse {
+                id: id.clone(),
+                name: name.to_string(),
+                input: input.clone(),
+            },
+        ];
+        self.model_call(&blocks, "tool_use", hang_early);
+        (id, name.to_string(), input)
+    }
+}
+
+fn reply_text(t: &Turn<'_>) -> String {
+    let base = if let Some(n) = t.d.num::<usize>("big") {
+        big_text(n)
+    } else if let Some(reply) = t.d.text("reply") {
+        reply.to_string()
+    } else {
+        format!("fake reply #{} to: {}", t.turn_no, t.prompt_text)
+    };
+    if t.d.flag("model_echo") {
+        format!(
+            "model={} flags={} {base}",
+            t.ctx.model,
+            t.parsed_flags.to_line()
+        )
+    } else {
+        base
+    }
+}
+
+fn cumulative(version: Version) -> bool {
+    match std::env::var("FAKE_CLAUDE_COST_MODE").as_deref() {
+        Ok("per_run") => false,
+        Ok("cumulative") => true,
+        _ => version.cumulative_cost(),
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `/cost`, run locally without a model call.
+fn local_cost(t: &Turn<'_>) -> TurnEnd {
+    let totals: Tokens = t.prior.values().fold(Tokens::default(), |mut acc, x| {
+        acc += *x;
+        acc
+    });
+    let text = format!(
+        "Estimated cost:        ${:.4}\nTotal duration (API):  0s\nTotal duration (wall): 0s\n\
+         Total code changes:    0 lines added, 0 lines removed\n\
+         Usage:                 {} input, {} output, {} cache read, {} cache write",
+        totals.cost, totals.input, totals.output, totals.cache_read, totals.cache_create
+    );
+    let r = result::build(
+        t.ctx,
+        ResultSpec {
+            outcome: Outcome::LocalCommand {
+                name: "cost".into(),
+                text: text.clone(),
+            },
+            num_turns: 0,
+            stop_reason: None,
+            run: Tokens::default(),
+            model_usage: ModelUsage::new(),
+            run_model_usage: ModelUsage::new(),
+            total_cost: 0.0,
+            duration_ms: elapsed_ms(t.started),
+            duration_api_ms: 0,
+            ttft_ms: 0,
+            permission_denials: vec![],
+            begun_message_ids: None,
+        },
+    );
+    output::result(r, &text, true);
+    TurnEnd {
+        exit_code: 0,
+        totals: t.prior.clone(),
+    }
+}
+
+pub fn run(t: &Turn<'_>) -> TurnEnd {
+    let ctx = t.ctx;
+    let d = t.d;
+    let partial = t.settings.partial && ctx.stream_mode;
+    output::emit(messages::init(ctx));
+    if let Some(replay) = &t.replay {
+        output::emit(replay.clone());
+    }
+    if d.flag("garbage") {
+        // Not real behaviour: proves the service's parser survives a non-JSON line.
+        output::emit_raw_line("fake-claude garbage line: this is not JSON {");
+    }
+    if t.prompt_text == "/cost" {
+        return local_cost(t);
+    }
+
+    let mut rec = Recorder {
+        session: t.session,
+        ctx,
+        parent: t.session.history.last_uuid.clone(),
+    };
+    if let Some(name) = &t.settings.name {
+        rec.append(obj! {"type" => "custom-title", "customTitle" => name.as_str()});
+    }
+    rec.append(
+        obj! {"type" => "user", "message" => obj! {"role" => "user", "content" => t.prompt_raw}},
+    );
+
+    if partial && ctx.generation == Generation::Current {
+        output::emit(messages::status_requesting(ctx));
+    }
+    if d.flag("hang") {
+        signals::hang();
+    }
+
+    let reply = reply_text(t);
+    let mut run = Run {
+        t,
+        rec,
+        partial,
+        calls: 0,
+        api_ms: 0,
+        ttft_ms: 0,
+        per_call: usage::per_call(t.prompt_text, &reply, d),
+        run: Tokens::default(),
+        run_models: ModelUsage::new(),
+        message_ids: vec![],
+        denials: vec![],
+    };
+
+    let cumulative = cumulative(t.version);
+    let mut totals = t.prior.clone();
+
+    if let Some(failure) = api_failure(d, t.version) {
+        if !failure.auth {
+            let retries = d.num::<u32>("retries").unwrap_or(0);
+            let retry_ms = d.num::<u64>("retry_ms").unwrap_or(500);
+            for attempt in 1..=retries {
+                output::emit(messages::api_retry(
+                    ctx,
+                    attempt,
+                    retries,
+                    retry_ms,
+                    failure.status,
+                    failure.retry_error,
+                ));
+                simulate(retry_ms);
+            }
+            simulate(d.num("latency_ms").unwrap_or(0));
+        }
+        let mut extra: Vec<(&str, J)> = Vec::new();
+        if let Some(status) = failure.status {
+            extra.push(("api_error_status", J::from(u32::from(status))));
+        }
+        if let Some(et) = failure.error_type {
+            extra.push(("api_error_type", J::from(et)));
+        }
+        if failure.connection {
+            extra.push(("api_error", J::from("connection_failed")));
+        }
+        let line =
+            messages::api_error_assistant(ctx, &failure.text, failure.assistant_error, &extra);
+        output::emit(line.clone());
+        if let Some(message) = line.get("message") {
+            run.rec.append(obj! {"type" => "assistant", "message" => message.clone(), "isApiErrorMessage" => true});
+        }
+        maybe_crash(d);
+        let r = result::build(
+            ctx,
+            ResultSpec {
+                outcome: Outcome::ApiError {
+                    text: failure.text.clone(),
+                    status: failure.status,
+                    error_type: failure.error_type,
+                    api_error: failure.connection.then_some("connection_failed"),
+                },
+                num_turns: 1,
+                stop_reason: Some("stop_sequence"),
+                run: Tokens::default(),
+                model_usage: ModelUsage::new(),
+                run_model_usage: ModelUsage::new(),
+                total_cost: 0.0,
+                duration_ms: elapsed_ms(t.started),
+                duration_api_ms: 0,
+                ttft_ms: 0,
+                permission_denials: vec![],
+                begun_message_ids: None,
+            },
+        );
+        finish_turn(t, r, &failure.text, true);
+        return TurnEnd {
+            exit_code: exit_override(d, 1),
+            totals,
+        };
+    }
+
+    if t.settings.model_unrecognized {
+        output::stderr_line(&format!(
+            "[claude-code:unrecognized_model] {{\"model\":{},\"query_source\":\"sdk\"}}",
+            J::from(ctx.model.as_str()).to_line()
+        ));
+    }
+
+    let tool_loop = d.flag("tool_loop");
+    let tool = d
+        .text("tool")
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .or_else(|| tool_loop.then(|| "Bash".to_string()));
+    let hang_after_partial = d.flag("hang_after_partial");
+    let legacy_turns = t.version.legacy_max_turns();
+
+    // (outcome, num_turns, stop_reason, text-mode text, newline, exit code)
+    let (outcome, num_turns, stop_reason, text, newline, code) = loop {
+        let call_no = run.calls + 1;
+        if call_no > 1 {
+            if let Some(limit) = t.settings.max_turns.filter(|l| i64::from(call_no) > *l) {
+                let turns = if legacy_turns { run.calls } else { call_no };
+                break (
+                    Outcome::MaxTurns { limit },
+                    turns,
+                    "tool_use",
+                    format!("Error: Reached max turns ({limit})"),
+                    false,
+                    if legacy_turns { 0 } else { 1 },
+                );
+            }
+        }
+        let wants_tool = match &tool {
+            Some(_) if tool_loop => call_no <= TOOL_LOOP_CAP,
+            Some(_) => call_no == 1,
+            None => false,
+        };
+        let hang_now = hang_after_partial && call_no == 1;
+        let (stop, pending_tool) = match (&tool, wants_tool) {
+            (Some(name), true) => ("tool_use", Some(run.tool_call(name, hang_now))),
+            _ => {
+                run.model_call(&[Block::Text(reply.clone())], "end_turn", hang_now);
+                ("end_turn", None)
+            }
+        };
+        if let Some(limit) = run.over_budget() {
+            break (
+                Outcome::Budget { limit },
+                run.calls,
+                stop,
+                format!("Error: Exceeded USD budget ({limit})"),
+                false,
+                1,
+            );
+        }
+        let Some((id, name, input)) = pending_tool else {
+            break (
+                Outcome::Success {
+                    text: reply.clone(),
+                },
+                run.calls,
+                "end_turn",
+                reply.clone(),
+                true,
+                0,
+            );
+        };
+        // The budget is checked before the tool runs (as in the recorded m_budget run).
+        run.run_tool(&id, &name, &input);
+    };
+
+    maybe_crash(d);
+
+    for (model, tokens) in &run.run_models {
+        usage::add_model(&mut totals, model, *tokens);
+    }
+    run.rec.append(obj! {
+        "type" => "cost-state",
+        "total_cost_usd" => usage::total_cost(&totals),
+        "modelUsage" => usage::model_usage_json(&totals, Generation::Current),
+    });
+    let reported = if cumulative {
+        totals.clone()
+    } else {
+        run.run_models.clone()
+    };
+    // The real CLI reports zero `usage` on a budget stop (only modelUsage has the numbers).
+    let run_usage = if matches!(outcome, Outcome::Budget { .. }) {
+        Tokens::default()
+    } else {
+        run.run
+    };
+    let r = result::build(
+        ctx,
+        ResultSpec {
+            outcome,
+            num_turns,
+            stop_reason: Some(stop_reason),
+            run: run_usage,
+            total_cost: usage::total_cost(&reported),
+            model_usage: reported,
+            run_model_usage: run.run_models.clone(),
+            duration_ms: elapsed_ms(t.started),
+            duration_api_ms: run.api_ms,
+            ttft_ms: run.ttft_ms,
+            permission_denials: run.denials.clone(),
+            begun_message_ids: partial.then(|| run.message_ids.clone()),
+        },
+    );
+    finish_turn(t, r, &text, newline);
+    TurnEnd {
+        exit_code: exit_override(d, code),
+        totals,
+    }
+}
+
+/// `crash=CODE`: die after the streamed output, before the result line.
+fn maybe_crash(d: &Directives) {
+    if let Some(code) = d.num::<i32>("crash") {
+        output::stderr_line(d.text("stderr").unwrap_or("fatal: fake crash"));
+        shutdown::exit(code);
+    }
+}
+
+/// Prints the result, then the `stderr=` extra lines.
+fn finish_turn(t: &Turn<'_>, result: J, text: &str, newline: bool) {
+    output::result(result, text, newline);
+    if let Some(extra) = t.d.text("stderr") {
+        output::stderr_line(extra);
+    }
+}
+
+/// `exit_code=N` replaces the exit code after a normal result.
+fn exit_override(d: &Directives, code: i32) -> i32 {
+    d.num("exit_code").unwrap_or(code)
+}

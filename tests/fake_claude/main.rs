@@ -1,2 +1,0 @@
-//! A faithful fake of the Claude Code CLI for the tests.
-fn main() {}

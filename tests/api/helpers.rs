@@ -129,11 +129,13 @@ impl TestApp {
         dir
     }
 
-    /// Every fake CLI invocation logged so far (final records, not the start lines).
+    /// Every run of the fake CLI logged so far (final records; not the start lines, and not
+    /// the daemon's `--version` check).
     pub fn calls(&self) -> Vec<Value> {
         read_log(&self.calls_log)
             .into_iter()
             .filter(|c| c.get("event").and_then(Value::as_str) != Some("start"))
+            .filter(|c| c["argv"] != serde_json::json!(["--version"]))
             .collect()
     }
 

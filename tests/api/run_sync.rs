@@ -146,7 +146,7 @@ async fn a_one_mebibyte_prompt_and_a_two_megabyte_reply() {
     );
 
     let (s, b) = json_body(
-        app.post_claude(json!({"prompt": "[[fake:big=2000000]] big"}))
+        app.post_claude(json!({"prompt": "[[fake:big=2000000]] big", "max_budget_usd": 100}))
             .await,
     )
     .await;

@@ -136,9 +136,11 @@ fn command(spec: &RunSpec, settings: &RunnerSettings) -> Command {
 }
 
 /// Inherited environment, plus what every run needs, then `claudeEnv` last so that the
-/// operator can override anything. `IS_SANDBOX` is never set here: only the operator may
-/// decide that the CLI runs in a sandbox.
+/// operator can override anything. `IS_SANDBOX` (which lets the CLI bypass permissions as
+/// root) is removed from what the daemon inherited: only `claudeEnv` may set it, so a
+/// daemon started from a sandboxed shell does not hand that power to every caller.
 fn apply_env(cmd: &mut Command, settings: &RunnerSettings) {
+    cmd.env_remove("IS_SANDBOX");
     cmd.env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
     if let Some(prefix) = &settings.path_prefix {
         cmd.env("PATH", prefixed_path(prefix, std::env::var_os("PATH")));

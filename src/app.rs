@@ -123,11 +123,14 @@ impl Application {
         let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let router = crate::http::router(state.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop_rx.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop_rx.await;
+            })
+            .await
         });
 
         shutdown.await;

@@ -11,6 +11,7 @@ use actors::error::ErrorCode;
 use actors::model::{Task, TaskMode, TaskStatus};
 use actors::queue::{CancelReason, Queue};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::run_request::{validate, RunRequest, ValidatedRun};
@@ -18,6 +19,7 @@ use crate::state::AppState;
 
 pub async fn run_claude(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let config = state.config();
@@ -33,17 +35,18 @@ pub async fn run_claude(
         .with_details(json!({"field": "stream", "rule": "not supported yet"})));
     }
     if run.is_async {
-        let task = build_task(run, TaskMode::Async);
+        let task = build_task(run, TaskMode::Async, &caller);
         let submitted = state.queue.submit(task, false).await?;
         return Ok((StatusCode::ACCEPTED, Json(async_answer(&submitted.task))).into_response());
     }
-    let task = build_task(run, TaskMode::Sync);
+    let task = build_task(run, TaskMode::Sync, &caller);
     let finished = run_sync(&state.queue, task, config.cancel_on_disconnect).await?;
     Ok(sync_answer(&finished))
 }
 
-pub fn build_task(run: ValidatedRun, mode: TaskMode) -> Task {
+pub fn build_task(run: ValidatedRun, mode: TaskMode, caller: &Caller) -> Task {
     let mut task = Task::new(run.spec, run.priority, mode);
+    task.owner = caller.owner();
     task.webhook_url = run.webhook_url;
     task.metadata = run.metadata;
     task.session_id = run.session_id;

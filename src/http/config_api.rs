@@ -4,12 +4,25 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use actors::error::ErrorCode;
+
+use super::auth::Caller;
+use super::error::ApiError;
 use crate::state::AppState;
 
-pub async fn get_config(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
+pub async fn get_config(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "Reading the config needs an admin key.",
+        ));
+    }
+    Ok(Json(json!({
         "success": true,
         "config": state.config().redacted(),
         "config_path": state.config_path,
-    }))
+    })))
 }

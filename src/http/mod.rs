@@ -9,6 +9,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::state::AppState;
 
+pub mod auth;
 pub mod claude;
 pub mod config_api;
 pub mod error;
@@ -26,6 +27,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}", get(tasks::get_task))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))

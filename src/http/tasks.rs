@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use actors::model::{rfc3339, Task};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::state::AppState;
 
@@ -44,15 +45,24 @@ pub fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found("Task"))
 }
 
+/// Load a task the caller may see; another key's task is "not found", like an unknown one.
+pub async fn visible_task(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+) -> Result<Task, ApiError> {
+    let id = parse_task_id(raw_id)?;
+    match state.store.get_task(id).await? {
+        Some(task) if caller.can_see(&task.owner) => Ok(task),
+        _ => Err(ApiError::not_found("Task")),
+    }
+}
+
 pub async fn get_task(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_task_id(&id)?;
-    let task = state
-        .store
-        .get_task(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Task"))?;
+    let task = visible_task(&state, &caller, &id).await?;
     Ok(Json(json!({"success": true, "task": task_json(&task)})))
 }

@@ -251,6 +251,14 @@ impl Queue {
         self.store.get_task(id).await?.ok_or(QueueError::NotFound)
     }
 
+    /// Receive every task's final record from now on (completed, failed, cancelled, timeout),
+    /// exactly once per task. Unbounded: a slow listener never holds up the queue.
+    pub fn subscribe_finished(&self) -> mpsc::UnboundedReceiver<Arc<Task>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.tx.send(Msg::Subscribe(tx));
+        rx
+    }
+
     pub fn live_status(&self) -> LiveStatus {
         LiveStatus {
             pending: self.shared.pending.load(Ordering::SeqCst),

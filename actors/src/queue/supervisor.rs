@@ -48,6 +48,8 @@ pub(crate) enum Msg {
         grace: Duration,
         done: oneshot::Sender<()>,
     },
+    /// Send every final record from now on to this listener.
+    Subscribe(mpsc::UnboundedSender<Arc<Task>>),
 }
 
 struct ShutdownState {
@@ -64,6 +66,8 @@ pub(crate) struct Supervisor {
     pending: PendingOrder,
     running: HashMap<TaskId, watch::Sender<Option<StopReason>>>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Task>>>,
+    /// Listeners of final records (statistics, webhooks, sessions).
+    finished: Vec<mpsc::UnboundedSender<Arc<Task>>>,
     shutdown: Option<ShutdownState>,
 }
 
@@ -87,6 +91,7 @@ impl Supervisor {
             pending,
             running: HashMap::new(),
             waiters: HashMap::new(),
+            finished: Vec::new(),
             shutdown: None,
         }
     }
@@ -171,12 +176,19 @@ impl Supervisor {
                 });
                 state.done.push(done);
             }
+            Msg::Subscribe(listener) => self.finished.push(listener),
         }
     }
 
+    /// A task reached its final record: wake its waiters and tell the listeners (once per
+    /// task: this runs when the pending task is dropped or its worker is done).
     fn notify(&mut self, id: TaskId, task: &Task) {
         for w in self.waiters.remove(&id).unwrap_or_default() {
             let _ = w.send(task.clone());
+        }
+        if task.status.is_final() {
+            let shared = Arc::new(task.clone());
+            self.finished.retain(|l| l.send(shared.clone()).is_ok());
         }
     }
 

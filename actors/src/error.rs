@@ -32,6 +32,8 @@ pub enum ErrorCode {
     InvalidState,
     /// Another turn of the session is running.
     SessionBusy,
+    /// The session is closed or archived and takes no more turns.
+    SessionClosed,
     /// Body over `limits.maxBodyBytes`.
     PayloadTooLarge,
     /// Body is not `application/json`.
@@ -83,7 +85,7 @@ impl ErrorCode {
             ForbiddenPath | Forbidden => 403,
             NotFound | RouteNotFound => 404,
             MethodNotAllowed => 405,
-            InvalidState | SessionBusy | Cancelled => 409,
+            InvalidState | SessionBusy | SessionClosed | Cancelled => 409,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             MaxTurnsExceeded => 422,
@@ -111,6 +113,7 @@ impl ErrorCode {
             MethodNotAllowed => "method_not_allowed",
             InvalidState => "invalid_state",
             SessionBusy => "session_busy",
+            SessionClosed => "session_closed",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RateLimited => "rate_limited",

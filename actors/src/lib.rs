@@ -13,4 +13,5 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod queue;
+pub mod session;
 pub mod store;

@@ -154,8 +154,9 @@ pub enum SessionMode {
     Create { id: SessionId },
     /// A later turn: `--resume=<id>`.
     Resume { id: SessionId },
-    /// `--resume=<from> --fork-session`: a new session with the history copied.
-    Fork { from: SessionId },
+    /// `--resume=<from> --fork-session --session-id=<id>`: a new session `id` with the
+    /// history of `from` copied (the CLI takes our id, so the new record exists before the run).
+    Fork { from: SessionId, id: SessionId },
 }
 
 /// Everything needed to build the CLI's argv, cwd and stdin for one run. Validated and resolved

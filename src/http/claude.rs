@@ -15,6 +15,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::run_request::{validate, RunRequest, ValidatedRun};
+use super::turns::{self, Target};
 use crate::state::AppState;
 
 pub async fn run_claude(
@@ -24,9 +25,6 @@ pub async fn run_claude(
 ) -> Result<Response, ApiError> {
     let config = state.config();
     let run = validate(req, &config)?;
-    if run.session_id.is_some() {
-        return Err(ApiError::not_found("Session"));
-    }
     if run.stream {
         return Err(ApiError::new(
             ErrorCode::ValidationError,
@@ -34,14 +32,11 @@ pub async fn run_claude(
         )
         .with_details(json!({"field": "stream", "rule": "not supported yet"})));
     }
-    if run.is_async {
-        let task = build_task(run, TaskMode::Async, &caller);
-        let submitted = state.queue.submit(task, false).await?;
-        return Ok((StatusCode::ACCEPTED, Json(async_answer(&submitted.task))).into_response());
-    }
-    let task = build_task(run, TaskMode::Sync, &caller);
-    let finished = run_sync(&state.queue, task, config.cancel_on_disconnect).await?;
-    Ok(sync_answer(&finished))
+    let target = match run.session_id {
+        Some(sid) => Target::Continue(sid),
+        None => Target::NewSession,
+    };
+    turns::start(&state, &caller, run, target).await
 }
 
 pub fn build_task(run: ValidatedRun, mode: TaskMode, caller: &Caller) -> Task {
@@ -59,8 +54,9 @@ pub async fn run_sync(
     queue: &Queue,
     task: Task,
     cancel_on_disconnect: bool,
+    exclusive: bool,
 ) -> Result<Task, ApiError> {
-    let submitted = queue.submit(task, true).await?;
+    let submitted = queue.submit(task, true, exclusive).await?;
     let id = submitted.task.id;
     let mut guard = CancelOnDrop {
         queue: queue.clone(),

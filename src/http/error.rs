@@ -48,6 +48,11 @@ impl ApiError {
         ApiError::new(ErrorCode::NotFound, format!("{what} not found."))
     }
 
+    pub fn with_session(mut self, id: Uuid) -> ApiError {
+        self.session_id = Some(id.to_string());
+        self
+    }
+
     pub fn with_details(mut self, details: Value) -> ApiError {
         self.details = Some(details);
         self

@@ -2,7 +2,7 @@
 //!
 //! Handlers validate input and talk to the actors; they hold no state of their own.
 
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -15,8 +15,11 @@ pub mod config_api;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod params;
 pub mod run_request;
+pub mod sessions;
 pub mod tasks;
+pub mod turns;
 
 pub fn router(state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
@@ -25,6 +28,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/claude", post(claude::run_claude))
         .route("/api/config", get(config_api::get_config))
         .route("/api/tasks/{id}", get(tasks::get_task))
+        .route("/api/sessions", post(sessions::create).get(sessions::list))
+        .route("/api/sessions/search", get(sessions::search))
+        .route(
+            "/api/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/api/sessions/{id}/stats", get(sessions::stats))
+        .route("/api/sessions/{id}/status", patch(sessions::set_status))
+        .route("/api/sessions/{id}/messages", get(sessions::messages))
+        .route(
+            "/api/sessions/{id}/continue",
+            post(sessions::continue_session),
+        )
+        .route("/api/sessions/{id}/fork", post(sessions::fork))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -51,6 +51,8 @@ pub struct RunRequest {
 #[derive(Debug)]
 pub struct ValidatedRun {
     pub spec: RunSpec,
+    /// `max_budget_usd` as the request gave it (the spec carries the default otherwise).
+    pub requested_budget: Option<f64>,
     pub priority: Priority,
     pub is_async: bool,
     pub stream: bool,
@@ -137,6 +139,7 @@ pub fn validate(req: RunRequest, config: &Config) -> Result<ValidatedRun, ApiErr
         }
     }
     Ok(ValidatedRun {
+        requested_budget: req.max_budget_usd,
         spec: RunSpec {
             prompt,
             project_path,
@@ -187,7 +190,7 @@ fn validate_prompt(prompt: &str, slash_command: bool, config: &Config) -> Result
     Ok(neutralise_prompt(prompt, slash_command))
 }
 
-fn validate_model(model: String, config: &Config) -> Result<String, ApiError> {
+pub fn validate_model(model: String, config: &Config) -> Result<String, ApiError> {
     if model.trim().is_empty() || model.contains('\0') {
         return Err(ApiError::field("model", "must be a non-empty model name"));
     }
@@ -269,7 +272,7 @@ fn resolve_mcp_config(
     }
 }
 
-fn validate_metadata(metadata: Value) -> Result<Value, ApiError> {
+pub fn validate_metadata(metadata: Value) -> Result<Value, ApiError> {
     if !metadata.is_object() {
         return Err(ApiError::field("metadata", "must be an object"));
     }

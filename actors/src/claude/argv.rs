@@ -84,9 +84,10 @@ fn push_session(args: &mut Vec<String>, session: &SessionMode) {
         SessionMode::None => {}
         SessionMode::Create { id } => args.push(format!("--session-id={id}")),
         SessionMode::Resume { id } => args.push(format!("--resume={id}")),
-        SessionMode::Fork { from } => {
+        SessionMode::Fork { from, id } => {
             args.push(format!("--resume={from}"));
             args.push("--fork-session".to_string());
+            args.push(format!("--session-id={id}"));
         }
     }
 }
@@ -242,10 +243,14 @@ mod tests {
                 vec!["--resume=11111111-2222-4333-8444-555555555555"],
             ),
             (
-                SessionMode::Fork { from: id },
+                SessionMode::Fork {
+                    from: id,
+                    id: uuid::Uuid::from_u128(0x22222222_2222_4333_8444_555555555555),
+                },
                 vec![
                     "--resume=11111111-2222-4333-8444-555555555555",
                     "--fork-session",
+                    "--session-id=22222222-2222-4333-8444-555555555555",
                 ],
             ),
         ];

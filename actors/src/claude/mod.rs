@@ -18,6 +18,7 @@ pub mod argv;
 pub mod classify;
 pub mod process;
 pub mod stream;
+pub mod transcript;
 
 /// One thing the CLI said, as the rest of the service cares about it. Unknown event types and
 /// subtypes are dropped by the parser, never an error.

@@ -9,8 +9,9 @@
 //! Store writes happen in the callers' tasks, not in the supervisor's loop, so the mailbox never
 //! waits on disk and concurrent submissions share one SQLite commit.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,9 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::error::ErrorCode;
-use crate::model::{Priority, RunOutcome, Task, TaskError, TaskId, TaskStatus};
+use crate::model::{Priority, RunOutcome, SessionId, Task, TaskError, TaskId, TaskStatus};
 use crate::store::{Store, StoreError};
 
+pub mod lanes;
 pub mod order;
 pub mod supervisor;
 pub mod worker;
@@ -40,6 +42,8 @@ pub enum QueueError {
     AlreadyFinished(&'static str),
     #[error("only a pending task can change priority (this one is {0})")]
     NotPending(&'static str),
+    #[error("another turn of this session is running; try again when it has finished")]
+    SessionBusy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +55,7 @@ impl QueueError {
             QueueError::ShuttingDown => ErrorCode::ShuttingDown,
             QueueError::NotFound => ErrorCode::NotFound,
             QueueError::AlreadyFinished(_) | QueueError::NotPending(_) => ErrorCode::InvalidState,
+            QueueError::SessionBusy => ErrorCode::SessionBusy,
             QueueError::Store(_) => ErrorCode::StorageUnavailable,
         }
     }
@@ -101,6 +106,36 @@ pub(crate) struct Shared {
     concurrency: AtomicU64,
     max_pending: AtomicU64,
     accepting: AtomicBool,
+    /// Live (pending or running) tasks per session: a sync turn on a busy session is refused
+    /// under this lock, so two requests cannot both see it idle.
+    session_tasks: Mutex<HashMap<SessionId, u32>>,
+}
+
+impl Shared {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, u32>> {
+        self.session_tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count a new live task of `sid`; with `exclusive`, only if the session is idle.
+    fn session_task_started(&self, sid: SessionId, exclusive: bool) -> Result<(), QueueError> {
+        let mut map = self.sessions();
+        let n = map.entry(sid).or_insert(0);
+        if exclusive && *n > 0 {
+            return Err(QueueError::SessionBusy);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    pub(crate) fn session_task_ended(&self, sid: SessionId) {
+        let mut map = self.sessions();
+        if let Some(n) = map.get_mut(&sid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&sid);
+            }
+        }
+    }
 }
 
 /// The handle every HTTP handler uses. Cheap to clone.
@@ -123,12 +158,17 @@ impl Queue {
             );
         }
         let pending = store.pending_tasks().await?;
+        let mut session_tasks: HashMap<SessionId, u32> = HashMap::new();
+        for sid in pending.iter().filter_map(|t| t.session_id) {
+            *session_tasks.entry(sid).or_insert(0) += 1;
+        }
         let shared = Arc::new(Shared {
             pending: AtomicU64::new(pending.len() as u64),
             running: AtomicU64::new(0),
             concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
             max_pending: AtomicU64::new(config.task_queue.max_pending),
             accepting: AtomicBool::new(true),
+            session_tasks: Mutex::new(session_tasks),
         });
         if !pending.is_empty() {
             tracing::info!(
@@ -153,15 +193,38 @@ impl Queue {
 
     /// Store a new task durably, then queue it. With `wait`, also return a receiver for its
     /// final record. A returned `Ok` means the task is on disk (SQLite) and will run.
-    pub async fn submit(&self, task: Task, wait: bool) -> Result<Submitted, QueueError> {
+    ///
+    /// A session turn (`task.session_id`) runs after the session's earlier turns; with
+    /// `exclusive` it is refused (`SessionBusy`) while another turn is pending or running.
+    pub async fn submit(
+        &self,
+        task: Task,
+        wait: bool,
+        exclusive: bool,
+    ) -> Result<Submitted, QueueError> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(QueueError::ShuttingDown);
         }
-        self.reserve_pending_slot()?;
+        let session = task.session_id;
+        if let Some(sid) = session {
+            self.shared.session_task_started(sid, exclusive)?;
+        }
+        let undo = |shared: &Shared, pending_reserved: bool| {
+            if pending_reserved {
+                shared.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+            if let Some(sid) = session {
+                shared.session_task_ended(sid);
+            }
+        };
+        if let Err(e) = self.reserve_pending_slot() {
+            undo(&self.shared, false);
+            return Err(e);
+        }
         let stored = match self.store.insert_task(task).await {
             Ok(t) => t,
             Err(e) => {
-                self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+                undo(&self.shared, true);
                 return Err(e.into());
             }
         };
@@ -175,6 +238,7 @@ impl Queue {
             id: stored.id,
             priority: stored.priority,
             seq: stored.seq,
+            session,
             waiter: done_tx,
         };
         if self.tx.send(msg).is_err() {

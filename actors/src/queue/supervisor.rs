@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::order::PendingOrder;
+use super::lanes::Schedule;
 use super::{worker, Shared};
 use crate::claude::StopReason;
 use crate::config::Config;
-use crate::model::{Priority, Task, TaskId};
+use crate::model::{Priority, SessionId, Task, TaskId};
 use crate::store::Store;
 
 pub(crate) enum Msg {
@@ -22,6 +22,7 @@ pub(crate) enum Msg {
         id: TaskId,
         priority: Priority,
         seq: u64,
+        session: Option<SessionId>,
         waiter: Option<oneshot::Sender<Task>>,
     },
     /// Tell `waiter` when this task ends.
@@ -63,7 +64,7 @@ pub(crate) struct Supervisor {
     config: Arc<Config>,
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Msg>,
-    pending: PendingOrder,
+    pending: Schedule,
     running: HashMap<TaskId, watch::Sender<Option<StopReason>>>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Task>>>,
     /// Listeners of final records (statistics, webhooks, sessions).
@@ -79,9 +80,12 @@ impl Supervisor {
         tx: mpsc::UnboundedSender<Msg>,
         recovered: Vec<Task>,
     ) -> Supervisor {
-        let mut pending = PendingOrder::default();
+        // Lanes need each session's turns in submission order.
+        let mut recovered = recovered;
+        recovered.sort_by_key(|t| t.seq);
+        let mut pending = Schedule::default();
         for t in &recovered {
-            pending.push(t.id, t.priority, t.seq);
+            pending.push(t.id, t.priority, t.seq, t.session_id);
         }
         Supervisor {
             store,
@@ -124,22 +128,23 @@ impl Supervisor {
                 id,
                 priority,
                 seq,
+                session,
                 waiter,
             } => {
                 if let Some(w) = waiter {
                     self.waiters.entry(id).or_default().push(w);
                 }
-                self.pending.push(id, priority, seq);
+                self.pending.push(id, priority, seq, session);
             }
             Msg::Watch { id, waiter } => {
                 // Only tasks still tracked here can end later; for others the sender is dropped
                 // and the caller reads the store.
-                if self.pending.contains(id) || self.running.contains_key(&id) {
+                if self.pending.is_pending(id) || self.running.contains_key(&id) {
                     self.waiters.entry(id).or_default().push(waiter);
                 }
             }
             Msg::Cancelled { id, task } => {
-                if self.pending.remove(id) {
+                if self.pending.remove_pending(id) {
                     self.shared.pending.fetch_sub(1, Ordering::SeqCst);
                     self.notify(id, &task);
                 } else if let Some(stop) = self.running.get(&id) {
@@ -158,6 +163,7 @@ impl Supervisor {
             }
             Msg::Finished { id, task } => {
                 self.running.remove(&id);
+                self.pending.finished(id);
                 self.shared
                     .running
                     .store(self.running.len() as u64, Ordering::SeqCst);
@@ -187,6 +193,9 @@ impl Supervisor {
             let _ = w.send(task.clone());
         }
         if task.status.is_final() {
+            if let Some(sid) = task.session_id {
+                self.shared.session_task_ended(sid);
+            }
             let shared = Arc::new(task.clone());
             self.finished.retain(|l| l.send(shared.clone()).is_ok());
         }

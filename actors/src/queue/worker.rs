@@ -8,9 +8,10 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::supervisor::Msg;
-use crate::claude::{process, RunnerSettings, StopReason};
+use crate::claude::{process, transcript, RunnerSettings, StopReason};
 use crate::config::Config;
-use crate::model::{Task, TaskId};
+use crate::model::{SessionMode, Task, TaskId};
+use crate::session::accounting::{apply_turn, cost_mode, run_cost};
 use crate::store::{Store, StoreError};
 
 /// The runner settings a config gives. Read at each dispatch, so a reload applies to the next run.
@@ -59,7 +60,9 @@ async fn execute(
     tracing::info!(task_id = %id, "run started");
     tracing::debug!(task_id = %id, prompt = %task.spec.prompt, "run prompt");
     let settings = runner_settings(config);
-    let outcome = process::run(&task.spec, &settings, stop.clone(), &mut |_event| {}).await;
+    let mut spec = task.spec.clone();
+    spec.session = resolve_session_mode(&spec.session, &spec.project_path, config);
+    let mut outcome = process::run(&spec, &settings, stop.clone(), &mut |_event| {}).await;
     tracing::info!(
         task_id = %id,
         status = outcome.status.as_str(),
@@ -68,14 +71,66 @@ async fn execute(
         "run ended"
     );
     let mut task = task;
+    let session = match task.session_id {
+        Some(sid) => store.get_session(sid).await.ok().flatten(),
+        None => None,
+    };
+    // A session turn's cost is what this run added (a cumulative CLI reports the session's
+    // total), computed against the session's baseline before the lane lets the next turn in.
+    let reported = outcome
+        .report
+        .as_ref()
+        .map(|r| r.reported_cost_usd)
+        .unwrap_or(0.0);
+    let mode = cost_mode(
+        outcome
+            .report
+            .as_ref()
+            .and_then(|r| r.cli_version.as_deref()),
+    );
+    if let Some(s) = &session {
+        outcome.cost_usd = run_cost(mode, reported, s.last_reported_cost_usd);
+    }
     task.finish(&outcome, Utc::now());
     // Whoever wrote a final status first (a cancel) wins; then report what is stored.
     let (never_stop_tx, never_stop) = watch::channel(None);
     let written = retry("finish task", &never_stop, || store.finish_task(&task)).await;
     drop(never_stop_tx);
-    match written {
+    let final_task = match written {
         Some(true) => Some(task),
         _ => store.get_task(id).await.ok().flatten(),
+    };
+    if let (Some(mut s), Some(t)) = (session, final_task.as_ref()) {
+        apply_turn(
+            &mut s,
+            t,
+            mode,
+            reported,
+            t.cost_usd.unwrap_or(0.0),
+            Utc::now(),
+        );
+        if let Err(e) = store.update_session(&s).await {
+            tracing::error!(session_id = %s.id, error = %e, "cannot record the turn on its session");
+        }
+    }
+    final_task
+}
+
+/// The first turn of a session creates it (`--session-id`); if its transcript already exists
+/// (an earlier turn ran, even one that failed), the CLI would refuse that id, so resume.
+fn resolve_session_mode(mode: &SessionMode, cwd: &std::path::Path, config: &Config) -> SessionMode {
+    match mode {
+        SessionMode::Create { id } => {
+            let exists = transcript::config_dir(&config.claude_env)
+                .map(|dir| transcript::path(&dir, cwd, &id.to_string()).exists())
+                .unwrap_or(false);
+            if exists {
+                SessionMode::Resume { id: *id }
+            } else {
+                mode.clone()
+            }
+        }
+        other => other.clone(),
     }
 }
 

@@ -1,0 +1,348 @@
+//! Session resources (`api.md` § Sessions).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use actors::claude::transcript;
+use actors::error::ErrorCode;
+use actors::model::{rfc3339, Session, SessionId, SessionStatus, TaskStatus};
+use actors::store::{SessionFilter, TaskFilter};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::params::{page, text, QueryMap};
+use super::run_request::{
+    resolve_project_path, validate, validate_metadata, validate_model, RunRequest,
+};
+use super::turns::{self, Target};
+use crate::state::AppState;
+
+/// The session object of the API.
+pub fn session_json(s: &Session) -> Value {
+    json!({
+        "id": s.id,
+        "created_at": rfc3339(&s.created_at),
+        "updated_at": rfc3339(&s.updated_at),
+        "status": s.status,
+        "model": s.model,
+        "project_path": s.project_path,
+        "messages_count": s.messages_count,
+        "total_cost_usd": s.total_cost_usd,
+        "last_task_id": s.last_task_id,
+        "metadata": s.metadata,
+    })
+}
+
+fn parse_session_id(raw: &str) -> Result<SessionId, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found("Session"))
+}
+
+/// A session the caller may see; another key's session is "not found", like an unknown one.
+pub async fn visible_session(
+    state: &AppState,
+    caller: &Caller,
+    id: SessionId,
+) -> Result<Session, ApiError> {
+    match state.store.get_session(id).await? {
+        Some(s) if caller.can_see(&s.owner) => Ok(s),
+        _ => Err(ApiError::not_found("Session")),
+    }
+}
+
+async fn visible_session_raw(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<Session, ApiError> {
+    visible_session(state, caller, parse_session_id(raw)?).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateSession {
+    pub project_path: Option<String>,
+    pub model: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateSession>,
+) -> Result<Response, ApiError> {
+    let config = state.config();
+    let project_path = resolve_project_path(req.project_path.as_deref(), &config)?;
+    let model = match req.model {
+        Some(m) => validate_model(m, &config)?,
+        None => config.default_model.clone(),
+    };
+    let metadata = req
+        .metadata
+        .map(validate_metadata)
+        .transpose()?
+        .unwrap_or_else(|| json!({}));
+    let now = Utc::now();
+    let session = Session {
+        id: Uuid::new_v4(),
+        created_at: now,
+        updated_at: now,
+        status: SessionStatus::Active,
+        model: Some(model),
+        project_path,
+        messages_count: 0,
+        total_cost_usd: 0.0,
+        last_reported_cost_usd: 0.0,
+        last_task_id: None,
+        owner: caller.owner(),
+        metadata,
+    };
+    state.store.insert_session(&session).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "session": session_json(&session)})),
+    )
+        .into_response())
+}
+
+fn parse_status(q: &HashMap<String, String>) -> Result<Option<SessionStatus>, ApiError> {
+    match text(q, "status") {
+        None => Ok(None),
+        Some("active") => Ok(Some(SessionStatus::Active)),
+        Some("archived") => Ok(Some(SessionStatus::Archived)),
+        Some("closed") => Ok(Some(SessionStatus::Closed)),
+        Some(_) => Err(ApiError::field(
+            "status",
+            "must be one of: active, archived, closed",
+        )),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryMap(q): QueryMap,
+) -> Result<Json<Value>, ApiError> {
+    let p = page(&q)?;
+    let filter = SessionFilter {
+        status: parse_status(&q)?,
+        project_path: text(&q, "project_path").map(String::from),
+        query: None,
+        owner: caller.owner_filter(),
+        limit: p.limit,
+        offset: p.offset,
+    };
+    let (sessions, total) = state.store.list_sessions(&filter).await?;
+    let items: Vec<Value> = sessions.iter().map(session_json).collect();
+    Ok(Json(
+        json!({"success": true, "count": items.len(), "total": total, "sessions": items}),
+    ))
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryMap(q): QueryMap,
+) -> Result<Json<Value>, ApiError> {
+    let p = page(&q)?;
+    let query = text(&q, "q").ok_or_else(|| ApiError::field("q", "is required"))?;
+    let filter = SessionFilter {
+        query: Some(query.to_string()),
+        owner: caller.owner_filter(),
+        limit: p.limit,
+        offset: p.offset,
+        ..Default::default()
+    };
+    let (sessions, total) = state.store.list_sessions(&filter).await?;
+    let items: Vec<Value> = sessions.iter().map(session_json).collect();
+    Ok(Json(
+        json!({"success": true, "query": query, "count": items.len(), "total": total, "sessions": items}),
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let session = visible_session_raw(&state, &caller, &id).await?;
+    Ok(Json(
+        json!({"success": true, "session": session_json(&session)}),
+    ))
+}
+
+pub async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let session = visible_session_raw(&state, &caller, &id).await?;
+    let filter = TaskFilter {
+        session_id: Some(session.id),
+        limit: 0,
+        ..Default::default()
+    };
+    let (tasks, total) = state.store.list_tasks(&filter).await?;
+    let mut by_status: HashMap<&'static str, u64> =
+        TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    let (mut input, mut output, mut cache_read, mut cache_create, mut duration) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for t in &tasks {
+        *by_status.entry(t.status.as_str()).or_insert(0) += 1;
+        duration += t.duration_ms.unwrap_or(0);
+        if let Some(r) = &t.report {
+            input += r.usage.input_tokens;
+            output += r.usage.output_tokens;
+            cache_read += r.usage.cache_read_input_tokens;
+            cache_create += r.usage.cache_creation_input_tokens;
+        }
+    }
+    let finished = tasks.iter().filter(|t| t.status.is_final()).count() as u64;
+    Ok(Json(json!({
+        "success": true,
+        "session_id": session.id,
+        "stats": {
+            "messages_count": session.messages_count,
+            "total_cost_usd": session.total_cost_usd,
+            "tasks": {"total": total, "by_status": by_status},
+            "tokens": {"input": input, "output": output, "cache_read": cache_read, "cache_creation": cache_create},
+            "total_duration_ms": duration,
+            "avg_duration_ms": if finished > 0 { duration / finished } else { 0 },
+            "created_at": rfc3339(&session.created_at),
+            "updated_at": rfc3339(&session.updated_at),
+            "last_task_id": session.last_task_id,
+        }
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatusChange {
+    pub status: String,
+}
+
+pub async fn set_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<StatusChange>,
+) -> Result<Json<Value>, ApiError> {
+    let mut session = visible_session_raw(&state, &caller, &id).await?;
+    session.status = match req.status.as_str() {
+        "active" => SessionStatus::Active,
+        "archived" => SessionStatus::Archived,
+        "closed" => SessionStatus::Closed,
+        _ => {
+            return Err(ApiError::field(
+                "status",
+                "must be one of: active, archived, closed",
+            ))
+        }
+    };
+    session.updated_at = Utc::now();
+    if !state.store.update_session(&session).await? {
+        return Err(ApiError::not_found("Session"));
+    }
+    Ok(Json(
+        json!({"success": true, "session": session_json(&session)}),
+    ))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let session = visible_session_raw(&state, &caller, &id).await?;
+    let live = TaskFilter {
+        session_id: Some(session.id),
+        status: Some(TaskStatus::Processing),
+        limit: 1,
+        ..Default::default()
+    };
+    let pending = TaskFilter {
+        status: Some(TaskStatus::Pending),
+        ..live.clone()
+    };
+    if state.store.list_tasks(&live).await?.1 > 0 || state.store.list_tasks(&pending).await?.1 > 0 {
+        return Err(ApiError::new(
+            ErrorCode::SessionBusy,
+            "The session has a turn pending or running; cancel it first.",
+        )
+        .with_session(session.id));
+    }
+    state.store.delete_session(session.id).await?;
+    // The CLI's transcript goes too: a deleted conversation should not stay readable on disk.
+    if let Some(dir) = transcript::config_dir(&state.config().claude_env) {
+        let _ = std::fs::remove_file(transcript::path(
+            &dir,
+            &session.project_path,
+            &session.id.to_string(),
+        ));
+    }
+    Ok(Json(json!({"success": true, "deleted": session.id})))
+}
+
+pub async fn messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let session = visible_session_raw(&state, &caller, &id).await?;
+    let text = transcript::config_dir(&state.config().claude_env)
+        .map(|dir| transcript::path(&dir, &session.project_path, &session.id.to_string()))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let messages = transcript::read_messages(&text);
+    Ok(Json(
+        json!({"success": true, "session_id": session.id, "count": messages.len(), "messages": messages}),
+    ))
+}
+
+pub async fn continue_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    let sid = parse_session_id(&id)?;
+    let run = turn_request(&state, req)?;
+    turns::start(&state, &caller, run, Target::Continue(sid)).await
+}
+
+pub async fn fork(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    let sid = parse_session_id(&id)?;
+    let run = turn_request(&state, req)?;
+    turns::start(&state, &caller, run, Target::Fork(sid)).await
+}
+
+/// A turn's body: the run fields, where `project_path`, `model` and `session_id` are the
+/// session's own (documented; a request's values are ignored).
+fn turn_request(
+    state: &AppState,
+    mut req: RunRequest,
+) -> Result<super::run_request::ValidatedRun, ApiError> {
+    req.project_path = None;
+    req.session_id = None;
+    req.model = None;
+    let run = validate(req, &state.config())?;
+    if run.stream {
+        return Err(ApiError::new(
+            ErrorCode::ValidationError,
+            "Streaming answers (`stream: true`) are not available on this server yet.",
+        )
+        .with_details(json!({"field": "stream", "rule": "not supported yet"})));
+    }
+    Ok(run)
+}

@@ -1,0 +1,194 @@
+//! Starting a run as a turn of a session. Every run that talks to the model goes through here:
+//! `POST /api/claude` (a new session, or a turn of `session_id`), `POST
+//! /api/sessions/:id/continue` and `POST /api/sessions/:id/fork`.
+//!
+//! A turn is pinned to its session: the session's project directory and model are used,
+//! whatever the request says. The first turn creates the CLI session (`--session-id`), later
+//! ones resume it (`--resume`), a fork copies it under a new id.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+use actors::error::ErrorCode;
+use actors::model::{Session, SessionId, SessionMode, SessionStatus, TaskMode};
+
+use super::auth::Caller;
+use super::claude::{async_answer, build_task, run_sync, success_body};
+use super::error::ApiError;
+use super::run_request::{resolve_project_path, ValidatedRun};
+use super::sessions::visible_session;
+use crate::state::AppState;
+
+/// Which session a run belongs to.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// A new session is created for the run.
+    NewSession,
+    /// A turn of an existing session.
+    Continue(SessionId),
+    /// A new session forked from an existing one.
+    Fork(SessionId),
+}
+
+pub async fn start(
+    state: &AppState,
+    caller: &Caller,
+    mut run: ValidatedRun,
+    target: Target,
+) -> Result<Response, ApiError> {
+    let now = Utc::now();
+    let (session, mode, exclusive, forked_from) = match target {
+        Target::NewSession => {
+            let session = new_session(caller, &run, Uuid::new_v4(), json!({}), now);
+            let mode = SessionMode::Create { id: session.id };
+            state.store.insert_session(&session).await?;
+            (session, mode, false, None)
+        }
+        Target::Continue(sid) => {
+            let session = visible_session(state, caller, sid).await?;
+            if session.status != SessionStatus::Active {
+                return Err(ApiError::new(
+                    ErrorCode::SessionClosed,
+                    format!(
+                        "The session is {}; it takes no more turns.",
+                        status_name(session.status)
+                    ),
+                )
+                .with_session(session.id));
+            }
+            pin_to_session(state, &mut run, &session)?;
+            apply_session_budget(&mut run, &session)?;
+            let mode = if session.messages_count == 0 {
+                SessionMode::Create { id: session.id }
+            } else {
+                SessionMode::Resume { id: session.id }
+            };
+            (session, mode, true, None)
+        }
+        Target::Fork(parent_id) => {
+            let parent = visible_session(state, caller, parent_id).await?;
+            pin_to_session(state, &mut run, &parent)?;
+            let mut session = new_session(
+                caller,
+                &run,
+                Uuid::new_v4(),
+                json!({"forked_from": parent.id}),
+                now,
+            );
+            // A cumulative-cost CLI starts the fork from the parent's total.
+            session.last_reported_cost_usd = parent.last_reported_cost_usd;
+            state.store.insert_session(&session).await?;
+            let mode = SessionMode::Fork {
+                from: parent.id,
+                id: session.id,
+            };
+            (session, mode, false, Some(parent.id))
+        }
+    };
+    let is_async = run.is_async;
+    let mut task = build_task(
+        run,
+        if is_async {
+            TaskMode::Async
+        } else {
+            TaskMode::Sync
+        },
+        caller,
+    );
+    task.spec.session = mode;
+    task.session_id = Some(session.id);
+
+    if is_async {
+        let submitted = state.queue.submit(task, false, false).await?;
+        let mut body = async_answer(&submitted.task);
+        if let (Some(obj), Some(from)) = (body.as_object_mut(), forked_from) {
+            obj.insert("forked_from".into(), json!(from));
+        }
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    let config = state.config();
+    let finished = run_sync(&state.queue, task, config.cancel_on_disconnect, exclusive)
+        .await
+        .map_err(|e| e.with_session(session.id))?;
+    if finished.status != actors::model::TaskStatus::Completed {
+        return Err(ApiError::from_task(&finished));
+    }
+    let mut body = success_body(&finished);
+    if let (Some(obj), Some(from)) = (body.as_object_mut(), forked_from) {
+        obj.insert("forked_from".into(), json!(from));
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+fn new_session(
+    caller: &Caller,
+    run: &ValidatedRun,
+    id: Uuid,
+    metadata: serde_json::Value,
+    now: chrono::DateTime<Utc>,
+) -> Session {
+    Session {
+        id,
+        created_at: now,
+        updated_at: now,
+        status: SessionStatus::Active,
+        model: run.spec.model.clone(),
+        project_path: run.spec.project_path.clone(),
+        messages_count: 0,
+        total_cost_usd: 0.0,
+        last_reported_cost_usd: 0.0,
+        last_task_id: None,
+        owner: caller.owner(),
+        metadata,
+    }
+}
+
+/// A turn runs in its session's directory (checked again against today's allowed roots) with
+/// its session's model.
+fn pin_to_session(
+    state: &AppState,
+    run: &mut ValidatedRun,
+    session: &Session,
+) -> Result<(), ApiError> {
+    let config = state.config();
+    let dir = session.project_path.to_string_lossy();
+    run.spec.project_path = resolve_project_path(Some(&dir), &config)?;
+    if session.model.is_some() {
+        run.spec.model = session.model.clone();
+    }
+    Ok(())
+}
+
+/// A turn's `max_budget_usd` is a budget for the whole session: refused before the run once the
+/// session has spent it, and otherwise what is left of it is the run's cap.
+fn apply_session_budget(run: &mut ValidatedRun, session: &Session) -> Result<(), ApiError> {
+    let Some(budget) = run.requested_budget else {
+        return Ok(());
+    };
+    let left = budget - session.total_cost_usd;
+    if left <= 0.0 {
+        return Err(ApiError::new(
+            ErrorCode::BudgetExceeded,
+            format!(
+                "The session has spent ${:.4} of its ${budget:.4} budget (max_budget_usd).",
+                session.total_cost_usd
+            ),
+        )
+        .with_details(json!({"spent_usd": session.total_cost_usd, "max_budget_usd": budget}))
+        .with_session(session.id));
+    }
+    run.spec.max_budget_usd = Some(left);
+    Ok(())
+}
+
+pub fn status_name(s: SessionStatus) -> &'static str {
+    match s {
+        SessionStatus::Active => "active",
+        SessionStatus::Archived => "archived",
+        SessionStatus::Closed => "closed",
+    }
+}

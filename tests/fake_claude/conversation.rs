@@ -253,12 +253,13 @@ impl Run<'_> {
     /// output and waits for a signal (`hang_after_partial`).
     fn model_call(&mut self, blocks: &[Block], stop_reason: &str, hang_early: bool) {
         let ctx = self.t.ctx;
-        if self.partial && self.calls > 0 && ctx.generation == Generation::Current {
+        if self.partial && self.calls > 0 && ctx.generation != Generation::Legacy {
             output::emit(messages::status_requesting(ctx));
         }
         self.latency();
         self.calls += 1;
         let msg_id = messages::message_id();
+        let request_id = messages::request_id();
         self.message_ids.push(msg_id.clone());
         let tokens = self.per_call;
         if self.partial {
@@ -310,7 +311,13 @@ impl Run<'_> {
                     }
                 }
             }
-            output::emit(messages::assistant(ctx, &msg_id, block.to_json(), tokens));
+            output::emit(messages::assistant(
+                ctx,
+                &msg_id,
+                &request_id,
+                block.to_json(),
+                tokens,
+            ));
             if hang_early && first {
                 signals::hang();
             }
@@ -520,7 +527,8 @@ pub fn run(t: &Turn<'_>) -> TurnEnd {
         obj! {"type" => "user", "message" => obj! {"role" => "user", "content" => t.prompt_raw}},
     );
 
-    if partial && ctx.generation == Generation::Current {
+    // `system/status` before each API call: recorded on 2.1.197 and 2.1.330, not on 2.0.x.
+    if partial && ctx.generation != Generation::Legacy {
         output::emit(messages::status_requesting(ctx));
     }
     if d.flag("hang") {

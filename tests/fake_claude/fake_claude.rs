@@ -228,6 +228,7 @@ fn open_session(settings: &Settings, ctx: &mut Ctx, version: Version) -> Option<
                         outcome: Outcome::DuringExecution {
                             errors: vec![e.message()],
                             terminal_reason: None,
+                            early: true,
                         },
                         num_turns: 0,
                         stop_reason: None,

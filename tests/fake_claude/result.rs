@@ -233,7 +233,6 @@ pub fn build(ctx: &Ctx, spec: ResultSpec<'_>) -> J {
                     "subagent_stats",
                     "safety_stops",
                     "queued_turn_count",
-                    "result_index",
                 ]);
             }
         }

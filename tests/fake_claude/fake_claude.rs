@@ -8,6 +8,7 @@
 
 #[macro_use]
 mod json;
+mod api_error;
 mod args;
 mod calllog;
 mod clock;

@@ -19,6 +19,8 @@ use crate::{shutdown, signals};
 
 /// `tool_loop` without `--max-turns` stops asking for tools after this many calls.
 const TOOL_LOOP_CAP: u32 = 50;
+/// The largest `big=N` reply (256 MiB).
+const MAX_BIG: usize = 256 << 20;
 const TOOL_OUTPUT: &str = "tool-ran";
 const TOOL_PREAMBLE: &str = "I'll run a command.";
 
@@ -315,7 +317,8 @@ impl Run<'_> {
 
 fn reply_text(t: &Turn<'_>) -> String {
     let base = if let Some(n) = t.d.num::<usize>("big") {
-        big_text(n)
+        // Capped so that a typo cannot make the fake die of memory exhaustion.
+        big_text(n.min(MAX_BIG))
     } else if let Some(reply) = t.d.text("reply") {
         reply.to_string()
     } else {

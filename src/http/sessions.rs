@@ -214,7 +214,7 @@ pub async fn stats(
             "tasks": {"total": total, "by_status": by_status},
             "tokens": {"input": input, "output": output, "cache_read": cache_read, "cache_creation": cache_create},
             "total_duration_ms": duration,
-            "avg_duration_ms": if finished > 0 { duration / finished } else { 0 },
+            "avg_duration_ms": duration.checked_div(finished).unwrap_or(0),
             "created_at": rfc3339(&session.created_at),
             "updated_at": rfc3339(&session.updated_at),
             "last_task_id": session.last_task_id,

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::api_error::{self, ApiFailure};
 use crate::clock::{now_iso, simulate};
 use crate::directives::Directives;
 use crate::json::J;
@@ -18,6 +19,8 @@ use crate::{shutdown, signals};
 
 /// `tool_loop` without `--max-turns` stops asking for tools after this many calls.
 const TOOL_LOOP_CAP: u32 = 50;
+/// The largest `big=N` reply (256 MiB).
+const MAX_BIG: usize = 256 << 20;
 const TOOL_OUTPUT: &str = "tool-ran";
 const TOOL_PREAMBLE: &str = "I'll run a command.";
 
@@ -63,123 +66,6 @@ impl Block {
             Block::ToolUse { id, name, input } => messages::tool_use_block(id, name, input),
         }
     }
-}
-
-/// An API or auth failure the directives ask for, with the real texts (docs §6).
-struct ApiFailure {
-    text: String,
-    status: Option<u16>,
-    error_type: Option<&'static str>,
-    /// The assistant line's `error` field.
-    assistant_error: &'static str,
-    /// The `api_retry` line's `error` field.
-    retry_error: &'static str,
-    connection: bool,
-    auth: bool,
-}
-
-fn gateway_suffix() -> String {
-    let base = std::env::var("ANTHROPIC_BASE_URL").unwrap_or_default();
-    let authority = base
-        .split_once("://")
-        .map_or(base.as_str(), |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or("");
-    if authority.is_empty() || authority == "api.anthropic.com" {
-        " If it persists, check https://status.claude.com.".to_string()
-    } else {
-        format!(" If it persists, check your inference gateway ({authority}).")
-    }
-}
-
-fn api_failure(d: &Directives, version: Version) -> Option<ApiFailure> {
-    let has_credentials = [
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_AUTH_TOKEN",
-        "CLAUDE_CODE_OAUTH_TOKEN",
-    ]
-    .iter()
-    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
-    let require_auth = std::env::var("FAKE_CLAUDE_REQUIRE_AUTH").is_ok_and(|v| v == "1");
-    if d.flag("not_logged_in") || (require_auth && !has_credentials) {
-        return Some(ApiFailure {
-            text: version.not_logged_in_text().to_string(),
-            status: None,
-            error_type: None,
-            assistant_error: "authentication_failed",
-            retry_error: "authentication_failed",
-            connection: false,
-            auth: true,
-        });
-    }
-    let kind = d.text("api_error")?.trim().to_ascii_lowercase();
-    let server = "This is a server-side issue, usually temporary — try again in a moment.";
-    let failure =
-        |text: String, status: u16, error_type, assistant_error, retry_error| ApiFailure {
-            text,
-            status: Some(status),
-            error_type: Some(error_type),
-            assistant_error,
-            retry_error,
-            connection: false,
-            auth: false,
-        };
-    Some(match kind.as_str() {
-        "400" => failure(
-            "API Error: 400 fake bad request".into(),
-            400,
-            "invalid_request_error",
-            "invalid_request",
-            "invalid_request",
-        ),
-        "401" => failure(
-            "Invalid API key · Fix external API key".into(),
-            401,
-            "authentication_error",
-            "authentication_failed",
-            "authentication_failed",
-        ),
-        "403" => failure(
-            "API Error: 403 fake permission denied".into(),
-            403,
-            "permission_error",
-            "authentication_failed",
-            "authentication_failed",
-        ),
-        "429" => failure(
-            "API Error: 429 fake rate limit exceeded".into(),
-            429,
-            "rate_limit_error",
-            "rate_limit",
-            "rate_limit",
-        ),
-        "529" => failure(
-            format!("API Error: 529 Overloaded. {server}{}", gateway_suffix()),
-            529,
-            "overloaded_error",
-            "server_error",
-            "server_error",
-        ),
-        "conn" => ApiFailure {
-            text: "API Error: Connection refused — a firewall or proxy may be blocking it (ECONNREFUSED)"
-                .into(),
-            status: None,
-            error_type: None,
-            assistant_error: "server_error",
-            retry_error: "unknown",
-            connection: true,
-            auth: false,
-        },
-        // 500 and anything unrecognised: the common server error.
-        _ => failure(
-            format!("API Error: 500 Internal server error. {server}{}", gateway_suffix()),
-            500,
-            "api_error",
-            "server_error",
-            "server_error",
-        ),
-    })
 }
 
 /// A reply of exactly `n` bytes (ASCII, so JSON escaping does not change its length).
@@ -253,12 +139,13 @@ impl Run<'_> {
     /// output and waits for a signal (`hang_after_partial`).
     fn model_call(&mut self, blocks: &[Block], stop_reason: &str, hang_early: bool) {
         let ctx = self.t.ctx;
-        if self.partial && self.calls > 0 && ctx.generation == Generation::Current {
+        if self.partial && self.calls > 0 && ctx.generation != Generation::Legacy {
             output::emit(messages::status_requesting(ctx));
         }
         self.latency();
         self.calls += 1;
         let msg_id = messages::message_id();
+        let request_id = messages::request_id();
         self.message_ids.push(msg_id.clone());
         let tokens = self.per_call;
         if self.partial {
@@ -310,7 +197,13 @@ impl Run<'_> {
                     }
                 }
             }
-            output::emit(messages::assistant(ctx, &msg_id, block.to_json(), tokens));
+            output::emit(messages::assistant(
+                ctx,
+                &msg_id,
+                &request_id,
+                block.to_json(),
+                tokens,
+            ));
             if hang_early && first {
                 signals::hang();
             }
@@ -424,7 +317,8 @@ impl Run<'_> {
 
 fn reply_text(t: &Turn<'_>) -> String {
     let base = if let Some(n) = t.d.num::<usize>("big") {
-        big_text(n)
+        // Capped so that a typo cannot make the fake die of memory exhaustion.
+        big_text(n.min(MAX_BIG))
     } else if let Some(reply) = t.d.text("reply") {
         reply.to_string()
     } else {
@@ -520,7 +414,8 @@ pub fn run(t: &Turn<'_>) -> TurnEnd {
         obj! {"type" => "user", "message" => obj! {"role" => "user", "content" => t.prompt_raw}},
     );
 
-    if partial && ctx.generation == Generation::Current {
+    // `system/status` before each API call: recorded on 2.1.197 and 2.1.330, not on 2.0.x.
+    if partial && ctx.generation != Generation::Legacy {
         output::emit(messages::status_requesting(ctx));
     }
     if d.flag("hang") {
@@ -542,70 +437,8 @@ pub fn run(t: &Turn<'_>) -> TurnEnd {
         denials: vec![],
     };
 
-    let cumulative = cumulative(t.version);
-    let mut totals = t.prior.clone();
-
-    if let Some(failure) = api_failure(d, t.version) {
-        if !failure.auth {
-            let retries = d.num::<u32>("retries").unwrap_or(0);
-            let retry_ms = d.num::<u64>("retry_ms").unwrap_or(500);
-            for attempt in 1..=retries {
-                output::emit(messages::api_retry(
-                    ctx,
-                    attempt,
-                    retries,
-                    retry_ms,
-                    failure.status,
-                    failure.retry_error,
-                ));
-                simulate(retry_ms);
-            }
-            simulate(d.num("latency_ms").unwrap_or(0));
-        }
-        let mut extra: Vec<(&str, J)> = Vec::new();
-        if let Some(status) = failure.status {
-            extra.push(("api_error_status", J::from(u32::from(status))));
-        }
-        if let Some(et) = failure.error_type {
-            extra.push(("api_error_type", J::from(et)));
-        }
-        if failure.connection {
-            extra.push(("api_error", J::from("connection_failed")));
-        }
-        let line =
-            messages::api_error_assistant(ctx, &failure.text, failure.assistant_error, &extra);
-        output::emit(line.clone());
-        if let Some(message) = line.get("message") {
-            run.rec.append(obj! {"type" => "assistant", "message" => message.clone(), "isApiErrorMessage" => true});
-        }
-        maybe_crash(d);
-        let r = result::build(
-            ctx,
-            ResultSpec {
-                outcome: Outcome::ApiError {
-                    text: failure.text.clone(),
-                    status: failure.status,
-                    error_type: failure.error_type,
-                    api_error: failure.connection.then_some("connection_failed"),
-                },
-                num_turns: 1,
-                stop_reason: Some("stop_sequence"),
-                run: Tokens::default(),
-                model_usage: ModelUsage::new(),
-                run_model_usage: ModelUsage::new(),
-                total_cost: 0.0,
-                duration_ms: elapsed_ms(t.started),
-                duration_api_ms: 0,
-                ttft_ms: 0,
-                permission_denials: vec![],
-                begun_message_ids: None,
-            },
-        );
-        finish_turn(t, r, &failure.text, true);
-        return TurnEnd {
-            exit_code: exit_override(d, 1),
-            totals,
-        };
+    if let Some(failure) = api_error::from_directives(d, t.version) {
+        return report_api_failure(&mut run, &failure);
     }
 
     if t.settings.model_unrecognized {
@@ -615,73 +448,10 @@ pub fn run(t: &Turn<'_>) -> TurnEnd {
         ));
     }
 
-    let tool_loop = d.flag("tool_loop");
-    let tool = d
-        .text("tool")
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-        .or_else(|| tool_loop.then(|| "Bash".to_string()));
-    let hang_after_partial = d.flag("hang_after_partial");
-    let legacy_turns = t.version.legacy_max_turns();
-
-    // (outcome, num_turns, stop_reason, text-mode text, newline, exit code)
-    let (outcome, num_turns, stop_reason, text, newline, code) = loop {
-        let call_no = run.calls + 1;
-        if call_no > 1 {
-            if let Some(limit) = t.settings.max_turns.filter(|l| i64::from(call_no) > *l) {
-                let turns = if legacy_turns { run.calls } else { call_no };
-                break (
-                    Outcome::MaxTurns { limit },
-                    turns,
-                    "tool_use",
-                    format!("Error: Reached max turns ({limit})"),
-                    false,
-                    if legacy_turns { 0 } else { 1 },
-                );
-            }
-        }
-        let wants_tool = match &tool {
-            Some(_) if tool_loop => call_no <= TOOL_LOOP_CAP,
-            Some(_) => call_no == 1,
-            None => false,
-        };
-        let hang_now = hang_after_partial && call_no == 1;
-        let (stop, pending_tool) = match (&tool, wants_tool) {
-            (Some(name), true) => ("tool_use", Some(run.tool_call(name, hang_now))),
-            _ => {
-                run.model_call(&[Block::Text(reply.clone())], "end_turn", hang_now);
-                ("end_turn", None)
-            }
-        };
-        if let Some(limit) = run.over_budget() {
-            break (
-                Outcome::Budget { limit },
-                run.calls,
-                stop,
-                format!("Error: Exceeded USD budget ({limit})"),
-                false,
-                1,
-            );
-        }
-        let Some((id, name, input)) = pending_tool else {
-            break (
-                Outcome::Success {
-                    text: reply.clone(),
-                },
-                run.calls,
-                "end_turn",
-                reply.clone(),
-                true,
-                0,
-            );
-        };
-        // The budget is checked before the tool runs (as in the recorded m_budget run).
-        run.run_tool(&id, &name, &input);
-    };
-
+    let ending = run.converse(&reply);
     maybe_crash(d);
 
+    let mut totals = t.prior.clone();
     for (model, tokens) in &run.run_models {
         usage::add_model(&mut totals, model, *tokens);
     }
@@ -690,13 +460,13 @@ pub fn run(t: &Turn<'_>) -> TurnEnd {
         "total_cost_usd" => usage::total_cost(&totals),
         "modelUsage" => usage::model_usage_json(&totals, Generation::Current),
     });
-    let reported = if cumulative {
+    let reported = if cumulative(t.version) {
         totals.clone()
     } else {
         run.run_models.clone()
     };
     // The real CLI reports zero `usage` on a budget stop (only modelUsage has the numbers).
-    let run_usage = if matches!(outcome, Outcome::Budget { .. }) {
+    let run_usage = if matches!(ending.outcome, Outcome::Budget { .. }) {
         Tokens::default()
     } else {
         run.run
@@ -704,9 +474,9 @@ pub fn run(t: &Turn<'_>) -> TurnEnd {
     let r = result::build(
         ctx,
         ResultSpec {
-            outcome,
-            num_turns,
-            stop_reason: Some(stop_reason),
+            outcome: ending.outcome,
+            num_turns: ending.num_turns,
+            stop_reason: Some(ending.stop_reason),
             run: run_usage,
             total_cost: usage::total_cost(&reported),
             model_usage: reported,
@@ -718,10 +488,164 @@ pub fn run(t: &Turn<'_>) -> TurnEnd {
             begun_message_ids: partial.then(|| run.message_ids.clone()),
         },
     );
-    finish_turn(t, r, &text, newline);
+    finish_turn(t, r, &ending.text, ending.newline);
     TurnEnd {
-        exit_code: exit_override(d, code),
+        exit_code: exit_override(d, ending.exit_code),
         totals,
+    }
+}
+
+/// How the model calls of a turn ended (everything the result needs besides the usage).
+struct Ending {
+    outcome: Outcome,
+    num_turns: u32,
+    stop_reason: &'static str,
+    /// What text mode prints.
+    text: String,
+    /// Text mode ends with a newline, except for the max-turns and budget messages.
+    newline: bool,
+    exit_code: i32,
+}
+
+impl Run<'_> {
+    /// The model calls of the turn: a plain reply, one tool round trip (`tool=NAME`) or a
+    /// tool on every call (`tool_loop`), stopped by `--max-turns` or `--max-budget-usd`.
+    fn converse(&mut self, reply: &str) -> Ending {
+        let t = self.t;
+        let d = t.d;
+        let tool_loop = d.flag("tool_loop");
+        let tool = d
+            .text("tool")
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .or_else(|| tool_loop.then(|| "Bash".to_string()));
+        let hang_after_partial = d.flag("hang_after_partial");
+        let legacy_turns = t.version.legacy_max_turns();
+        loop {
+            let call_no = self.calls + 1;
+            // The limit is checked before each further call: N calls, then num_turns N+1.
+            if let Some(limit) = t
+                .settings
+                .max_turns
+                .filter(|l| call_no > 1 && i64::from(call_no) > *l)
+            {
+                return Ending {
+                    outcome: Outcome::MaxTurns { limit },
+                    num_turns: if legacy_turns { self.calls } else { call_no },
+                    stop_reason: "tool_use",
+                    text: format!("Error: Reached max turns ({limit})"),
+                    newline: false,
+                    exit_code: if legacy_turns { 0 } else { 1 },
+                };
+            }
+            let wants_tool = match &tool {
+                Some(_) if tool_loop => call_no <= TOOL_LOOP_CAP,
+                Some(_) => call_no == 1,
+                None => false,
+            };
+            let hang_now = hang_after_partial && call_no == 1;
+            let (stop, pending_tool) = match (&tool, wants_tool) {
+                (Some(name), true) => ("tool_use", Some(self.tool_call(name, hang_now))),
+                _ => {
+                    self.model_call(&[Block::Text(reply.to_string())], "end_turn", hang_now);
+                    ("end_turn", None)
+                }
+            };
+            // Checked after each call, so the cost overshoots the limit as in the real CLI,
+            // and before the tool runs (as recorded in m_budget).
+            if let Some(limit) = self.over_budget() {
+                return Ending {
+                    outcome: Outcome::Budget { limit },
+                    num_turns: self.calls,
+                    stop_reason: stop,
+                    text: format!("Error: Exceeded USD budget ({limit})"),
+                    newline: false,
+                    exit_code: 1,
+                };
+            }
+            let Some((id, name, input)) = pending_tool else {
+                return Ending {
+                    outcome: Outcome::Success {
+                        text: reply.to_string(),
+                    },
+                    num_turns: self.calls,
+                    stop_reason: "end_turn",
+                    text: reply.to_string(),
+                    newline: true,
+                    exit_code: 0,
+                };
+            };
+            self.run_tool(&id, &name, &input);
+        }
+    }
+}
+
+/// An API or auth failure: retries (stream-json shows them), the synthetic assistant
+/// message, and a `subtype:"success"` result with `is_error:true`.
+fn report_api_failure(run: &mut Run<'_>, failure: &ApiFailure) -> TurnEnd {
+    let t = run.t;
+    let (ctx, d) = (t.ctx, t.d);
+    if !failure.auth {
+        let retries = d.num::<u32>("retries").unwrap_or(0);
+        let retry_ms = d.num::<u64>("retry_ms").unwrap_or(500);
+        for attempt in 1..=retries {
+            output::emit(messages::api_retry(
+                ctx,
+                attempt,
+                retries,
+                retry_ms,
+                failure.status,
+                failure.retry_error,
+            ));
+            simulate(retry_ms);
+        }
+        simulate(d.num("latency_ms").unwrap_or(0));
+    }
+    let mut extra: Vec<(&str, J)> = Vec::new();
+    if let Some(status) = failure.status {
+        extra.push(("api_error_status", J::from(u32::from(status))));
+    }
+    if let Some(et) = failure.error_type {
+        extra.push(("api_error_type", J::from(et)));
+    }
+    if failure.connection {
+        extra.push(("api_error", J::from("connection_failed")));
+    }
+    let line = messages::api_error_assistant(ctx, &failure.text, failure.assistant_error, &extra);
+    output::emit(line.clone());
+    if let Some(message) = line.get("message") {
+        run.rec.append(
+            obj! {"type" => "assistant", "message" => message.clone(), "isApiErrorMessage" => true},
+        );
+    }
+    maybe_crash(d);
+    let r = result::build(
+        ctx,
+        ResultSpec {
+            outcome: Outcome::ApiError {
+                text: failure.text.clone(),
+                status: failure.status,
+                error_type: failure.error_type,
+                api_error: failure.connection.then_some("connection_failed"),
+            },
+            num_turns: 1,
+            stop_reason: Some("stop_sequence"),
+            run: Tokens::default(),
+            model_usage: ModelUsage::new(),
+            run_model_usage: ModelUsage::new(),
+            total_cost: 0.0,
+            duration_ms: elapsed_ms(t.started),
+            duration_api_ms: 0,
+            ttft_ms: 0,
+            permission_denials: vec![],
+            begun_message_ids: None,
+        },
+    );
+    finish_turn(t, r, &failure.text, true);
+    TurnEnd {
+        exit_code: exit_override(d, 1),
+        totals: t.prior.clone(),
     }
 }
 

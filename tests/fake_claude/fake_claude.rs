@@ -5,9 +5,28 @@
 //! disk and signal handling. Tests steer it with `[[fake:KEY=VALUE]]` prompt directives or
 //! `FAKE_CLAUDE_<KEY>` variables, and read what it received from `FAKE_CLAUDE_LOG`.
 //! Specification: docs/fake-claude.md; recorded real runs: tests/fixtures/claude-cli/.
+//!
+//! Where the specification leaves room, the fake chooses:
+//! * `FAKE_CLAUDE_LOG` holds three kinds of lines, told apart by `event`: `start` (at once),
+//!   `hang` (`child_pid` of the `sleep` child, when `hang` starts waiting; a test can poll for
+//!   it instead of sleeping) and `exit` (the full record, also written on SIGTERM/SIGINT).
+//!   Select invocation records with `event == "exit"`.
+//! * `cost=USD` is the cost of each model call (a plain reply is one call, a tool round trip
+//!   two); `in_tokens`/`out_tokens`/`cache_read`/`cache_create` are per call as well.
+//! * `api_error=400|403|429` use made-up messages (`API Error: 400 fake bad request`, …);
+//!   an unknown value acts as 500. `not_logged_in` is never retried.
+//! * `big=N` is exactly N ASCII bytes; `model_echo` prefixes `model=<id> flags=<json> `.
+//! * `stderr=TEXT` turns `\n` into line breaks.
+//! * More than one positional argument is commander's "too many arguments" error.
+//! * `FAKE_CLAUDE_REAL_ORDER=1` prints 2.1.330 results in the real key order (`type` in the
+//!   middle) instead of `type` first; `FAKE_CLAUDE_RESUME_ANY_CWD=0|1` and
+//!   `FAKE_CLAUDE_COST_MODE=per_run|cumulative` override the version defaults.
+//! * `FAKE_CLAUDE_SCRIPT=file.json`: a JSON array, entry *i* for the *i*-th invocation
+//!   (`{"api_error":"500"}` or `"[[fake:…]]"` text); precedence prompt > script > env.
 
 #[macro_use]
 mod json;
+mod api_error;
 mod args;
 mod calllog;
 mod clock;
@@ -228,6 +247,7 @@ fn open_session(settings: &Settings, ctx: &mut Ctx, version: Version) -> Option<
                         outcome: Outcome::DuringExecution {
                             errors: vec![e.message()],
                             terminal_reason: None,
+                            early: true,
                         },
                         num_turns: 0,
                         stop_reason: None,

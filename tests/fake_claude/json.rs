@@ -61,6 +61,19 @@ impl J {
         )
     }
 
+    /// The same object without `keys`.
+    pub fn without(self, keys: &[&str]) -> J {
+        match self {
+            J::Obj(fields) => J::Obj(
+                fields
+                    .into_iter()
+                    .filter(|(k, _)| !keys.contains(&k.as_str()))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     /// Moves `key` to the front, keeping the relative order of the others.
     pub fn key_first(self, key: &str) -> J {
         match self {

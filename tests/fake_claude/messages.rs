@@ -81,7 +81,7 @@ pub fn status_requesting(ctx: &Ctx) -> J {
 }
 
 /// One assistant line: one content block of the message `msg_id`.
-pub fn assistant(ctx: &Ctx, msg_id: &str, block: J, t: Tokens) -> J {
+pub fn assistant(ctx: &Ctx, msg_id: &str, request_id: &str, block: J, t: Tokens) -> J {
     obj! {
         "type" => "assistant",
         "message" => obj! {
@@ -99,7 +99,14 @@ pub fn assistant(ctx: &Ctx, msg_id: &str, block: J, t: Tokens) -> J {
         "session_id" => ctx.session_id.as_str(),
         "uuid" => new_uuid(),
         "timestamp" => now_iso(),
+        "request_id" => request_id,
     }
+}
+
+/// `req_` + 24 hex digits, shared by the lines of one model call.
+pub fn request_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("req_{}", &hex[..24])
 }
 
 pub fn text_block(text: &str) -> J {
@@ -193,9 +200,12 @@ pub fn api_error_assistant(ctx: &Ctx, text: &str, error: &str, extra: &[(&str, J
     let mut line = obj! {
         "type" => "assistant",
         "message" => obj! {
+            "diagnostics" => J::Null,
             "id" => new_uuid(),
+            "container" => J::Null,
             "model" => "<synthetic>",
             "role" => "assistant",
+            "stop_details" => J::Null,
             "stop_reason" => "stop_sequence",
             "stop_sequence" => "",
             "type" => "message",

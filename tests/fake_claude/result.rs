@@ -111,6 +111,8 @@ pub enum Outcome {
     DuringExecution {
         errors: Vec<String>,
         terminal_reason: Option<&'static str>,
+        /// Failed before the conversation started (unknown session): the short field set.
+        early: bool,
     },
     /// A local slash command such as `/cost`.
     LocalCommand {
@@ -216,6 +218,7 @@ pub fn build(ctx: &Ctx, spec: ResultSpec<'_>) -> J {
         Outcome::DuringExecution {
             errors,
             terminal_reason,
+            early,
         } => {
             r.set("subtype", "error_during_execution");
             r.set("is_error", true);
@@ -223,6 +226,15 @@ pub fn build(ctx: &Ctx, spec: ResultSpec<'_>) -> J {
                 r.set("terminal_reason", *t);
             }
             r.set("errors", errors.clone());
+            if *early {
+                r = r.without(&[
+                    "fast_mode_state",
+                    "fast_mode_disabled_reason",
+                    "subagent_stats",
+                    "safety_stops",
+                    "queued_turn_count",
+                ]);
+            }
         }
         Outcome::LocalCommand { name, text } => {
             r.set("subtype", "success");

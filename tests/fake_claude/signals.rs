@@ -108,6 +108,7 @@ fn print_interrupted() {
                                 .to_string(),
                         ],
                         terminal_reason: Some("aborted_streaming"),
+                        early: false,
                     },
                     num_turns: 1,
                     stop_reason: None,

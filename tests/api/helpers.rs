@@ -134,7 +134,7 @@ impl TestApp {
     pub fn calls(&self) -> Vec<Value> {
         read_log(&self.calls_log)
             .into_iter()
-            .filter(|c| c.get("event").and_then(Value::as_str) != Some("start"))
+            .filter(|c| c.get("event").and_then(Value::as_str) == Some("exit"))
             .filter(|c| c["argv"] != serde_json::json!(["--version"]))
             .collect()
     }

@@ -84,6 +84,49 @@ pub async fn run_sync(
     Ok(finished)
 }
 
+/// Submit several tasks and wait for all of them (results in submission order). If this future
+/// is dropped, every task still running or pending is cancelled. If one submission fails, the
+/// ones already queued are cancelled and the error is returned: a batch is queued whole or not.
+pub async fn run_all(
+    queue: &Queue,
+    tasks: Vec<Task>,
+    cancel_on_disconnect: bool,
+) -> Result<Vec<Task>, ApiError> {
+    let mut guards = Vec::with_capacity(tasks.len());
+    let mut receivers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match queue.submit(task, true, false).await {
+            Ok(submitted) => {
+                guards.push(CancelOnDrop {
+                    queue: queue.clone(),
+                    id: submitted.task.id,
+                    armed: true,
+                });
+                receivers.push((submitted.task.id, submitted.done));
+            }
+            Err(e) => return Err(e.into()), // the guards cancel what was queued
+        }
+    }
+    for g in &mut guards {
+        g.armed = cancel_on_disconnect;
+    }
+    let mut finished = Vec::with_capacity(receivers.len());
+    for (id, done) in receivers {
+        let task = match done {
+            Some(rx) => match rx.await {
+                Ok(t) => t,
+                Err(_) => queue.wait_for(id).await?,
+            },
+            None => queue.wait_for(id).await?,
+        };
+        finished.push(task);
+    }
+    for g in &mut guards {
+        g.armed = false;
+    }
+    Ok(finished)
+}
+
 struct CancelOnDrop {
     queue: Queue,
     id: actors::model::TaskId,

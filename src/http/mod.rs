@@ -10,6 +10,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::state::AppState;
 
 pub mod auth;
+pub mod batch;
 pub mod claude;
 pub mod config_api;
 pub mod error;
@@ -26,8 +27,16 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/api/claude", post(claude::run_claude))
+        .route("/api/claude/batch", post(batch::run_batch))
         .route("/api/config", get(config_api::get_config))
-        .route("/api/tasks/{id}", get(tasks::get_task))
+        .route("/api/tasks", get(tasks::list_tasks))
+        .route("/api/tasks/async", post(tasks::create_async))
+        .route("/api/tasks/queue/status", get(tasks::queue_status))
+        .route(
+            "/api/tasks/{id}",
+            get(tasks::get_task).delete(tasks::cancel),
+        )
+        .route("/api/tasks/{id}/priority", patch(tasks::set_priority))
         .route("/api/sessions", post(sessions::create).get(sessions::list))
         .route("/api/sessions/search", get(sessions::search))
         .route(

@@ -1,14 +1,23 @@
 //! Task resources: the task object of the API and `GET /api/tasks/:id`.
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use actors::model::{rfc3339, Task};
+use actors::model::{rfc3339, Priority, Task, TaskStatus};
+use actors::queue::CancelReason;
+use actors::store::TaskFilter;
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::extract::ApiJson;
+use super::params::{page, text, QueryMap};
+use super::run_request::{validate, RunRequest};
+use super::turns::{self, Target};
 use crate::state::AppState;
 
 /// The task object of `api.md` § Tasks and the queue.
@@ -65,4 +74,112 @@ pub async fn get_task(
 ) -> Result<Json<Value>, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
     Ok(Json(json!({"success": true, "task": task_json(&task)})))
+}
+
+/// `GET /api/tasks?status=&session_id=&limit=&offset=`: pending tasks in run order, the rest
+/// newest first.
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryMap(q): QueryMap,
+) -> Result<Json<Value>, ApiError> {
+    let p = page(&q)?;
+    let status = match text(&q, "status") {
+        None => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            ApiError::field(
+                "status",
+                "must be one of: pending, processing, completed, failed, cancelled, timeout",
+            )
+        })?),
+    };
+    let session_id = text(&q, "session_id")
+        .map(|s| Uuid::parse_str(s).map_err(|_| ApiError::field("session_id", "must be a UUID")))
+        .transpose()?;
+    let filter = TaskFilter {
+        status,
+        session_id,
+        owner: caller.owner_filter(),
+        limit: p.limit,
+        offset: p.offset,
+    };
+    let (tasks, total) = state.store.list_tasks(&filter).await?;
+    let items: Vec<Value> = tasks.iter().map(task_json).collect();
+    Ok(Json(
+        json!({"success": true, "count": items.len(), "total": total, "tasks": items}),
+    ))
+}
+
+/// `POST /api/tasks/async`: queue a run; 201 with the stored task.
+pub async fn create_async(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(mut req): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    req.is_async = Some(true);
+    let run = validate(req, &state.config())?;
+    let target = match run.session_id {
+        Some(sid) => Target::Continue(sid),
+        None => Target::NewSession,
+    };
+    let submitted = turns::submit_async(&state, &caller, run, target).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "task": task_json(&submitted)})),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PriorityChange {
+    pub priority: i64,
+}
+
+/// `PATCH /api/tasks/:id/priority`: pending tasks only; the new place applies at once.
+pub async fn set_priority(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PriorityChange>,
+) -> Result<Json<Value>, ApiError> {
+    let task = visible_task(&state, &caller, &id).await?;
+    let priority = Priority::new(req.priority)
+        .ok_or_else(|| ApiError::field("priority", "must be an integer from 1 to 10"))?;
+    let task = state.queue.set_priority(task.id, priority).await?;
+    Ok(Json(json!({"success": true, "task": task_json(&task)})))
+}
+
+/// `DELETE /api/tasks/:id`: a pending task never runs; a running one is killed (its whole
+/// process group) and stays `cancelled`; a finished one is 409.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let task = visible_task(&state, &caller, &id).await?;
+    let task = state.queue.cancel(task.id, CancelReason::Requested).await?;
+    Ok(Json(json!({"success": true, "task": task_json(&task)})))
+}
+
+/// `GET /api/tasks/queue/status`.
+pub async fn queue_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let counts = state.store.task_counts().await?;
+    let live = state.queue.live_status();
+    Ok(Json(json!({
+        "success": true,
+        "queue": {
+            "running": live.accepting,
+            "paused": !live.accepting,
+            "concurrency": live.concurrency,
+            "active_tasks": live.running,
+            "pending": counts.get(TaskStatus::Pending),
+            "processing": counts.get(TaskStatus::Processing),
+            "completed": counts.get(TaskStatus::Completed),
+            "failed": counts.get(TaskStatus::Failed),
+            "cancelled": counts.get(TaskStatus::Cancelled),
+            "timeout": counts.get(TaskStatus::Timeout),
+            "total": counts.total(),
+            "total_cost_usd": counts.total_cost_usd,
+        }
+    })))
 }

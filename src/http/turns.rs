@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use actors::error::ErrorCode;
-use actors::model::{Session, SessionId, SessionMode, SessionStatus, TaskMode};
+use actors::model::{Session, SessionId, SessionMode, SessionStatus, Task, TaskMode, TaskStatus};
 
 use super::auth::Caller;
 use super::claude::{async_answer, build_task, run_sync, success_body};
@@ -34,12 +34,70 @@ pub enum Target {
     Fork(SessionId),
 }
 
+/// A turn ready to submit.
+struct Prepared {
+    task: Task,
+    session_id: SessionId,
+    /// Refuse instead of queueing when the session is busy (sync turns of existing sessions).
+    exclusive: bool,
+    forked_from: Option<SessionId>,
+}
+
+/// Queue a turn without waiting; returns the stored task.
+pub async fn submit_async(
+    state: &AppState,
+    caller: &Caller,
+    run: ValidatedRun,
+    target: Target,
+) -> Result<Task, ApiError> {
+    let p = prepare(state, caller, run, target).await?;
+    Ok(state.queue.submit(p.task, false, false).await?.task)
+}
+
+/// Start a turn: 202 for async runs; for sync runs wait and answer with its result.
 pub async fn start(
+    state: &AppState,
+    caller: &Caller,
+    run: ValidatedRun,
+    target: Target,
+) -> Result<Response, ApiError> {
+    let is_async = run.is_async;
+    let p = prepare(state, caller, run, target).await?;
+    let forked = |mut body: serde_json::Value| {
+        if let (Some(obj), Some(from)) = (body.as_object_mut(), p.forked_from) {
+            obj.insert("forked_from".into(), json!(from));
+        }
+        body
+    };
+    if is_async {
+        let submitted = state.queue.submit(p.task, false, false).await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(forked(async_answer(&submitted.task))),
+        )
+            .into_response());
+    }
+    let config = state.config();
+    let finished = run_sync(
+        &state.queue,
+        p.task,
+        config.cancel_on_disconnect,
+        p.exclusive,
+    )
+    .await
+    .map_err(|e| e.with_session(p.session_id))?;
+    if finished.status != TaskStatus::Completed {
+        return Err(ApiError::from_task(&finished));
+    }
+    Ok((StatusCode::OK, Json(forked(success_body(&finished)))).into_response())
+}
+
+async fn prepare(
     state: &AppState,
     caller: &Caller,
     mut run: ValidatedRun,
     target: Target,
-) -> Result<Response, ApiError> {
+) -> Result<Prepared, ApiError> {
     let now = Utc::now();
     let (session, mode, exclusive, forked_from) = match target {
         Target::NewSession => {
@@ -89,39 +147,20 @@ pub async fn start(
             (session, mode, false, Some(parent.id))
         }
     };
-    let is_async = run.is_async;
-    let mut task = build_task(
-        run,
-        if is_async {
-            TaskMode::Async
-        } else {
-            TaskMode::Sync
-        },
-        caller,
-    );
+    let mode_of_run = if run.is_async {
+        TaskMode::Async
+    } else {
+        TaskMode::Sync
+    };
+    let mut task = build_task(run, mode_of_run, caller);
     task.spec.session = mode;
     task.session_id = Some(session.id);
-
-    if is_async {
-        let submitted = state.queue.submit(task, false, false).await?;
-        let mut body = async_answer(&submitted.task);
-        if let (Some(obj), Some(from)) = (body.as_object_mut(), forked_from) {
-            obj.insert("forked_from".into(), json!(from));
-        }
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
-    }
-    let config = state.config();
-    let finished = run_sync(&state.queue, task, config.cancel_on_disconnect, exclusive)
-        .await
-        .map_err(|e| e.with_session(session.id))?;
-    if finished.status != actors::model::TaskStatus::Completed {
-        return Err(ApiError::from_task(&finished));
-    }
-    let mut body = success_body(&finished);
-    if let (Some(obj), Some(from)) = (body.as_object_mut(), forked_from) {
-        obj.insert("forked_from".into(), json!(from));
-    }
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(Prepared {
+        task,
+        session_id: session.id,
+        exclusive,
+        forked_from,
+    })
 }
 
 fn new_session(

@@ -56,6 +56,7 @@ pub async fn spawn_app_in(dir: TempDir, overrides: Value) -> TestApp {
         "dataDir": root.join("data").display().to_string(),
         "storageType": "sqlite",
         "taskQueue": {"killGraceMs": 2000},
+        "shutdownGraceMs": 500,
     });
     actors::config::merge::merge_patch(&mut config, &overrides);
     let config_path = root.join("config.json");

@@ -8,3 +8,4 @@ mod health;
 mod processes;
 mod run_sync;
 mod sessions;
+mod tasks;

@@ -1,0 +1,136 @@
+//! `POST /api/claude/batch`: several prompts, each its own task in the one queue (so the
+//! concurrency limit holds for batches too). Batch runs are one-off runs, not session turns.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use actors::model::{TaskMode, TaskStatus};
+
+use super::auth::Caller;
+use super::claude::{build_task, run_all, success_body};
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::run_request::{validate, RunRequest};
+use crate::state::AppState;
+
+/// The batch body: `prompts` plus the run fields shared by every prompt.
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    pub prompts: Vec<String>,
+    pub project_path: Option<String>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    pub append_system_prompt: Option<String>,
+    pub max_budget_usd: Option<f64>,
+    pub max_turns: Option<i64>,
+    pub allowed_tools: Option<Vec<String>>,
+    pub disallowed_tools: Option<Vec<String>>,
+    pub permission_mode: Option<String>,
+    pub timeout_ms: Option<i64>,
+    #[serde(rename = "async")]
+    pub is_async: Option<bool>,
+    pub priority: Option<i64>,
+    pub webhook_url: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+pub async fn run_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let config = state.config();
+    let max = config.limits.max_batch as usize;
+    if req.prompts.is_empty() || req.prompts.len() > max {
+        return Err(ApiError::field(
+            "prompts",
+            format!("must hold 1 to {max} prompts (limits.maxBatch)"),
+        ));
+    }
+    let is_async = req.is_async.unwrap_or(false);
+    let mut tasks = Vec::with_capacity(req.prompts.len());
+    for (i, prompt) in req.prompts.iter().enumerate() {
+        let one = RunRequest {
+            prompt: prompt.clone(),
+            project_path: req.project_path.clone(),
+            model: req.model.clone(),
+            system_prompt: req.system_prompt.clone(),
+            append_system_prompt: req.append_system_prompt.clone(),
+            max_budget_usd: req.max_budget_usd,
+            max_turns: req.max_turns,
+            allowed_tools: req.allowed_tools.clone(),
+            disallowed_tools: req.disallowed_tools.clone(),
+            permission_mode: req.permission_mode.clone(),
+            timeout_ms: req.timeout_ms,
+            is_async: req.is_async,
+            priority: req.priority,
+            webhook_url: req.webhook_url.clone(),
+            metadata: req.metadata.clone(),
+            ..Default::default()
+        };
+        let run = validate(one, &config).map_err(|mut e| {
+            // Name the prompt the problem is in.
+            if let Some(field) = e.details.as_mut().and_then(|d| d.get_mut("field")) {
+                if field == "prompt" {
+                    *field = json!(format!("prompts[{i}]"));
+                    e.message = e.message.replace("`prompt`", &format!("`prompts[{i}]`"));
+                }
+            }
+            e
+        })?;
+        tasks.push(build_task(run, TaskMode::Batch, &caller));
+    }
+
+    if is_async {
+        let mut ids = Vec::with_capacity(tasks.len());
+        let mut items = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let submitted = state.queue.submit(task, false, false).await?;
+            ids.push(json!(submitted.task.id));
+            items.push(json!({
+                "task_id": submitted.task.id,
+                "status": submitted.task.status,
+                "priority": submitted.task.priority,
+            }));
+        }
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"success": true, "task_ids": ids, "tasks": items})),
+        )
+            .into_response());
+    }
+
+    let finished = run_all(&state.queue, tasks, config.cancel_on_disconnect).await?;
+    let mut results = Vec::with_capacity(finished.len());
+    let (mut ok, mut failed, mut cost, mut duration) = (0u64, 0u64, 0.0f64, 0u64);
+    for t in &finished {
+        cost += t.cost_usd.unwrap_or(0.0);
+        duration += t.duration_ms.unwrap_or(0);
+        if t.status == TaskStatus::Completed {
+            ok += 1;
+            results.push(success_body(t));
+        } else {
+            failed += 1;
+            results.push(ApiError::from_task(t).body());
+        }
+    }
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "success": true,
+            "results": results,
+            "summary": {
+                "total": finished.len(),
+                "successful": ok,
+                "failed": failed,
+                "total_cost_usd": cost,
+                "total_duration_ms": duration,
+            }
+        })),
+    )
+        .into_response())
+}

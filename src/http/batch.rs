@@ -8,12 +8,13 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use actors::model::{TaskMode, TaskStatus};
+use actors::model::{Task, TaskMode, TaskStatus};
 
 use super::auth::Caller;
 use super::claude::{build_task, run_all, success_body};
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::idempotency::{self, IdempotencyKey, Kind};
 use super::run_request::{validate, RunRequest};
 use crate::state::AppState;
 
@@ -41,6 +42,7 @@ pub struct BatchRequest {
 pub async fn run_batch(
     State(state): State<AppState>,
     caller: Caller,
+    idem: IdempotencyKey,
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
     let config = state.config();
@@ -85,6 +87,17 @@ pub async fn run_batch(
         tasks.push(build_task(run, TaskMode::Batch, &caller));
     }
 
+    let ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.id).collect();
+    let kind = if is_async {
+        Kind::BatchAsync
+    } else {
+        Kind::BatchSync
+    };
+    if let Some(replay) =
+        idempotency::claim(&state, &caller, &idem, kind, &ids, batch_answer).await?
+    {
+        return Ok(replay);
+    }
     if is_async {
         let mut ids = Vec::with_capacity(tasks.len());
         let mut items = Vec::with_capacity(tasks.len());
@@ -105,9 +118,14 @@ pub async fn run_batch(
     }
 
     let finished = run_all(&state.queue, tasks, config.cancel_on_disconnect).await?;
+    Ok(batch_answer(&finished))
+}
+
+/// The 200 body of a sync batch: every result in order, and the summary.
+pub fn batch_answer(finished: &[Task]) -> Response {
     let mut results = Vec::with_capacity(finished.len());
     let (mut ok, mut failed, mut cost, mut duration) = (0u64, 0u64, 0.0f64, 0u64);
-    for t in &finished {
+    for t in finished {
         cost += t.cost_usd.unwrap_or(0.0);
         duration += t.duration_ms.unwrap_or(0);
         if t.status == TaskStatus::Completed {
@@ -118,7 +136,7 @@ pub async fn run_batch(
             results.push(ApiError::from_task(t).body());
         }
     }
-    Ok((
+    (
         StatusCode::OK,
         Json(json!({
             "success": true,
@@ -132,5 +150,5 @@ pub async fn run_batch(
             }
         })),
     )
-        .into_response())
+        .into_response()
 }

@@ -14,6 +14,7 @@ use actors::queue::{CancelReason, Queue};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::idempotency::IdempotencyKey;
 use super::run_request::{validate, RunRequest, ValidatedRun};
 use super::turns::{self, Target};
 use crate::state::AppState;
@@ -21,6 +22,7 @@ use crate::state::AppState;
 pub async fn run_claude(
     State(state): State<AppState>,
     caller: Caller,
+    idem: IdempotencyKey,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let config = state.config();
@@ -36,11 +38,12 @@ pub async fn run_claude(
         Some(sid) => Target::Continue(sid),
         None => Target::NewSession,
     };
-    turns::start(&state, &caller, run, target).await
+    turns::start(&state, &caller, run, target, &idem).await
 }
 
 pub fn build_task(run: ValidatedRun, mode: TaskMode, caller: &Caller) -> Task {
     let mut task = Task::new(run.spec, run.priority, mode);
+    task.id = run.task_id;
     task.owner = caller.owner();
     task.webhook_url = run.webhook_url;
     task.metadata = run.metadata;

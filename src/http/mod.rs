@@ -16,6 +16,7 @@ pub mod config_api;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 pub mod params;
 pub mod run_request;
 pub mod sessions;

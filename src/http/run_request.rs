@@ -50,6 +50,9 @@ pub struct RunRequest {
 /// A request that passed every rule.
 #[derive(Debug)]
 pub struct ValidatedRun {
+    /// The id the task will have: chosen here so an idempotency claim can name it before
+    /// anything is stored.
+    pub task_id: Uuid,
     pub spec: RunSpec,
     /// `max_budget_usd` as the request gave it (the spec carries the default otherwise).
     pub requested_budget: Option<f64>,
@@ -139,6 +142,7 @@ pub fn validate(req: RunRequest, config: &Config) -> Result<ValidatedRun, ApiErr
         }
     }
     Ok(ValidatedRun {
+        task_id: Uuid::new_v4(),
         requested_budget: req.max_budget_usd,
         spec: RunSpec {
             prompt,

@@ -19,6 +19,7 @@ use actors::store::{SessionFilter, TaskFilter};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::idempotency::IdempotencyKey;
 use super::params::{page, text, QueryMap};
 use super::run_request::{
     resolve_project_path, validate, validate_metadata, validate_model, RunRequest,
@@ -309,22 +310,24 @@ pub async fn continue_session(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    idem: IdempotencyKey,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let sid = parse_session_id(&id)?;
     let run = turn_request(&state, req)?;
-    turns::start(&state, &caller, run, Target::Continue(sid)).await
+    turns::start(&state, &caller, run, Target::Continue(sid), &idem).await
 }
 
 pub async fn fork(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    idem: IdempotencyKey,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let sid = parse_session_id(&id)?;
     let run = turn_request(&state, req)?;
-    turns::start(&state, &caller, run, Target::Fork(sid)).await
+    turns::start(&state, &caller, run, Target::Fork(sid), &idem).await
 }
 
 /// A turn's body: the run fields, where `project_path`, `model` and `session_id` are the

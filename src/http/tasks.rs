@@ -15,6 +15,7 @@ use actors::store::TaskFilter;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::idempotency::{IdempotencyKey, Kind};
 use super::params::{page, text, QueryMap};
 use super::run_request::{validate, RunRequest};
 use super::turns::{self, Target};
@@ -114,6 +115,7 @@ pub async fn list_tasks(
 pub async fn create_async(
     State(state): State<AppState>,
     caller: Caller,
+    idem: IdempotencyKey,
     ApiJson(mut req): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     req.is_async = Some(true);
@@ -122,6 +124,9 @@ pub async fn create_async(
         Some(sid) => Target::Continue(sid),
         None => Target::NewSession,
     };
+    if let Some(replay) = turns::claim(&state, &caller, &idem, Kind::TaskCreated, &run).await? {
+        return Ok(replay);
+    }
     let submitted = turns::submit_async(&state, &caller, run, target).await?;
     Ok((
         StatusCode::CREATED,

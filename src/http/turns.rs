@@ -19,6 +19,7 @@ use actors::model::{Session, SessionId, SessionMode, SessionStatus, Task, TaskMo
 use super::auth::Caller;
 use super::claude::{async_answer, build_task, run_sync, success_body};
 use super::error::ApiError;
+use super::idempotency::{self, IdempotencyKey, Kind};
 use super::run_request::{resolve_project_path, ValidatedRun};
 use super::sessions::visible_session;
 use crate::state::AppState;
@@ -54,14 +55,33 @@ pub async fn submit_async(
     Ok(state.queue.submit(p.task, false, false).await?.task)
 }
 
+/// Claim the request's `Idempotency-Key` for the run's task; a retry gets the first answer.
+pub async fn claim(
+    state: &AppState,
+    caller: &Caller,
+    idem: &IdempotencyKey,
+    kind: Kind,
+    run: &ValidatedRun,
+) -> Result<Option<Response>, ApiError> {
+    idempotency::claim(state, caller, idem, kind, &[run.task_id], |_| {
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    })
+    .await
+}
+
 /// Start a turn: 202 for async runs; for sync runs wait and answer with its result.
 pub async fn start(
     state: &AppState,
     caller: &Caller,
     run: ValidatedRun,
     target: Target,
+    idem: &IdempotencyKey,
 ) -> Result<Response, ApiError> {
     let is_async = run.is_async;
+    let kind = if is_async { Kind::Async } else { Kind::Sync };
+    if let Some(replay) = claim(state, caller, idem, kind, &run).await? {
+        return Ok(replay);
+    }
     let p = prepare(state, caller, run, target).await?;
     let forked = |mut body: serde_json::Value| {
         if let (Some(obj), Some(from)) = (body.as_object_mut(), p.forked_from) {

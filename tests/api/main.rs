@@ -5,6 +5,7 @@ mod helpers;
 mod auth;
 mod errors;
 mod health;
+mod idempotency;
 mod processes;
 mod run_sync;
 mod sessions;

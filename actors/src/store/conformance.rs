@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             sessions_limit_offset_total,
             delete_sessions_idle_since,
             stats_days,
+            idempotency_claims,
         ]);
     };
     (@each $name:ident, $make:expr, [$($check:ident),* $(,)?]) => {
@@ -944,5 +945,49 @@ pub(crate) mod checks {
             .collect();
         assert_eq!(days, HashSet::from([d(3), d(10)]));
         assert_eq!(s.prune_stats_before(d(3)).await.expect("prune"), 0);
+    }
+
+    pub async fn idempotency_claims(s: S) {
+        let now = chrono::Utc::now();
+        let later = now + chrono::Duration::hours(24);
+        let first = json!({"task_ids": ["a"]});
+        assert_eq!(
+            s.claim_idempotency_key("k1", &first, now, later)
+                .await
+                .expect("claim"),
+            None
+        );
+        // A second claim gets the first value back, unchanged.
+        let again = s
+            .claim_idempotency_key("k1", &json!({"task_ids": ["b"]}), now, later)
+            .await
+            .expect("claim");
+        assert_eq!(again, Some(first.clone()));
+        // Other keys are independent.
+        assert_eq!(
+            s.claim_idempotency_key("k2", &json!(2), now, later)
+                .await
+                .expect("claim"),
+            None
+        );
+        // After expiry the key can be claimed anew.
+        let after = later + chrono::Duration::seconds(1);
+        assert_eq!(
+            s.claim_idempotency_key(
+                "k1",
+                &json!("new"),
+                after,
+                after + chrono::Duration::hours(1)
+            )
+            .await
+            .expect("claim"),
+            None
+        );
+        assert_eq!(
+            s.claim_idempotency_key("k1", &json!("x"), after, after)
+                .await
+                .expect("claim"),
+            Some(json!("new"))
+        );
     }
 }

@@ -57,6 +57,10 @@ struct Inner {
     sessions_by_created: BTreeSet<(DateTime<Utc>, SessionId)>,
 
     stats: BTreeMap<NaiveDate, serde_json::Value>,
+
+    /// Idempotency claims: key → (value, expiry). Expired entries are replaced when claimed
+    /// again and dropped by `sweep_idempotency` as the map grows.
+    idempotency: HashMap<String, (serde_json::Value, DateTime<Utc>)>,
 }
 
 fn run_key(t: &Task) -> RunKey {
@@ -403,6 +407,29 @@ impl Store for MemoryStore {
             g.remove_session(*id);
         }
         Ok(doomed.len() as u64)
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<Option<serde_json::Value>> {
+        let mut inner = self.lock();
+        if let Some((existing, until)) = inner.idempotency.get(key) {
+            if *until > now {
+                return Ok(Some(existing.clone()));
+            }
+        }
+        // Keep the map bounded by the live claims: drop expired ones now and then.
+        if inner.idempotency.len() >= 1024 && inner.idempotency.len().is_power_of_two() {
+            inner.idempotency.retain(|_, (_, until)| *until > now);
+        }
+        inner
+            .idempotency
+            .insert(key.to_string(), (value.clone(), expires_at));
+        Ok(None)
     }
 
     async fn save_stats_day(&self, day: NaiveDate, doc: &serde_json::Value) -> StoreResult<()> {

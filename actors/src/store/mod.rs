@@ -121,4 +121,17 @@ pub trait Store: Send + Sync + 'static {
         to: NaiveDate,
     ) -> StoreResult<Vec<(NaiveDate, serde_json::Value)>>;
     async fn prune_stats_before(&self, day: NaiveDate) -> StoreResult<u64>;
+
+    // ---- idempotency keys
+    /// Claim `key` (scoped by the caller, e.g. API key + header value) for `value` until
+    /// `expires_at`, atomically. Returns `None` when this call made the claim, or the value of
+    /// a live earlier claim. A claim whose `expires_at` is not after `now` counts as absent
+    /// and is replaced.
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<Option<serde_json::Value>>;
 }

@@ -119,6 +119,15 @@ pub const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO meta (key, value) VALUES ('last_seq', 0);
     ",
+    // 1 -> 2
+    "
+    CREATE TABLE idempotency (
+        key        TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX idempotency_expires ON idempotency (expires_at);
+    ",
 ];
 
 /// The schema version this build writes.
@@ -957,6 +966,50 @@ impl Store for SqliteStore {
                 .execute([cut])
                 .map_err(db_err)?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<Option<serde_json::Value>> {
+        let key = key.to_string();
+        let doc = encode("idempotency claim", value)?;
+        let (now_ms, until_ms) = (now.timestamp_millis(), expires_at.timestamp_millis());
+        // One writer command: the check and the claim cannot interleave with another claim.
+        self.write(move |w| {
+            let existing: Option<(String, i64)> = w
+                .conn
+                .prepare_cached("SELECT value, expires_at FROM idempotency WHERE key = ?1")
+                .map_err(db_err)?
+                .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(db_err)?;
+            if let Some((text, until)) = existing {
+                if until > now_ms {
+                    let v = serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("idempotency claim: {e}")))?;
+                    return Ok(Some(v));
+                }
+            }
+            w.conn
+                .prepare_cached("DELETE FROM idempotency WHERE expires_at <= ?1")
+                .map_err(db_err)?
+                .execute(params![now_ms])
+                .map_err(db_err)?;
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO idempotency (key, value, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                )
+                .map_err(db_err)?
+                .execute(params![key, doc, until_ms])
+                .map_err(db_err)?;
+            Ok(None)
         })
         .await
     }

@@ -34,6 +34,10 @@ pub async fn run_claude(
         )
         .with_details(json!({"field": "stream", "rule": "not supported yet"})));
     }
+    state
+        .stats
+        .check_budget(caller.key_name.as_deref(), &config)
+        .await?;
     if run.is_async {
         let task = build_task(run, TaskMode::Async, &caller);
         let submitted = state.queue.submit(task, false).await?;

@@ -10,12 +10,15 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use crate::state::AppState;
 
 pub mod auth;
+pub mod budget;
 pub mod claude;
 pub mod config_api;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod rate_limit;
 pub mod run_request;
+pub mod statistics;
 pub mod tasks;
 
 pub fn router(state: AppState) -> Router {
@@ -25,8 +28,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/claude", post(claude::run_claude))
         .route("/api/config", get(config_api::get_config))
         .route("/api/tasks/{id}", get(tasks::get_task))
+        .route("/api/statistics", get(statistics::overview))
+        .route("/api/statistics/summary", get(statistics::summary))
+        .route("/api/statistics/daily", get(statistics::daily_list))
+        .route("/api/statistics/range", get(statistics::range))
+        .route("/api/statistics/models", get(statistics::models))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // Layers added later run earlier: authentication runs first and sets the `Caller`
+        // that rate limiting counts under.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

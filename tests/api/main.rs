@@ -6,4 +6,6 @@ mod auth;
 mod errors;
 mod health;
 mod processes;
+mod rate_limit;
 mod run_sync;
+mod statistics;

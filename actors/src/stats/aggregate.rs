@@ -228,6 +228,16 @@ impl Rollup {
         }
     }
 
+    pub fn merge(&mut self, other: &Rollup) {
+        self.total.merge(&other.total);
+        for (m, c) in &other.by_model {
+            self.by_model.entry(m.clone()).or_default().merge(c);
+        }
+        for (k, c) in &other.by_key {
+            self.by_key.entry(k.clone()).or_default().merge(c);
+        }
+    }
+
     pub fn of_day(day: &DayStats, scope: &Scope) -> Rollup {
         let mut r = Rollup::default();
         r.add_day(day, scope);
@@ -418,6 +428,12 @@ mod tests {
         assert_eq!((b.total.requests, b.total.failed), (2, 1));
         assert_eq!(b.by_key.keys().collect::<Vec<_>>(), ["b"]);
         assert!(!b.by_model.contains_key("m2"));
+
+        let mut twice = all.clone();
+        twice.merge(&all);
+        assert_eq!(twice.total.requests, 10);
+        assert_eq!(twice.by_model["m1"].requests, 6);
+        assert_eq!(twice.by_key["b"].failed, 2);
 
         let anon = Rollup::of_day(&d, &Scope::Key(None));
         assert_eq!(anon.total.requests, 1);

@@ -16,6 +16,7 @@ use actors::config::load::{load, Environment};
 use actors::config::{Config, StorageType};
 use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
+use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
@@ -65,11 +66,15 @@ impl Application {
         let queue = Queue::start(store.clone(), config.clone())
             .await
             .context("cannot recover the task queue from storage")?;
+        let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
+        let stats = StatsActor::start(store.clone(), queue.subscribe_finished(), config_rx)
+            .await
+            .context("cannot load the statistics from storage")?;
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
-        let state = AppState::new(config.clone(), queue, store, opts.config_path.clone());
+        let state = AppState::new(config_tx, queue, store, stats, opts.config_path.clone());
 
         // The version check runs beside start-up so the port answers at once.
         let check_state = state.clone();
@@ -140,6 +145,10 @@ impl Application {
             "shutting down: no new runs; waiting for running ones"
         );
         state.queue.shutdown(grace).await;
+        // After the queue: the runs it just ended are counted too.
+        if let Err(e) = state.stats.flush().await {
+            tracing::error!(error = %e, "statistics could not be saved");
+        }
         let _ = http_stop_tx.send(());
         // Responses of finished runs are flushed; a stream that never ends does not hold us.
         match tokio::time::timeout(Duration::from_secs(5), server).await {

@@ -1,11 +1,16 @@
-//! What every handler shares: the live config, the queue, the store, and facts about the CLI.
+//! What every handler shares: the live config, the queue, the store, the statistics, the rate
+//! limiter, and facts about the CLI.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use actors::config::Config;
 use actors::queue::Queue;
+use actors::rate_limit::RateLimiter;
+use actors::stats::StatsHandle;
 use actors::store::Store;
 
 /// What `claude --version` said at start-up.
@@ -20,9 +25,12 @@ pub struct ClaudeInfo {
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    config: RwLock<Arc<Config>>,
+    /// A watch, so actors (statistics) read the live config without holding the state.
+    config: watch::Sender<Arc<Config>>,
     pub queue: Queue,
     pub store: Arc<dyn Store>,
+    pub stats: StatsHandle,
+    pub rate_limiter: RateLimiter,
     pub started: Instant,
     pub claude: RwLock<ClaudeInfo>,
     pub config_path: PathBuf,
@@ -37,15 +45,18 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(
-        config: Arc<Config>,
+        config: watch::Sender<Arc<Config>>,
         queue: Queue,
         store: Arc<dyn Store>,
+        stats: StatsHandle,
         config_path: PathBuf,
     ) -> AppState {
         AppState(Arc::new(Inner {
-            config: RwLock::new(config),
+            config,
             queue,
             store,
+            stats,
+            rate_limiter: RateLimiter::default(),
             started: Instant::now(),
             claude: RwLock::new(ClaudeInfo::default()),
             config_path,
@@ -54,17 +65,11 @@ impl AppState {
 
     /// A snapshot of the current config; a reload swaps it for later requests.
     pub fn config(&self) -> Arc<Config> {
-        match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.config.borrow().clone()
     }
 
     pub fn set_config(&self, config: Arc<Config>) {
-        match self.config.write() {
-            Ok(mut c) => *c = config,
-            Err(poisoned) => *poisoned.into_inner() = config,
-        }
+        self.config.send_replace(config);
     }
 
     pub fn claude_info(&self) -> ClaudeInfo {

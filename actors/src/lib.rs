@@ -7,11 +7,15 @@
 //!   process-group supervision.
 //! * [`queue`]   — the QueueSupervisor (priority, concurrency, cancel, timeouts) and its workers.
 //! * [`store`]   — storage behind one async trait: memory and SQLite.
+//! * [`stats`]   — the StatsActor: figures per day, model and key; daily budgets.
+//! * [`rate_limit`] — GCRA per API key (or client IP) and its sharded limiter.
 
 pub mod claude;
 pub mod config;
 pub mod error;
 pub mod model;
 pub mod queue;
+pub mod rate_limit;
 pub mod session;
+pub mod stats;
 pub mod store;

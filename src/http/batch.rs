@@ -53,6 +53,10 @@ pub async fn run_batch(
             format!("must hold 1 to {max} prompts (limits.maxBatch)"),
         ));
     }
+    state
+        .stats
+        .check_budget(caller.key_name.as_deref(), &config)
+        .await?;
     let is_async = req.is_async.unwrap_or(false);
     let mut tasks = Vec::with_capacity(req.prompts.len());
     for (i, prompt) in req.prompts.iter().enumerate() {

@@ -11,6 +11,7 @@ use crate::state::AppState;
 
 pub mod auth;
 pub mod batch;
+pub mod budget;
 pub mod claude;
 pub mod config_api;
 pub mod error;
@@ -18,8 +19,10 @@ pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod params;
+pub mod rate_limit;
 pub mod run_request;
 pub mod sessions;
+pub mod statistics;
 pub mod tasks;
 pub mod turns;
 
@@ -52,8 +55,19 @@ pub fn router(state: AppState) -> Router {
             post(sessions::continue_session),
         )
         .route("/api/sessions/{id}/fork", post(sessions::fork))
+        .route("/api/statistics", get(statistics::overview))
+        .route("/api/statistics/summary", get(statistics::summary))
+        .route("/api/statistics/daily", get(statistics::daily_list))
+        .route("/api/statistics/range", get(statistics::range))
+        .route("/api/statistics/models", get(statistics::models))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // Layers added later run earlier: authentication runs first and sets the `Caller`
+        // that rate limiting counts under.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

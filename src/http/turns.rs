@@ -118,6 +118,11 @@ async fn prepare(
     mut run: ValidatedRun,
     target: Target,
 ) -> Result<Prepared, ApiError> {
+    // A key over its daily budget runs nothing more today.
+    state
+        .stats
+        .check_budget(caller.key_name.as_deref(), &state.config())
+        .await?;
     let now = Utc::now();
     let (session, mode, exclusive, forked_from) = match target {
         Target::NewSession => {

@@ -10,6 +10,8 @@ mod errors;
 mod health;
 mod idempotency;
 mod processes;
+mod rate_limit;
 mod run_sync;
 mod sessions;
+mod statistics;
 mod tasks;

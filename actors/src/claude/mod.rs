@@ -16,6 +16,7 @@ use crate::model::RunReport;
 
 pub mod argv;
 pub mod classify;
+pub mod marker;
 pub mod process;
 pub mod stream;
 pub mod transcript;
@@ -78,6 +79,9 @@ pub struct RunnerSettings {
     pub max_line_bytes: usize,
     /// How much of stderr is kept (the tail).
     pub stderr_tail_bytes: usize,
+    /// Marks every process of the run (`CCS_RUN_ID`, see [`marker`]) so that tools which left
+    /// the CLI's process group are killed with it. `None`: group only.
+    pub run_marker: Option<String>,
 }
 
 impl RunnerSettings {
@@ -91,6 +95,7 @@ impl RunnerSettings {
             idle_timeout: None,
             max_line_bytes: 64 * 1024 * 1024,
             stderr_tail_bytes: 8 * 1024,
+            run_marker: None,
         }
     }
 }

@@ -88,16 +88,32 @@ pub async fn run(
         // Cannot happen for a child we just spawned and have not waited for.
         return finish(started, Observed::new(Stopped::No, Exit::Unknown));
     };
-    let mut guard = GroupGuard { pgid, armed: true };
+    let mut guard = GroupGuard {
+        pgid,
+        marker: settings.run_marker.clone(),
+        armed: true,
+    };
     let writer = feed_stdin(&mut child, &spec.prompt);
     let mut sup = Supervisor::new(spec, settings, pgid, started);
     sup.supervise(&mut child, &mut stop, on_event).await;
     writer.abort();
+    // Tools that left the group are ours to kill when we stopped the run or the CLI died
+    // without reporting (a CLI that reported has ended its tools itself).
+    let sweep_marked = sup.terminating || sup.observed.report.is_none();
+    let marker = settings.run_marker.as_deref().filter(|_| sweep_marked);
     if !wait_group_gone(pgid, GROUP_GONE_TIMEOUT).await {
         tracing::error!(pgid, "processes of a finished CLI run survive SIGKILL");
     } else {
         // The group is gone: its id may be reused by an unrelated process from now on.
         guard.armed = false;
+    }
+    if let Some(marker) = marker {
+        if !wait_marked_gone(marker, GROUP_GONE_TIMEOUT).await {
+            tracing::error!(
+                run = marker,
+                "processes of a stopped CLI run survive SIGKILL"
+            );
+        }
     }
     finish(started, sup.observed)
 }
@@ -141,6 +157,10 @@ fn command(spec: &RunSpec, settings: &RunnerSettings) -> Command {
 /// daemon started from a sandboxed shell does not hand that power to every caller.
 fn apply_env(cmd: &mut Command, settings: &RunnerSettings) {
     cmd.env_remove("IS_SANDBOX");
+    match &settings.run_marker {
+        Some(marker) => cmd.env(super::marker::RUN_MARKER_ENV, marker),
+        None => cmd.env_remove(super::marker::RUN_MARKER_ENV),
+    };
     cmd.env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
     if let Some(prefix) = &settings.path_prefix {
         cmd.env("PATH", prefixed_path(prefix, std::env::var_os("PATH")));
@@ -354,6 +374,7 @@ impl<'a> Supervisor<'a> {
                 _ = sleep_opt(escalate_at), if !exited => {
                     self.kill_at = None;
                     signal_group(self.pgid, libc::SIGKILL);
+                    self.signal_escapees(libc::SIGKILL);
                 }
                 _ = sleep_opt(drain_until) => {
                     tracing::warn!("the CLI's output stayed open after it exited; giving up on it");
@@ -435,7 +456,15 @@ impl<'a> Supervisor<'a> {
         }
         self.terminating = true;
         signal_group(self.pgid, libc::SIGTERM);
+        self.signal_escapees(libc::SIGTERM);
         self.kill_at = Some(after(Instant::now(), self.settings.kill_grace));
+    }
+
+    /// Signal the run's processes outside its group (tools in their own session).
+    fn signal_escapees(&self, sig: libc::c_int) {
+        if let Some(marker) = &self.settings.run_marker {
+            super::marker::signal_marked(marker, sig);
+        }
     }
 }
 
@@ -571,6 +600,7 @@ fn signal_group(pgid: i32, sig: libc::c_int) {
 /// outlives it even then.
 struct GroupGuard {
     pgid: i32,
+    marker: Option<String>,
     armed: bool,
 }
 
@@ -578,7 +608,24 @@ impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
             signal_group(self.pgid, libc::SIGKILL);
+            if let Some(m) = &self.marker {
+                super::marker::signal_marked(m, libc::SIGKILL);
+            }
         }
+    }
+}
+
+/// Poll until no live process carries the run's marker, SIGKILLing them each time.
+async fn wait_marked_gone(marker: &str, timeout: Duration) -> bool {
+    let deadline = after(Instant::now(), timeout);
+    loop {
+        if super::marker::signal_marked(marker, libc::SIGKILL) == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
     }
 }
 
@@ -684,7 +731,11 @@ async fn cli_version_within(settings: &RunnerSettings, limit: Duration) -> Optio
     let _guard = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
-        .map(|pgid| GroupGuard { pgid, armed: true });
+        .map(|pgid| GroupGuard {
+            pgid,
+            marker: None,
+            armed: true,
+        });
     let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .ok()?

@@ -344,6 +344,15 @@ impl Config {
                     "is used twice",
                 ));
             }
+            if let Some(rl) = &k.rate_limit {
+                let key = format!("auth.apiKeys[{i}].rateLimit");
+                if let Some(w) = rl.window_ms {
+                    at_least(&format!("{key}.windowMs"), w, 1)?;
+                }
+                if let Some(m) = rl.max_requests {
+                    at_least(&format!("{key}.maxRequests"), m, 1)?;
+                }
+            }
             if let Some(b) = k.daily_budget_usd {
                 if !(b.is_finite() && b > 0.0) {
                     return Err(ConfigError::new(

@@ -26,6 +26,7 @@ pub fn runner_settings(config: &Config) -> RunnerSettings {
             .then(|| ms(config.task_queue.idle_timeout)),
         max_line_bytes: usize::try_from(config.limits.max_output_line_bytes).unwrap_or(usize::MAX),
         stderr_tail_bytes: usize::try_from(config.limits.stderr_tail_bytes).unwrap_or(usize::MAX),
+        run_marker: None,
     }
 }
 
@@ -59,7 +60,8 @@ async fn execute(
     }
     tracing::info!(task_id = %id, "run started");
     tracing::debug!(task_id = %id, prompt = %task.spec.prompt, "run prompt");
-    let settings = runner_settings(config);
+    let mut settings = runner_settings(config);
+    settings.run_marker = Some(id.to_string());
     let mut spec = task.spec.clone();
     spec.session = resolve_session_mode(&spec.session, &spec.project_path, config);
     let mut outcome = process::run(&spec, &settings, stop.clone(), &mut |_event| {}).await;

@@ -1,0 +1,13 @@
+//! Rate limiting: GCRA per API key (per client IP when anonymous).
+//!
+//! * [`gcra`]    — the algorithm and the `RateLimit-*` header values (pure, exact integers).
+//! * [`policy`]  — which limit applies to a caller, from the live config (pure).
+//! * [`limiter`] — the sharded, self-evicting map of per-key state the HTTP layer calls.
+
+pub mod gcra;
+pub mod limiter;
+pub mod policy;
+
+pub use gcra::{Decision, Policy};
+pub use limiter::{Clock, MonotonicClock, RateLimiter};
+pub use policy::{limiter_key, policy_for};

@@ -1,0 +1,16 @@
+//! Statistics: requests, tokens, cost and durations per UTC day, per requested model and per
+//! API key, and the per-key daily spend that budgets read.
+//!
+//! * [`sketch`]    — a mergeable log-bucket sketch for duration percentiles (pure).
+//! * [`aggregate`] — counters, one day's cells and their rollups; what counts and where (pure).
+//! * [`budget`]    — the daily budget decision (pure).
+//! * [`actor`]     — the StatsActor: folds the queue's final records, persists days, answers.
+
+pub mod actor;
+pub mod aggregate;
+pub mod budget;
+pub mod sketch;
+
+pub use actor::{DaySelection, StatsActor, StatsError, StatsHandle};
+pub use aggregate::{Counters, DayStats, Rollup, Scope, ANONYMOUS_KEY};
+pub use budget::BudgetError;

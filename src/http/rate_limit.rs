@@ -1,0 +1,134 @@
+//! Middleware: rate limiting of `/api/*` and `/v1/*` per API key (per client IP when
+//! anonymous), with the `RateLimit-*` headers on every response of those routes and a 429
+//! `rate_limited` over the limit.
+//!
+//! It needs the [`Caller`] the authentication middleware sets, so it is layered inside it (see
+//! `http::router`): a request is authenticated first, then counted under its key. Requests
+//! refused by authentication are not counted against any key.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use actors::error::ErrorCode;
+use actors::rate_limit::{limiter_key, policy_for, Decision, Policy};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::state::AppState;
+
+const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// `/api/*` and `/v1/*` are limited; `/health` and `/metrics` never are.
+fn is_limited(path: &str) -> bool {
+    ["/api", "/v1"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+}
+
+pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !is_limited(req.uri().path()) {
+        return next.run(req).await;
+    }
+    // Read the live config: a new limit applies to the next request.
+    let config = state.config();
+    let (key_name, ip) = match req.extensions().get::<Caller>() {
+        Some(c) => (c.key_name.clone(), c.ip),
+        // Only if the layers were ever reordered: still limit, by address.
+        None => (
+            None,
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ),
+    };
+    let Some(policy) = policy_for(&config, key_name.as_deref()) else {
+        return next.run(req).await;
+    };
+    let decision = state
+        .rate_limiter
+        .check(&limiter_key(key_name.as_deref(), ip), policy);
+    let mut resp = if decision.allowed {
+        next.run(req).await
+    } else {
+        tracing::info!(key = ?key_name, ip = ?ip, "rate limited");
+        too_many_requests(&decision)
+    };
+    set_headers(resp.headers_mut(), &decision, &policy);
+    resp
+}
+
+fn too_many_requests(d: &Decision) -> Response {
+    ApiError {
+        retry_after_secs: Some(d.retry_after_secs().unwrap_or(1)),
+        ..ApiError::new(
+            ErrorCode::RateLimited,
+            "Too many requests, please try again later.",
+        )
+    }
+    .into_response()
+}
+
+fn set_headers(h: &mut HeaderMap, d: &Decision, policy: &Policy) {
+    let values = [
+        (LIMIT, d.limit.to_string()),
+        (REMAINING, d.remaining.to_string()),
+        (RESET, d.reset_secs().to_string()),
+        (POLICY, policy.header()),
+    ];
+    for (name, value) in values {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn limited_paths() {
+        for p in [
+            "/api",
+            "/api/claude",
+            "/api/statistics/daily",
+            "/v1/models",
+            "/v1",
+        ] {
+            assert!(is_limited(p), "{p}");
+        }
+        for p in ["/health", "/metrics", "/", "/apix", "/v1x/models", "/docs"] {
+            assert!(!is_limited(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn header_values() {
+        let policy = Policy::new(3, Duration::from_secs(60));
+        let d = Decision {
+            allowed: false,
+            limit: 3,
+            remaining: 0,
+            reset: Duration::from_millis(59_001),
+            retry_after: Some(Duration::from_millis(19_001)),
+        };
+        let mut h = HeaderMap::new();
+        set_headers(&mut h, &d, &policy);
+        assert_eq!(h[LIMIT], "3");
+        assert_eq!(h[REMAINING], "0");
+        assert_eq!(h[RESET], "60");
+        assert_eq!(h[POLICY], "3;w=60");
+        let resp = too_many_requests(&d);
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "20");
+    }
+}

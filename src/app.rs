@@ -19,6 +19,7 @@ use actors::queue::Queue;
 use actors::store::memory::MemoryStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
+use actors::webhook::{WebhookActor, WebhookHandle};
 
 use crate::state::{AppState, ClaudeInfo};
 
@@ -38,6 +39,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     port: u16,
+    webhooks: WebhookHandle,
 }
 
 impl Application {
@@ -65,11 +67,20 @@ impl Application {
         let queue = Queue::start(store.clone(), config.clone())
             .await
             .context("cannot recover the task queue from storage")?;
+        // Subscribed before anything else can happen, so no final record is missed.
+        let finished = queue.subscribe_finished();
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
-        let state = AppState::new(config.clone(), queue, store, opts.config_path.clone());
+        let state = AppState::new(
+            config.clone(),
+            queue,
+            store.clone(),
+            opts.config_path.clone(),
+        );
+        let live = state.clone();
+        let webhooks = WebhookActor::start(store, finished, Arc::new(move || live.config())).await;
 
         // The version check runs beside start-up so the port answers at once.
         let check_state = state.clone();
@@ -93,6 +104,7 @@ impl Application {
             listener,
             state,
             port,
+            webhooks,
         })
     }
 
@@ -114,6 +126,7 @@ impl Application {
             listener,
             state,
             port,
+            webhooks,
         } = self;
         let config = state.config();
         let pid_file = PathBuf::from(&config.pid_file);
@@ -140,6 +153,9 @@ impl Application {
             "shutting down: no new runs; waiting for running ones"
         );
         state.queue.shutdown(grace).await;
+        // After the queue: every final record has reached the webhook actor, which stores what
+        // it has not sent yet (sent after the restart).
+        webhooks.shutdown().await;
         let _ = http_stop_tx.send(());
         // Responses of finished runs are flushed; a stream that never ends does not hold us.
         match tokio::time::timeout(Duration::from_secs(5), server).await {

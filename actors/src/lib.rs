@@ -7,6 +7,7 @@
 //!   process-group supervision.
 //! * [`queue`]   — the QueueSupervisor (priority, concurrency, cancel, timeouts) and its workers.
 //! * [`store`]   — storage behind one async trait: memory and SQLite.
+//! * [`webhook`] — the WebhookActor and its pure parts: payload, signing, retries, SSRF policy.
 
 pub mod claude;
 pub mod config;
@@ -14,3 +15,4 @@ pub mod error;
 pub mod model;
 pub mod queue;
 pub mod store;
+pub mod webhook;

@@ -17,6 +17,7 @@ pub mod extract;
 pub mod health;
 pub mod run_request;
 pub mod tasks;
+pub mod webhooks;
 
 pub fn router(state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/claude", post(claude::run_claude))
         .route("/api/config", get(config_api::get_config))
         .route("/api/tasks/{id}", get(tasks::get_task))
+        .route("/api/tasks/{id}/webhooks", get(webhooks::list_deliveries))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

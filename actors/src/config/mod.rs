@@ -317,6 +317,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(secret) = self.webhook.secret.as_deref().filter(|s| !s.is_empty()) {
+            // The message never repeats the secret.
+            crate::webhook::sign::SigningKey::from_secret(secret)
+                .map_err(|e| ConfigError::new("webhook.secret", e.to_string()))?;
+        }
         let mut names = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for (i, k) in self.auth.api_keys.iter().enumerate() {

@@ -7,3 +7,4 @@ mod errors;
 mod health;
 mod processes;
 mod run_sync;
+mod webhooks;

@@ -49,7 +49,7 @@ pub fn parse(raw: &str) -> Result<Url, Refusal> {
     }
     match url.host() {
         None => Err(Refusal::NoHost),
-        Some(Host::Domain(d)) if d.is_empty() => Err(Refusal::NoHost),
+        Some(Host::Domain("")) => Err(Refusal::NoHost),
         Some(_) => Ok(url),
     }
 }

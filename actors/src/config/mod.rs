@@ -454,4 +454,22 @@ mod tests {
         assert!(text.contains("\"LANG\":\"C\""));
         assert!(text.contains("redis://u:[redacted]@localhost:6379/0"));
     }
+
+    #[test]
+    fn an_unusable_webhook_secret_is_refused_without_echoing_it() {
+        let env = load::Environment::default();
+        let doc = serde_json::json!({"webhook": {"secret": "whsec_$$hunter2$$"}});
+        let err = load::from_file_doc(&doc, &env).expect_err("invalid base64");
+        let text = err.to_string();
+        assert!(text.contains("webhook.secret"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        for ok in [
+            "whsec_dG9wLXNlY3JldA==",
+            "whsec_dG9wLXNlY3JldA",
+            "plain text",
+        ] {
+            let doc = serde_json::json!({"webhook": {"secret": ok}});
+            assert!(load::from_file_doc(&doc, &env).is_ok(), "{ok}");
+        }
+    }
 }

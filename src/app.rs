@@ -20,6 +20,7 @@ use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
+use actors::webhook::{WebhookActor, WebhookHandle};
 
 use crate::state::{AppState, ClaudeInfo};
 
@@ -39,6 +40,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     port: u16,
+    webhooks: WebhookHandle,
 }
 
 impl Application {
@@ -70,11 +72,20 @@ impl Application {
         let stats = StatsActor::start(store.clone(), queue.subscribe_finished(), config_rx)
             .await
             .context("cannot load the statistics from storage")?;
+        // Subscribed before anything else can happen, so no final record is missed.
+        let finished = queue.subscribe_finished();
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
         let state = AppState::new(config_tx, queue, store, stats, opts.config_path.clone());
+        let live = state.clone();
+        let webhooks = WebhookActor::start(
+            state.store.clone(),
+            finished,
+            Arc::new(move || live.config()),
+        )
+        .await;
 
         // The version check runs beside start-up so the port answers at once.
         let check_state = state.clone();
@@ -98,6 +109,7 @@ impl Application {
             listener,
             state,
             port,
+            webhooks,
         })
     }
 
@@ -119,6 +131,7 @@ impl Application {
             listener,
             state,
             port,
+            webhooks,
         } = self;
         let config = state.config();
         let pid_file = PathBuf::from(&config.pid_file);
@@ -149,6 +162,9 @@ impl Application {
         if let Err(e) = state.stats.flush().await {
             tracing::error!(error = %e, "statistics could not be saved");
         }
+        // After the queue: every final record has reached the webhook actor, which stores what
+        // it has not sent yet (sent after the restart).
+        webhooks.shutdown().await;
         let _ = http_stop_tx.send(());
         // Responses of finished runs are flushed; a stream that never ends does not hold us.
         match tokio::time::timeout(Duration::from_secs(5), server).await {

@@ -9,6 +9,7 @@
 //! * [`store`]   — storage behind one async trait: memory and SQLite.
 //! * [`stats`]   — the StatsActor: figures per day, model and key; daily budgets.
 //! * [`rate_limit`] — GCRA per API key (or client IP) and its sharded limiter.
+//! * [`webhook`] — the WebhookActor and its pure parts: payload, signing, retries, SSRF policy.
 
 pub mod claude;
 pub mod config;
@@ -19,3 +20,4 @@ pub mod rate_limit;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod webhook;

@@ -25,6 +25,7 @@ pub mod sessions;
 pub mod statistics;
 pub mod tasks;
 pub mod turns;
+pub mod webhooks;
 
 pub fn router(state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/statistics/daily", get(statistics::daily_list))
         .route("/api/statistics/range", get(statistics::range))
         .route("/api/statistics/models", get(statistics::models))
+        .route("/api/tasks/{id}/webhooks", get(webhooks::list_deliveries))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Layers added later run earlier: authentication runs first and sets the `Caller`

@@ -127,7 +127,10 @@ pub fn validate(req: RunRequest, config: &Config) -> Result<ValidatedRun, ApiErr
     )?;
     let mcp_config = resolve_mcp_config(req.mcp_config.as_deref(), config)?;
     let metadata = req.metadata.map(validate_metadata).transpose()?;
-    let webhook_url = req.webhook_url.map(validate_webhook_url).transpose()?;
+    let webhook_url = req
+        .webhook_url
+        .map(|u| validate_webhook_url(u, config))
+        .transpose()?;
     let session_id = req
         .session_id
         .map(|s| Uuid::parse_str(&s).map_err(|_| ApiError::field("session_id", "must be a UUID")))
@@ -290,8 +293,11 @@ pub fn validate_metadata(metadata: Value) -> Result<Value, ApiError> {
     Ok(metadata)
 }
 
-/// The URL's form: http(s), a host, no credentials. (Address checks belong to delivery.)
-pub fn validate_webhook_url(url: String) -> Result<String, ApiError> {
+/// The URL's form: http(s), a host, no credentials; and, unless `webhook.allowPrivateTargets`,
+/// no private/loopback/link-local IP literal or `localhost` host (names are checked again, after
+/// resolution, at every delivery). Checked even when webhooks are disabled, so a task never
+/// stores a URL that would be refused once they are enabled.
+pub fn validate_webhook_url(url: String, config: &Config) -> Result<String, ApiError> {
     let invalid = |why: &str| {
         ApiError::new(
             ErrorCode::InvalidWebhookUrl,
@@ -315,6 +321,8 @@ pub fn validate_webhook_url(url: String) -> Result<String, ApiError> {
             "must be a well-formed URL of at most 2048 characters",
         ));
     }
+    actors::webhook::policy::check_url(&url, config.webhook.allow_private_targets)
+        .map_err(|refusal| invalid(&refusal.to_string()))?;
     Ok(url)
 }
 

@@ -15,3 +15,4 @@ mod run_sync;
 mod sessions;
 mod statistics;
 mod tasks;
+mod webhooks;

@@ -317,6 +317,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(secret) = self.webhook.secret.as_deref().filter(|s| !s.is_empty()) {
+            // The message never repeats the secret.
+            crate::webhook::sign::SigningKey::from_secret(secret)
+                .map_err(|e| ConfigError::new("webhook.secret", e.to_string()))?;
+        }
         let mut names = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
         for (i, k) in self.auth.api_keys.iter().enumerate() {
@@ -457,5 +462,23 @@ mod tests {
         }
         assert!(text.contains("\"LANG\":\"C\""));
         assert!(text.contains("redis://u:[redacted]@localhost:6379/0"));
+    }
+
+    #[test]
+    fn an_unusable_webhook_secret_is_refused_without_echoing_it() {
+        let env = load::Environment::default();
+        let doc = serde_json::json!({"webhook": {"secret": "whsec_$$hunter2$$"}});
+        let err = load::from_file_doc(&doc, &env).expect_err("invalid base64");
+        let text = err.to_string();
+        assert!(text.contains("webhook.secret"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        for ok in [
+            "whsec_dG9wLXNlY3JldA==",
+            "whsec_dG9wLXNlY3JldA",
+            "plain text",
+        ] {
+            let doc = serde_json::json!({"webhook": {"secret": ok}});
+            assert!(load::from_file_doc(&doc, &env).is_ok(), "{ok}");
+        }
     }
 }

@@ -44,6 +44,9 @@ macro_rules! conformance_suite {
             delete_sessions_idle_since,
             stats_days,
             idempotency_claims,
+            webhook_outbox,
+            webhook_attempts_in_order,
+            webhook_attempts_pruned,
         ]);
     };
     (@each $name:ident, $make:expr, [$($check:ident),* $(,)?]) => {
@@ -207,6 +210,42 @@ pub(crate) mod fixtures {
             last_task_id: None,
             owner: None,
             metadata: json!({}),
+        }
+    }
+
+    /// A delivery in the outbox, created at `at(created_ms)` (sub-millisecond part included,
+    /// to check that stores keep milliseconds).
+    pub fn webhook_job(task_id: uuid::Uuid, created_ms: i64) -> crate::webhook::WebhookJob {
+        let created = at(created_ms) + chrono::Duration::microseconds(456);
+        crate::webhook::WebhookJob {
+            webhook_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            task_id,
+            event: "task.completed".into(),
+            url: "https://hooks.example/ü?token=a b".into(),
+            body: r#"{"event":"task.completed","data":{"result":"ünïcode ✓"}}"#.into(),
+            attempts: 0,
+            created_at: created,
+            next_attempt_at: created,
+        }
+    }
+
+    /// One recorded attempt.
+    pub fn webhook_attempt(
+        job: &crate::webhook::WebhookJob,
+        n: u32,
+        ms: i64,
+        status: Option<u16>,
+    ) -> crate::webhook::WebhookAttempt {
+        crate::webhook::WebhookAttempt {
+            webhook_id: job.webhook_id.clone(),
+            task_id: job.task_id,
+            event: job.event.clone(),
+            url: job.url.clone(),
+            attempt: n,
+            status_code: status,
+            error: (status != Some(200)).then(|| "the receiver answered HTTP 500".into()),
+            duration_ms: 12,
+            at: at(ms) + chrono::Duration::microseconds(789),
         }
     }
 }
@@ -989,5 +1028,130 @@ pub(crate) mod checks {
                 .expect("claim"),
             Some(json!("new"))
         );
+    }
+
+    fn ms_of(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+        chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).expect("valid time")
+    }
+
+    pub async fn webhook_outbox(s: S) {
+        assert!(s.pending_webhook_jobs().await.expect("load").is_empty());
+        let task_id = uuid::Uuid::new_v4();
+        let late = webhook_job(task_id, 5_000);
+        let early = webhook_job(task_id, 1_000);
+        s.save_webhook_job(&late).await.expect("save");
+        s.save_webhook_job(&early).await.expect("save");
+
+        let got = s.pending_webhook_jobs().await.expect("load");
+        assert_eq!(
+            got.iter().map(|j| j.webhook_id.clone()).collect::<Vec<_>>(),
+            vec![early.webhook_id.clone(), late.webhook_id.clone()],
+            "oldest first"
+        );
+        let mut expected = early.clone();
+        expected.created_at = ms_of(early.created_at);
+        expected.next_attempt_at = ms_of(early.next_attempt_at);
+        assert_eq!(
+            got[0], expected,
+            "round trip, times kept to the millisecond"
+        );
+
+        // Saving again replaces (after a failed attempt).
+        let mut retried = early.clone();
+        retried.attempts = 2;
+        retried.next_attempt_at = at(9_000);
+        s.save_webhook_job(&retried).await.expect("update");
+        let got = s.pending_webhook_jobs().await.expect("load");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].attempts, 2);
+        assert_eq!(got[0].next_attempt_at, at(9_000));
+
+        assert!(s
+            .delete_webhook_job(&early.webhook_id)
+            .await
+            .expect("delete"));
+        assert!(!s
+            .delete_webhook_job(&early.webhook_id)
+            .await
+            .expect("delete again"));
+        assert!(!s
+            .delete_webhook_job("msg_unknown")
+            .await
+            .expect("delete unknown"));
+        let got = s.pending_webhook_jobs().await.expect("load");
+        assert_eq!(
+            got.iter().map(|j| j.webhook_id.clone()).collect::<Vec<_>>(),
+            vec![late.webhook_id]
+        );
+    }
+
+    pub async fn webhook_attempts_in_order(s: S) {
+        let a = webhook_job(uuid::Uuid::new_v4(), 0);
+        let b = webhook_job(uuid::Uuid::new_v4(), 0);
+        assert!(s
+            .webhook_attempts(a.task_id)
+            .await
+            .expect("read")
+            .is_empty());
+        // Recorded out of time order on purpose: the history keeps recording order.
+        let first = webhook_attempt(&a, 1, 300, Some(500));
+        let second = webhook_attempt(&a, 2, 200, None);
+        let third = webhook_attempt(&a, 3, 400, Some(200));
+        for att in [
+            &first,
+            &webhook_attempt(&b, 1, 100, Some(200)),
+            &second,
+            &third,
+        ] {
+            s.record_webhook_attempt(att).await.expect("record");
+        }
+        let got = s.webhook_attempts(a.task_id).await.expect("read");
+        assert_eq!(
+            got.iter().map(|x| x.attempt).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let mut expected = first.clone();
+        expected.at = ms_of(first.at);
+        assert_eq!(got[0], expected);
+        assert_eq!(got[1].status_code, None);
+        assert!(got[2].succeeded() && !got[0].succeeded());
+        assert_eq!(s.webhook_attempts(b.task_id).await.expect("read").len(), 1);
+        // The history is independent of the outbox.
+        assert!(s.pending_webhook_jobs().await.expect("load").is_empty());
+    }
+
+    pub async fn webhook_attempts_pruned(s: S) {
+        let a = webhook_job(uuid::Uuid::new_v4(), 0);
+        for (n, ms) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+            s.record_webhook_attempt(&webhook_attempt(&a, n, ms, Some(500)))
+                .await
+                .expect("record");
+        }
+        // `at(2_000)` + 789 µs is kept as at(2_000): not before at(2_000).
+        assert_eq!(
+            s.prune_webhook_attempts_before(at(2_000))
+                .await
+                .expect("prune"),
+            1
+        );
+        let left: Vec<u32> = s
+            .webhook_attempts(a.task_id)
+            .await
+            .expect("read")
+            .iter()
+            .map(|x| x.attempt)
+            .collect();
+        assert_eq!(left, vec![2, 3]);
+        assert_eq!(
+            s.prune_webhook_attempts_before(at(10_000))
+                .await
+                .expect("prune"),
+            2
+        );
+        assert!(s
+            .webhook_attempts(a.task_id)
+            .await
+            .expect("read")
+            .is_empty());
     }
 }

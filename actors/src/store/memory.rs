@@ -21,6 +21,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::rules;
 use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
+use crate::webhook::{WebhookAttempt, WebhookJob};
 
 /// The in-memory backend.
 #[derive(Default)]
@@ -61,6 +62,10 @@ struct Inner {
     /// Idempotency claims: key → (value, expiry). Expired entries are replaced when claimed
     /// again and dropped by `sweep_idempotency` as the map grows.
     idempotency: HashMap<String, (serde_json::Value, DateTime<Utc>)>,
+
+    webhook_jobs: HashMap<String, WebhookJob>,
+    /// Per task, in recording order.
+    webhook_attempts: HashMap<TaskId, Vec<WebhookAttempt>>,
 }
 
 fn run_key(t: &Task) -> RunKey {
@@ -458,6 +463,56 @@ impl Store for MemoryStore {
         let keep = g.stats.split_off(&day);
         let removed = g.stats.len() as u64;
         g.stats = keep;
+        Ok(removed)
+    }
+
+    async fn save_webhook_job(&self, job: &WebhookJob) -> StoreResult<()> {
+        let mut job = job.clone();
+        rules::normalize_webhook_job(&mut job);
+        self.lock().webhook_jobs.insert(job.webhook_id.clone(), job);
+        Ok(())
+    }
+
+    async fn delete_webhook_job(&self, webhook_id: &str) -> StoreResult<bool> {
+        Ok(self.lock().webhook_jobs.remove(webhook_id).is_some())
+    }
+
+    async fn pending_webhook_jobs(&self) -> StoreResult<Vec<WebhookJob>> {
+        let mut jobs: Vec<WebhookJob> = self.lock().webhook_jobs.values().cloned().collect();
+        jobs.sort_by(|a, b| (a.created_at, &a.webhook_id).cmp(&(b.created_at, &b.webhook_id)));
+        Ok(jobs)
+    }
+
+    async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> StoreResult<()> {
+        let mut attempt = attempt.clone();
+        rules::normalize_webhook_attempt(&mut attempt);
+        self.lock()
+            .webhook_attempts
+            .entry(attempt.task_id)
+            .or_default()
+            .push(attempt);
+        Ok(())
+    }
+
+    async fn webhook_attempts(&self, task_id: TaskId) -> StoreResult<Vec<WebhookAttempt>> {
+        Ok(self
+            .lock()
+            .webhook_attempts
+            .get(&task_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn prune_webhook_attempts_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let cut = rules::ms(&before);
+        let mut g = self.lock();
+        let mut removed = 0u64;
+        g.webhook_attempts.retain(|_, list| {
+            let n = list.len();
+            list.retain(|a| rules::ms(&a.at) >= cut);
+            removed += (n - list.len()) as u64;
+            !list.is_empty()
+        });
         Ok(removed)
     }
 }

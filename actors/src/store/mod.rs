@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::model::{Priority, Session, SessionId, SessionStatus, Task, TaskId, TaskStatus};
+use crate::webhook::{WebhookAttempt, WebhookJob};
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub mod memory;
 mod rules;
 pub mod sqlite;
@@ -134,4 +135,19 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> StoreResult<Option<serde_json::Value>>;
+
+    // ---- webhooks: the outbox of deliveries not yet finished, and the attempts made
+    /// Insert or replace (by `webhook_id`) a delivery still to be made. Durable when this
+    /// returns, like `insert_task`.
+    async fn save_webhook_job(&self, job: &WebhookJob) -> StoreResult<()>;
+    /// Remove a delivery from the outbox. `false` when it was not there.
+    async fn delete_webhook_job(&self, webhook_id: &str) -> StoreResult<bool>;
+    /// Every delivery in the outbox, oldest first (`created_at`, then `webhook_id`).
+    async fn pending_webhook_jobs(&self) -> StoreResult<Vec<WebhookJob>>;
+    /// Append one attempt to a task's delivery history.
+    async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> StoreResult<()>;
+    /// A task's attempts, in the order they were recorded.
+    async fn webhook_attempts(&self, task_id: TaskId) -> StoreResult<Vec<WebhookAttempt>>;
+    /// Delete attempts made before `before` (retention). Returns how many.
+    async fn prune_webhook_attempts_before(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 }

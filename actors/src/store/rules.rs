@@ -92,3 +92,12 @@ pub(super) fn normalize_session(s: &mut Session) {
 pub(super) fn trunc(t: DateTime<Utc>) -> DateTime<Utc> {
     t.trunc_subsecs(3)
 }
+
+pub(super) fn normalize_webhook_job(j: &mut crate::webhook::WebhookJob) {
+    j.created_at = trunc(j.created_at);
+    j.next_attempt_at = trunc(j.next_attempt_at);
+}
+
+pub(super) fn normalize_webhook_attempt(a: &mut crate::webhook::WebhookAttempt) {
+    a.at = trunc(a.at);
+}

@@ -61,6 +61,7 @@ use tokio::sync::{oneshot, Semaphore};
 use super::rules;
 use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
+use crate::webhook::{WebhookAttempt, WebhookJob};
 
 /// Most commands committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
@@ -127,6 +128,26 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     CREATE INDEX idempotency_expires ON idempotency (expires_at);
+    ",
+    // 2 -> 3: webhooks. The outbox holds deliveries not yet finished (a row per webhook id);
+    // attempts are a history, in recording order (`id`).
+    "
+    CREATE TABLE webhook_jobs (
+        webhook_id TEXT PRIMARY KEY,
+        task_id    TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        doc        TEXT NOT NULL
+    );
+    CREATE INDEX webhook_jobs_created ON webhook_jobs (created_at, webhook_id);
+
+    CREATE TABLE webhook_attempts (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        doc     TEXT NOT NULL
+    );
+    CREATE INDEX webhook_attempts_task ON webhook_attempts (task_id, id);
+    CREATE INDEX webhook_attempts_at ON webhook_attempts (at);
     ",
 ];
 
@@ -302,6 +323,10 @@ fn decode_task(doc: &str) -> StoreResult<Task> {
 
 fn decode_session(doc: &str) -> StoreResult<Session> {
     serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("stored session: {e}")))
+}
+
+fn decode_doc<T: serde::de::DeserializeOwned>(what: &str, doc: &str) -> StoreResult<T> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("stored {what}: {e}")))
 }
 
 fn seq_i64(seq: u64) -> StoreResult<i64> {
@@ -1072,6 +1097,109 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn save_webhook_job(&self, job: &WebhookJob) -> StoreResult<()> {
+        let mut job = job.clone();
+        rules::normalize_webhook_job(&mut job);
+        let doc = encode("webhook delivery", &job)?;
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO webhook_jobs (webhook_id, task_id, created_at, doc)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (webhook_id) DO UPDATE SET
+                        task_id = excluded.task_id, created_at = excluded.created_at,
+                        doc = excluded.doc",
+                )
+                .map_err(db_err)?
+                .execute(params![
+                    job.webhook_id,
+                    job.task_id.to_string(),
+                    rules::ms(&job.created_at),
+                    doc
+                ])
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_webhook_job(&self, webhook_id: &str) -> StoreResult<bool> {
+        let id = webhook_id.to_owned();
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached("DELETE FROM webhook_jobs WHERE webhook_id = ?1")
+                .map_err(db_err)?
+                .execute([id])
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn pending_webhook_jobs(&self) -> StoreResult<Vec<WebhookJob>> {
+        self.read(|c| {
+            query_docs(
+                c,
+                "SELECT doc FROM webhook_jobs ORDER BY created_at, webhook_id",
+                &[],
+            )?
+            .iter()
+            .map(|d| decode_doc("webhook delivery", d))
+            .collect()
+        })
+        .await
+    }
+
+    async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> StoreResult<()> {
+        let mut attempt = attempt.clone();
+        rules::normalize_webhook_attempt(&mut attempt);
+        let doc = encode("webhook attempt", &attempt)?;
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO webhook_attempts (task_id, at, doc) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db_err)?
+                .execute(params![
+                    attempt.task_id.to_string(),
+                    rules::ms(&attempt.at),
+                    doc
+                ])
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_attempts(&self, task_id: TaskId) -> StoreResult<Vec<WebhookAttempt>> {
+        self.read(move |c| {
+            query_docs(
+                c,
+                "SELECT doc FROM webhook_attempts WHERE task_id = ? ORDER BY id",
+                &[Value::Text(task_id.to_string())],
+            )?
+            .iter()
+            .map(|d| decode_doc("webhook attempt", d))
+            .collect()
+        })
+        .await
+    }
+
+    async fn prune_webhook_attempts_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let cut = rules::ms(&before);
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached("DELETE FROM webhook_attempts WHERE at < ?1")
+                .map_err(db_err)?
+                .execute([cut])
+                .map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1325,6 +1453,9 @@ mod tests {
             "SELECT doc FROM sessions WHERE project_path = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
             "SELECT doc FROM sessions WHERE owner = ? ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
             "DELETE FROM sessions WHERE updated_at < ?1",
+            "SELECT doc FROM webhook_jobs ORDER BY created_at, webhook_id",
+            "SELECT doc FROM webhook_attempts WHERE task_id = ? ORDER BY id",
+            "DELETE FROM webhook_attempts WHERE at < ?1",
         ] {
             let mut st = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {q}"))

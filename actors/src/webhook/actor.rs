@@ -1,0 +1,325 @@
+//! The WebhookActor: one tokio task that turns final task records into stored deliveries, and
+//! one tokio task per delivery that makes its attempts.
+//!
+//! * A final record arrives from [`crate::queue::Queue::subscribe_finished`]. When
+//!   `webhook.enabled` and the task has a `webhook_url` (or there is a `webhook.defaultUrl`),
+//!   the delivery is stored in the outbox first, then handed to its own task, so a slow or dead
+//!   receiver delays nothing else; the run's queue slot was freed before the record arrived.
+//! * Each attempt reads the live config (timeout, retries, backoff, secret, private targets),
+//!   so a reload applies to the next attempt. Every attempt is recorded; the outbox record is
+//!   updated after a failure (attempt count, when the next one is due) and deleted after a
+//!   success or the last retry.
+//! * At start the outbox is loaded and every delivery resumes where it stopped.
+//! * On shutdown, final records still in the mailbox are stored (not sent), running deliveries
+//!   are stopped; all of them resume after the next start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::deliver::{self, AttemptOutcome, AttemptSettings};
+use super::payload;
+use super::record::{WebhookAttempt, WebhookJob};
+use super::schedule::{jitter_unit, retry_delay, total_attempts};
+use super::sign::{SecretError, SigningKey};
+use crate::config::{Config, WebhookConfig};
+use crate::model::Task;
+use crate::store::Store;
+
+/// Where the actor reads the current config: called for every delivery and attempt, so hot
+/// reloads apply without telling the actor.
+pub type ConfigSource = Arc<dyn Fn() -> Arc<Config> + Send + Sync>;
+
+/// Stops the actor. Dropping it stops the actor too (like a shutdown without the draining).
+pub struct WebhookHandle {
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookHandle {
+    /// Store the deliveries of records still queued for the actor, stop every delivery in
+    /// flight (they stay in the outbox) and wait until the actor is gone. Call it after the
+    /// queue has shut down, so that every final record has been handed over.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = (&mut self.done).await {
+            tracing::error!(error = %e, "the webhook actor failed");
+        }
+    }
+}
+
+pub struct WebhookActor {
+    store: Arc<dyn Store>,
+    config: ConfigSource,
+    finished: mpsc::UnboundedReceiver<Arc<Task>>,
+    deliveries: JoinSet<()>,
+}
+
+impl WebhookActor {
+    /// Resume the outbox and start listening to `finished` (from `Queue::subscribe_finished`,
+    /// taken before any task can end so none is missed).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        finished: mpsc::UnboundedReceiver<Arc<Task>>,
+        config: ConfigSource,
+    ) -> WebhookHandle {
+        let mut actor = WebhookActor {
+            store,
+            config,
+            finished,
+            deliveries: JoinSet::new(),
+        };
+        match actor.store.pending_webhook_jobs().await {
+            Ok(jobs) => {
+                if !jobs.is_empty() {
+                    tracing::info!(count = jobs.len(), "resuming webhook deliveries");
+                }
+                for job in jobs {
+                    actor.spawn(job);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the webhook outbox; stored deliveries are not resumed")
+            }
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let done = tokio::spawn(actor.run(stop_rx));
+        WebhookHandle {
+            stop: Some(stop_tx),
+            done,
+        }
+    }
+
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut listening = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                msg = self.finished.recv(), if listening => match msg {
+                    Some(task) => {
+                        if let Some(job) = self.enqueue(&task).await {
+                            self.spawn(job);
+                        }
+                    }
+                    // The queue has stopped; deliveries in flight go on until `shutdown`.
+                    None => listening = false,
+                },
+                Some(joined) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
+                    if let Err(e) = joined {
+                        if e.is_panic() {
+                            tracing::error!("a webhook delivery task panicked");
+                        }
+                    }
+                }
+            }
+        }
+        // Records the queue handed over before stopping: stored now, sent after the restart.
+        while let Ok(task) = self.finished.try_recv() {
+            self.enqueue(&task).await;
+        }
+        self.deliveries.shutdown().await;
+    }
+
+    /// Store the delivery a final record calls for, if any, and return it.
+    async fn enqueue(&self, task: &Task) -> Option<WebhookJob> {
+        let config = (self.config)();
+        let job = new_job(task, &config.webhook, Utc::now())?;
+        if let Err(e) = self.store.save_webhook_job(&job).await {
+            // Still attempted now; only a restart before it succeeds would lose it.
+            tracing::error!(task_id = %task.id, webhook_id = %job.webhook_id, error = %e, "cannot store the webhook delivery");
+        }
+        Some(job)
+    }
+
+    fn spawn(&mut self, job: WebhookJob) {
+        self.deliveries
+            .spawn(run_delivery(job, self.store.clone(), self.config.clone()));
+    }
+}
+
+/// The delivery a final task record calls for under `config`, or `None` (webhooks off, no URL,
+/// not a final record).
+pub fn new_job(task: &Task, config: &WebhookConfig, now: DateTime<Utc>) -> Option<WebhookJob> {
+    if !config.enabled {
+        return None;
+    }
+    let url = task
+        .webhook_url
+        .clone()
+        .or_else(|| config.default_url.clone())?;
+    let (event, body) = payload::build(task, now)?;
+    Some(WebhookJob {
+        webhook_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        task_id: task.id,
+        event: event.to_owned(),
+        url,
+        body: body.to_string(),
+        attempts: 0,
+        created_at: now,
+        next_attempt_at: now,
+    })
+}
+
+/// The settings of the next attempt, from the live config.
+fn attempt_settings(config: &WebhookConfig) -> Result<AttemptSettings, SecretError> {
+    let key = match config.secret.as_deref() {
+        Some(s) if !s.is_empty() => Some(SigningKey::from_secret(s)?),
+        _ => None,
+    };
+    Ok(AttemptSettings {
+        timeout: Duration::from_millis(config.timeout.max(1)),
+        allow_private: config.allow_private_targets,
+        key,
+    })
+}
+
+/// Make the attempts of one delivery until it succeeds or its retries are spent.
+async fn run_delivery(mut job: WebhookJob, store: Arc<dyn Store>, config: ConfigSource) {
+    loop {
+        let wait = (job.next_attempt_at - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+
+        let config = config();
+        let wh = &config.webhook;
+        if !wh.enabled {
+            tracing::info!(task_id = %job.task_id, webhook_id = %job.webhook_id, "webhooks are disabled; the delivery is dropped");
+            forget(&store, &job).await;
+            return;
+        }
+        let number = job.attempts.saturating_add(1);
+        let at = Utc::now();
+        let clock = tokio::time::Instant::now();
+        let outcome = match attempt_settings(wh) {
+            Ok(settings) => deliver::attempt(&job, &settings, at.timestamp()).await,
+            Err(e) => AttemptOutcome {
+                status_code: None,
+                error: Some(format!("webhook.secret cannot be used: {e}")),
+            },
+        };
+        let record = WebhookAttempt {
+            webhook_id: job.webhook_id.clone(),
+            task_id: job.task_id,
+            event: job.event.clone(),
+            url: job.url.clone(),
+            attempt: number,
+            status_code: outcome.status_code,
+            error: outcome.error,
+            duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+            at,
+        };
+        let delivered = record.succeeded();
+        let last = number >= total_attempts(wh.retries);
+        // The URL may carry a token of the receiver's: the log names the delivery, not the URL.
+        if delivered {
+            tracing::info!(task_id = %job.task_id, webhook_id = %job.webhook_id, attempt = number, status = ?record.status_code, "webhook delivered");
+        } else {
+            tracing::warn!(task_id = %job.task_id, webhook_id = %job.webhook_id, attempt = number, status = ?record.status_code, error = record.error.as_deref().unwrap_or(""), gave_up = last, "webhook attempt failed");
+        }
+        if let Err(e) = store.record_webhook_attempt(&record).await {
+            tracing::error!(webhook_id = %job.webhook_id, error = %e, "cannot record the webhook attempt");
+        }
+        if delivered || last {
+            forget(&store, &job).await;
+            return;
+        }
+        job.attempts = number;
+        job.next_attempt_at = Utc::now() + retry_delay(wh.backoff_ms, number, jitter_unit());
+        if let Err(e) = store.save_webhook_job(&job).await {
+            tracing::error!(webhook_id = %job.webhook_id, error = %e, "cannot update the stored webhook delivery");
+        }
+    }
+}
+
+async fn forget(store: &Arc<dyn Store>, job: &WebhookJob) {
+    if let Err(e) = store.delete_webhook_job(&job.webhook_id).await {
+        tracing::error!(webhook_id = %job.webhook_id, error = %e, "cannot remove the finished webhook delivery from the outbox");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskStatus;
+    use crate::store::conformance::fixtures::{at, task};
+
+    fn config(enabled: bool, default_url: Option<&str>) -> WebhookConfig {
+        WebhookConfig {
+            enabled,
+            default_url: default_url.map(String::from),
+            timeout: 5000,
+            retries: 3,
+            secret: None,
+            backoff_ms: 1000,
+            allow_private_targets: false,
+        }
+    }
+
+    fn done(url: Option<&str>) -> Task {
+        let mut t = task(5);
+        t.status = TaskStatus::Completed;
+        t.webhook_url = url.map(String::from);
+        t
+    }
+
+    #[test]
+    fn a_job_needs_webhooks_on_a_url_and_a_final_record() {
+        let c = config(true, None);
+        assert!(new_job(&done(None), &c, at(0)).is_none());
+        assert!(new_job(
+            &done(Some("https://a.example/")),
+            &config(false, None),
+            at(0)
+        )
+        .is_none());
+        assert!(
+            new_job(&task(5), &c, at(0)).is_none(),
+            "a live task has nothing to announce"
+        );
+        let job = new_job(&done(Some("https://a.example/")), &c, at(0)).expect("a job");
+        assert_eq!(job.url, "https://a.example/");
+        assert_eq!(job.event, "task.completed");
+        assert_eq!(job.attempts, 0);
+        assert_eq!(job.next_attempt_at, at(0));
+        assert!(job.webhook_id.starts_with("msg_") && job.webhook_id.len() == 36);
+        let body: serde_json::Value = serde_json::from_str(&job.body).expect("json body");
+        assert_eq!(body["data"]["task_id"], serde_json::json!(job.task_id));
+    }
+
+    #[test]
+    fn the_task_url_wins_over_the_default() {
+        let c = config(true, Some("https://default.example/"));
+        let own = new_job(&done(Some("https://own.example/")), &c, at(0)).expect("job");
+        assert_eq!(own.url, "https://own.example/");
+        let dflt = new_job(&done(None), &c, at(0)).expect("job");
+        assert_eq!(dflt.url, "https://default.example/");
+        let other = new_job(&done(None), &c, at(0)).expect("job");
+        assert_ne!(dflt.webhook_id, other.webhook_id);
+    }
+
+    #[test]
+    fn settings_follow_the_config() {
+        let mut c = config(true, None);
+        c.allow_private_targets = true;
+        c.timeout = 250;
+        let s = attempt_settings(&c).expect("settings");
+        assert!(s.allow_private && s.key.is_none());
+        assert_eq!(s.timeout, Duration::from_millis(250));
+        c.secret = Some(String::new());
+        assert!(attempt_settings(&c)
+            .expect("empty secret = none")
+            .key
+            .is_none());
+        c.secret = Some("whsec_***".into());
+        assert_eq!(attempt_settings(&c).err(), Some(SecretError::BadBase64));
+        c.secret = Some("plain".into());
+        assert!(attempt_settings(&c).expect("settings").key.is_some());
+    }
+}

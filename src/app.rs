@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use actors::claude::process::cli_version;
 use actors::config::load::{load, Environment};
 use actors::config::{Config, StorageType};
+use actors::events::EventHub;
 use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
 use actors::stats::StatsActor;
@@ -65,7 +66,8 @@ impl Application {
         let config = Arc::new(config);
 
         let store = open_store(&config)?;
-        let queue = Queue::start(store.clone(), config.clone())
+        let events = Arc::new(EventHub::new(Arc::new(crate::http::events::final_event)));
+        let queue = Queue::start(store.clone(), config.clone(), events)
             .await
             .context("cannot recover the task queue from storage")?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());

@@ -14,6 +14,7 @@
 pub mod claude;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod model;
 pub mod queue;
 pub mod rate_limit;

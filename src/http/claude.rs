@@ -27,13 +27,6 @@ pub async fn run_claude(
 ) -> Result<Response, ApiError> {
     let config = state.config();
     let run = validate(req, &config)?;
-    if run.stream {
-        return Err(ApiError::new(
-            ErrorCode::ValidationError,
-            "Streaming answers (`stream: true`) are not available on this server yet.",
-        )
-        .with_details(json!({"field": "stream", "rule": "not supported yet"})));
-    }
     let target = match run.session_id {
         Some(sid) => Target::Continue(sid),
         None => Target::NewSession,
@@ -130,10 +123,22 @@ pub async fn run_all(
     Ok(finished)
 }
 
-struct CancelOnDrop {
+/// Cancels a task when dropped while armed: held by whatever waits for the task on behalf of a
+/// client (a sync request, a stream), so a client that goes away takes its run with it.
+pub struct CancelOnDrop {
     queue: Queue,
     id: actors::model::TaskId,
     armed: bool,
+}
+
+impl CancelOnDrop {
+    pub fn new(queue: Queue, id: actors::model::TaskId, armed: bool) -> Self {
+        CancelOnDrop { queue, id, armed }
+    }
+
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for CancelOnDrop {

@@ -15,6 +15,7 @@ pub mod budget;
 pub mod claude;
 pub mod config_api;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
             get(tasks::get_task).delete(tasks::cancel),
         )
         .route("/api/tasks/{id}/priority", patch(tasks::set_priority))
+        .route("/api/tasks/{id}/events", get(events::task_events))
         .route("/api/sessions", post(sessions::create).get(sessions::list))
         .route("/api/sessions/search", get(sessions::search))
         .route(

@@ -339,13 +339,5 @@ fn turn_request(
     req.project_path = None;
     req.session_id = None;
     req.model = None;
-    let run = validate(req, &state.config())?;
-    if run.stream {
-        return Err(ApiError::new(
-            ErrorCode::ValidationError,
-            "Streaming answers (`stream: true`) are not available on this server yet.",
-        )
-        .with_details(json!({"field": "stream", "rule": "not supported yet"})));
-    }
-    Ok(run)
+    validate(req, &state.config())
 }

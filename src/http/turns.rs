@@ -17,7 +17,7 @@ use actors::error::ErrorCode;
 use actors::model::{Session, SessionId, SessionMode, SessionStatus, Task, TaskMode, TaskStatus};
 
 use super::auth::Caller;
-use super::claude::{async_answer, build_task, run_sync, success_body};
+use super::claude::{async_answer, build_task, run_sync, success_body, CancelOnDrop};
 use super::error::ApiError;
 use super::idempotency::{self, IdempotencyKey, Kind};
 use super::run_request::{resolve_project_path, ValidatedRun};
@@ -78,11 +78,25 @@ pub async fn start(
     idem: &IdempotencyKey,
 ) -> Result<Response, ApiError> {
     let is_async = run.is_async;
+    // A stream's retry replays the answer, not the stream (the task id leads to its events).
     let kind = if is_async { Kind::Async } else { Kind::Sync };
     if let Some(replay) = claim(state, caller, idem, kind, &run).await? {
         return Ok(replay);
     }
+    let stream = run.stream;
     let p = prepare(state, caller, run, target).await?;
+    if stream {
+        // The answer is the run's event stream; the run is queued like any other.
+        let config = state.config();
+        let submitted = state.queue.submit(p.task, false, p.exclusive).await?;
+        let id = submitted.task.id;
+        let guard = CancelOnDrop::new(state.queue.clone(), id, config.cancel_on_disconnect);
+        return Ok(super::events::stream(
+            state.queue.events().log(id),
+            0,
+            Some(guard),
+        ));
+    }
     let forked = |mut body: serde_json::Value| {
         if let (Some(obj), Some(from)) = (body.as_object_mut(), p.forked_from) {
             obj.insert("forked_from".into(), json!(from));

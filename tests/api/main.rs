@@ -7,6 +7,7 @@ mod mock_anthropic;
 mod auth;
 mod e2e_real_cli;
 mod errors;
+mod events;
 mod health;
 mod idempotency;
 mod processes;

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::error::ErrorCode;
+use crate::events::EventHub;
 use crate::model::{Priority, RunOutcome, SessionId, Task, TaskError, TaskId, TaskStatus};
 use crate::store::{Store, StoreError};
 
@@ -144,12 +145,17 @@ pub struct Queue {
     tx: mpsc::UnboundedSender<Msg>,
     store: Arc<dyn Store>,
     shared: Arc<Shared>,
+    events: Arc<EventHub>,
 }
 
 impl Queue {
     /// Recover from a previous run (tasks left `processing` end `failed`/`interrupted`; pending
     /// tasks are queued again in order) and start the supervisor.
-    pub async fn start(store: Arc<dyn Store>, config: Arc<Config>) -> Result<Queue, StoreError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        events: Arc<EventHub>,
+    ) -> Result<Queue, StoreError> {
         let interrupted = store.interrupt_processing(Utc::now()).await?;
         if !interrupted.is_empty() {
             tracing::warn!(
@@ -181,14 +187,21 @@ impl Queue {
             tx,
             store: store.clone(),
             shared: shared.clone(),
+            events: events.clone(),
         };
-        let sup = supervisor::Supervisor::new(store, config, shared, queue.tx.clone(), pending);
+        let sup =
+            supervisor::Supervisor::new(store, config, shared, queue.tx.clone(), pending, events);
         tokio::spawn(sup.run(rx));
         Ok(queue)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The live events of runs.
+    pub fn events(&self) -> &Arc<EventHub> {
+        &self.events
     }
 
     /// Store a new task durably, then queue it. With `wait`, also return a receiver for its

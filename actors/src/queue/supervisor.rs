@@ -13,6 +13,7 @@ use super::lanes::Schedule;
 use super::{worker, Shared};
 use crate::claude::StopReason;
 use crate::config::Config;
+use crate::events::EventHub;
 use crate::model::{Priority, SessionId, Task, TaskId};
 use crate::store::Store;
 
@@ -69,6 +70,7 @@ pub(crate) struct Supervisor {
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Task>>>,
     /// Listeners of final records (statistics, webhooks, sessions).
     finished: Vec<mpsc::UnboundedSender<Arc<Task>>>,
+    events: Arc<EventHub>,
     shutdown: Option<ShutdownState>,
 }
 
@@ -79,6 +81,7 @@ impl Supervisor {
         shared: Arc<Shared>,
         tx: mpsc::UnboundedSender<Msg>,
         recovered: Vec<Task>,
+        events: Arc<EventHub>,
     ) -> Supervisor {
         // Lanes need each session's turns in submission order.
         let mut recovered = recovered;
@@ -96,6 +99,7 @@ impl Supervisor {
             running: HashMap::new(),
             waiters: HashMap::new(),
             finished: Vec::new(),
+            events,
             shutdown: None,
         }
     }
@@ -193,6 +197,7 @@ impl Supervisor {
             let _ = w.send(task.clone());
         }
         if task.status.is_final() {
+            self.events.finish(task);
             if let Some(sid) = task.session_id {
                 self.shared.session_task_ended(sid);
             }
@@ -218,6 +223,7 @@ impl Supervisor {
                 self.config.clone(),
                 stop_rx,
                 self.tx.clone(),
+                self.events.clone(),
             ));
         }
         self.shared

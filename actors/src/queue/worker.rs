@@ -8,8 +8,9 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::supervisor::Msg;
-use crate::claude::{process, transcript, RunnerSettings, StopReason};
+use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
 use crate::config::Config;
+use crate::events::{init_data, EventHub};
 use crate::model::{SessionMode, Task, TaskId};
 use crate::session::accounting::{apply_turn, cost_mode, run_cost};
 use crate::store::{Store, StoreError};
@@ -38,8 +39,11 @@ pub(crate) async fn run_task(
     config: Arc<Config>,
     stop: watch::Receiver<Option<StopReason>>,
     tx: mpsc::UnboundedSender<Msg>,
+    events: Arc<EventHub>,
 ) {
-    let task = execute(id, &store, &config, stop).await.map(Box::new);
+    let task = execute(id, &store, &config, stop, &events)
+        .await
+        .map(Box::new);
     let _ = tx.send(Msg::Finished { id, task });
 }
 
@@ -48,6 +52,7 @@ async fn execute(
     store: &Arc<dyn Store>,
     config: &Config,
     stop: watch::Receiver<Option<StopReason>>,
+    events: &EventHub,
 ) -> Option<Task> {
     let started = retry("start task", &stop, || store.start_task(id, Utc::now())).await?;
     let Some(task) = started else {
@@ -64,7 +69,8 @@ async fn execute(
     settings.run_marker = Some(id.to_string());
     let mut spec = task.spec.clone();
     spec.session = resolve_session_mode(&spec.session, &spec.project_path, config);
-    let mut outcome = process::run(&spec, &settings, stop.clone(), &mut |_event| {}).await;
+    let mut relay = EventRelay::new(&task, events);
+    let mut outcome = process::run(&spec, &settings, stop.clone(), &mut |e| relay.relay(e)).await;
     tracing::info!(
         task_id = %id,
         status = outcome.status.as_str(),
@@ -161,6 +167,59 @@ where
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
+        }
+    }
+}
+
+/// Turns the CLI's events into the task's live events.
+struct EventRelay<'a> {
+    task: &'a Task,
+    events: &'a EventHub,
+    /// Text arrives as deltas (partial messages); whole text blocks are relayed only from a
+    /// CLI that sent no deltas, so no text is shown twice.
+    saw_delta: bool,
+}
+
+impl<'a> EventRelay<'a> {
+    fn new(task: &'a Task, events: &'a EventHub) -> Self {
+        EventRelay {
+            task,
+            events,
+            saw_delta: false,
+        }
+    }
+
+    fn relay(&mut self, event: CliEvent) {
+        let id = self.task.id;
+        match event {
+            CliEvent::Init { model, cli_version, .. } => self.events.publish(
+                id,
+                "init",
+                init_data(self.task, model.as_deref(), cli_version.as_deref()),
+            ),
+            CliEvent::TextDelta { text } => {
+                self.saw_delta = true;
+                self.events.publish(id, "text", serde_json::json!({ "text": text }));
+            }
+            CliEvent::AssistantText { text } if !self.saw_delta => {
+                self.events.publish(id, "text", serde_json::json!({ "text": text }));
+            }
+            CliEvent::ToolUse { id: tool_id, name, input } => self.events.publish(
+                id,
+                "tool_use",
+                serde_json::json!({"id": tool_id, "name": name, "input": input}),
+            ),
+            CliEvent::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => self.events.publish(
+                id,
+                "tool_result",
+                serde_json::json!({"tool_use_id": tool_use_id, "content": content, "is_error": is_error}),
+            ),
+            // The final event is the task's answer, published when its record is final.
+            CliEvent::AssistantText { .. } | CliEvent::Result(_) => {}
         }
     }
 }

@@ -1,0 +1,108 @@
+//! Server-Sent Events: `GET /api/tasks/:id/events`, and the answer of runs sent with
+//! `stream: true`. Events: `init`, `text` (`{"text"}` deltas), `tool_use`, `tool_result`,
+//! then `result` (the sync answer object) or `error` (the error body); `: ping` every 15 s.
+//! Each event carries its `id`, so a client that reconnects with `Last-Event-ID` gets only
+//! what it missed. The stream ends after `result` or `error`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use actors::events::{TaskEvent, TaskLog};
+use actors::model::{Task, TaskStatus};
+
+use super::auth::Caller;
+use super::claude::{success_body, CancelOnDrop};
+use super::error::ApiError;
+use super::tasks::visible_task;
+use crate::state::AppState;
+
+/// Comment lines that keep proxies from closing a quiet stream.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The final event of a task: its answer, as a sync request would have had it.
+pub fn final_event(task: &Task) -> (&'static str, Value) {
+    if task.status == TaskStatus::Completed {
+        ("result", success_body(task))
+    } else {
+        ("error", ApiError::from_task(task).body())
+    }
+}
+
+/// `GET /api/tasks/:id/events`.
+pub async fn task_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let task = visible_task(&state, &caller, &id).await?;
+    let after = last_event_id(&headers);
+    let hub = state.queue.events();
+    let log = if task.status.is_final() {
+        hub.log_of_finished(&task)
+    } else {
+        hub.log(task.id)
+    };
+    Ok(stream(log, after, None))
+}
+
+/// `Last-Event-ID`: the id of the last event the client saw (0, or absent: from the start).
+fn last_event_id(headers: &HeaderMap) -> u64 {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct Reader {
+    log: Arc<TaskLog>,
+    after: u64,
+    buffered: VecDeque<Arc<TaskEvent>>,
+    /// For `stream: true`: cancels the run if the client goes away before the end.
+    guard: Option<CancelOnDrop>,
+}
+
+/// An SSE response reading `log` after event `after`.
+pub fn stream(log: Arc<TaskLog>, after: u64, guard: Option<CancelOnDrop>) -> Response {
+    let reader = Reader {
+        log,
+        after,
+        buffered: VecDeque::new(),
+        guard,
+    };
+    let events = futures_util::stream::unfold(reader, |mut r| async move {
+        loop {
+            if let Some(e) = r.buffered.pop_front() {
+                r.after = e.id;
+                let event = Event::default()
+                    .id(e.id.to_string())
+                    .event(e.kind)
+                    .json_data(&e.data)
+                    .unwrap_or_else(|_| Event::default().event(e.kind).data("{}"));
+                return Some((Ok::<Event, Infallible>(event), r));
+            }
+            match r.log.next_after(r.after).await {
+                Some(batch) => r.buffered.extend(batch),
+                None => {
+                    // The run ended and the client has it all: nothing to cancel.
+                    if let Some(g) = r.guard.as_mut() {
+                        g.disarm();
+                    }
+                    return None;
+                }
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(PING_INTERVAL).text("ping"))
+        .into_response()
+}

@@ -89,6 +89,9 @@ impl Application {
         )
         .await;
 
+        let live = state.clone();
+        actors::retention::start(state.store.clone(), Arc::new(move || live.config()));
+
         // The version check runs beside start-up so the port answers at once.
         let check_state = state.clone();
         let settings = runner_settings(&config);

@@ -18,6 +18,7 @@ pub mod events;
 pub mod model;
 pub mod queue;
 pub mod rate_limit;
+pub mod retention;
 pub mod session;
 pub mod stats;
 pub mod store;

@@ -162,6 +162,13 @@ impl Queue {
                 count = interrupted.len(),
                 "tasks that were running when the server stopped are marked failed/interrupted"
             );
+            // Their CLI processes and tools may have outlived the daemon (a tool's grandchild
+            // does not get the parent-death signal): end every process marked with their ids.
+            let markers = interrupted.iter().map(|id| id.to_string()).collect();
+            let killed = crate::claude::marker::signal_all(&markers, libc::SIGKILL);
+            if killed > 0 {
+                tracing::warn!(count = killed, "killed processes left by interrupted runs");
+            }
         }
         let pending = store.pending_tasks().await?;
         let mut session_tasks: HashMap<SessionId, u32> = HashMap::new();

@@ -1,0 +1,173 @@
+//! A 2xx means stored: the daemon is killed with SIGKILL right after accepting tasks, and a new
+//! daemon on the same data finds every one of them; the run that was going ends `interrupted`
+//! and no process of it is left.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_claude-code-server");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+async fn start_daemon(config: &std::path::Path, home: &std::path::Path, port: u16) -> Daemon {
+    let child = Command::new(SERVER)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("HOME", home)
+        .env_remove("PORT")
+        .env_remove("HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            if r.status().is_success() || r.status().as_u16() == 503 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not answer /health"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Daemon { child, base }
+}
+
+#[tokio::test]
+async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().expect("canonical");
+    let project = root.join("project");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    let calls = root.join("calls.jsonl");
+    let port = free_port();
+    let config = root.join("config.json");
+    std::fs::write(
+        &config,
+        json!({
+            "port": port,
+            "claudePath": FAKE_CLAUDE,
+            "claudeEnv": {
+                "CLAUDE_CONFIG_DIR": root.join("claude-home").display().to_string(),
+                "FAKE_CLAUDE_LOG": calls.display().to_string(),
+            },
+            "defaultProjectPath": project.display().to_string(),
+            "dataDir": root.join("data").display().to_string(),
+            "pidFile": root.join("server.pid").display().to_string(),
+            "logFile": root.join("server.log").display().to_string(),
+            "taskQueue": {"concurrency": 1},
+            "rateLimit": {"enabled": false},
+        })
+        .to_string(),
+    )
+    .expect("config");
+
+    let mut daemon = start_daemon(&config, &root, port).await;
+    let client = reqwest::Client::new();
+    let submit = |prompt: String| {
+        let client = client.clone();
+        let url = format!("{}/api/claude", daemon.base);
+        async move {
+            let resp = client
+                .post(url)
+                .json(&json!({"prompt": prompt, "async": true}))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status().as_u16(), 202);
+            resp.json::<Value>().await.expect("json")["task_id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        }
+    };
+    let running = submit("[[fake:hang]] running when killed".into()).await;
+    // Wait until it runs, so it is `processing` when the daemon dies.
+    let started = poll_until(Duration::from_secs(10), || {
+        read_log(&calls)
+            .into_iter()
+            .find(|c| c["event"] == "start" && c["argv"] != json!(["--version"]))
+    })
+    .await
+    .expect("the first run started");
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        pending.push(submit(format!("queued {i}")).await);
+    }
+    // The last 202 has just arrived: kill -9 now.
+    daemon.child.kill().expect("SIGKILL");
+    let _ = daemon.child.wait();
+
+    // The hanging CLI dies with its parent (parent-death signal), or at the next start-up.
+    let mut daemon = start_daemon(&config, &root, port).await;
+    let pgid = started["pgid"].as_i64().expect("pgid");
+    assert!(
+        wait_group_gone(pgid, Duration::from_secs(5)).await,
+        "the run of the killed daemon is still alive"
+    );
+
+    let get = |id: String| {
+        let client = client.clone();
+        let url = format!("{}/api/tasks/{id}", daemon.base);
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .expect("get")
+                .json::<Value>()
+                .await
+                .expect("json")["task"]
+                .clone()
+        }
+    };
+    let t = get(running.clone()).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["code"], "interrupted");
+    assert_eq!(t["attempts"], 1);
+    for id in &pending {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = get(id.clone()).await;
+            if t["status"] == "completed" {
+                assert_eq!(t["attempts"], 1, "{t}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} did not complete after the restart: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Each queued prompt ran exactly once, in submission order; the interrupted one never again.
+    let runs: Vec<String> = read_log(&calls)
+        .into_iter()
+        .filter(|c| c["event"] == "exit" && c["argv"] != json!(["--version"]))
+        .filter_map(|c| c["stdin"].as_str().map(String::from))
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| format!("queued {i}")).collect();
+    assert_eq!(runs, expected);
+    daemon.child.kill().expect("stop");
+    let _ = daemon.child.wait();
+}

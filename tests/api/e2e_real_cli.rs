@@ -50,7 +50,7 @@ fn cli_env(mock: &MockAnthropic) -> Vec<(&'static str, String)> {
 }
 
 /// A daemon running the real CLI against `mock` (its own CLAUDE_CONFIG_DIR from the defaults).
-async fn spawn_real(mock: &MockAnthropic) -> TestApp {
+pub async fn spawn_real(mock: &MockAnthropic) -> TestApp {
     let mut env = serde_json::Map::new();
     for (k, v) in cli_env(mock) {
         env.insert(k.to_string(), json!(v));

@@ -7,6 +7,7 @@ mod mock_anthropic;
 mod auth;
 mod durability;
 mod e2e_real_cli;
+mod e2e_sessions;
 mod errors;
 mod events;
 mod health;

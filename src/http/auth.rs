@@ -64,9 +64,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Paths anyone may call: health for load balancers, metrics when `metrics.public`.
+/// Paths anyone may call: health for load balancers, metrics when `metrics.public`, the API
+/// documents.
 fn is_open(path: &str, config: &Config) -> bool {
-    path == "/health" || (path == "/metrics" && config.metrics.public)
+    path == "/health"
+        || (path == "/metrics" && config.metrics.public)
+        // The API's description is public, like any published API reference.
+        || path == "/api/openapi.json"
+        || path == "/docs"
+        || path.starts_with("/docs/")
 }
 
 /// Middleware: identify the caller, or answer 401.

@@ -19,8 +19,9 @@ use super::run_request::{validate, RunRequest};
 use crate::state::AppState;
 
 /// The batch body: `prompts` plus the run fields shared by every prompt.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BatchRequest {
+    /// 1 to `limits.maxBatch` prompts, each run as its own task.
     pub prompts: Vec<String>,
     pub project_path: Option<String>,
     pub model: Option<String>,
@@ -36,9 +37,14 @@ pub struct BatchRequest {
     pub is_async: Option<bool>,
     pub priority: Option<i64>,
     pub webhook_url: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
+#[utoipa::path(post, path = "/api/claude/batch", tag = "runs", request_body = crate::http::batch::BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
+    responses((status = 200, body = crate::http::schema::BatchAnswer), (status = 202, body = crate::http::schema::BatchAsyncAnswer), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn run_batch(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,8 +103,16 @@ pub async fn run_batch(
     } else {
         Kind::BatchSync
     };
-    if let Some(replay) =
-        idempotency::claim(&state, &caller, &idem, kind, &ids, batch_answer).await?
+    if let Some(replay) = idempotency::claim(
+        &state,
+        &caller,
+        &idem,
+        kind,
+        &ids,
+        &req.prompts.join("\u{1f}"),
+        batch_answer,
+    )
+    .await?
     {
         return Ok(replay);
     }

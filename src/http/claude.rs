@@ -19,6 +19,11 @@ use super::run_request::{validate, RunRequest, ValidatedRun};
 use super::turns::{self, Target};
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/api/claude", tag = "runs", request_body = crate::http::run_request::RunRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
+    responses((status = 200, description = "The run's answer (or an event stream with `stream: true`)", body = crate::http::schema::SyncAnswer, content_type = "application/json"),
+        (status = 202, description = "Queued (`async: true`)", body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn run_claude(
     State(state): State<AppState>,
     caller: Caller,

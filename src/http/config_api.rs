@@ -10,6 +10,9 @@ use super::auth::Caller;
 use super::error::ApiError;
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/api/config", tag = "operations",
+    responses((status = 200, description = "The effective config, secrets redacted", body = Object), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_config(
     State(state): State<AppState>,
     caller: Caller,

@@ -37,6 +37,10 @@ pub fn final_event(task: &Task) -> (&'static str, Value) {
 }
 
 /// `GET /api/tasks/:id/events`.
+#[utoipa::path(get, path = "/api/tasks/{id}/events", tag = "tasks",
+    params(("id" = String, Path, description = "Task id (UUID)"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
+    responses((status = 200, description = "Server-Sent Events: init, text, tool_use, tool_result, then result or error", content_type = "text/event-stream", body = crate::http::schema::SseEvent), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn task_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -44,7 +48,7 @@ pub async fn task_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
-    let after = last_event_id(&headers);
+    let after = last_event_id(&headers)?;
     let hub = state.queue.events();
     let log = if task.status.is_final() {
         hub.log_of_finished(&task)
@@ -54,13 +58,22 @@ pub async fn task_events(
     Ok(stream(log, after, None))
 }
 
-/// `Last-Event-ID`: the id of the last event the client saw (0, or absent: from the start).
-fn last_event_id(headers: &HeaderMap) -> u64 {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+/// `Last-Event-ID`: the id of the last event the client saw (absent: from the start). Ids are
+/// the numbers this server sent; anything else is a client bug worth a clear 400.
+fn last_event_id(headers: &HeaderMap) -> Result<u64, ApiError> {
+    match headers.get("last-event-id") {
+        None => Ok(0),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::field(
+                    "Last-Event-ID",
+                    "must be an event id this server sent (a number)",
+                )
+            }),
+    }
 }
 
 struct Reader {

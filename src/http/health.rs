@@ -11,6 +11,8 @@ use actors::model::rfc3339;
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = crate::http::schema::Health), (status = 503, description = "Degraded: storage down or CLI missing", body = crate::http::schema::Health)))]
 pub async fn health(State(state): State<AppState>) -> Response {
     let config = state.config();
     let storage_ok = state.store.ping().await.is_ok();

@@ -30,15 +30,16 @@ pub const MAX_KEY_LEN: usize = 255;
 /// How long a retry waits for the first request to store its task.
 const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(5);
 
-/// The header's value, if sent.
-pub struct IdempotencyKey(pub Option<String>);
+/// The header's value, if sent, and the route it came with (part of the request's fingerprint).
+pub struct IdempotencyKey(pub Option<String>, pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let route = format!("{} {}", parts.method, parts.uri.path());
         let Some(v) = parts.headers.get("idempotency-key") else {
-            return Ok(IdempotencyKey(None));
+            return Ok(IdempotencyKey(None, route));
         };
         let key = v
             .to_str()
@@ -51,7 +52,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                     format!("must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
                 )
             })?;
-        Ok(IdempotencyKey(Some(key.to_string())))
+        Ok(IdempotencyKey(Some(key.to_string()), route))
     }
 }
 
@@ -90,6 +91,7 @@ pub async fn claim(
     key: &IdempotencyKey,
     kind: Kind,
     task_ids: &[Uuid],
+    what: &str,
     batch_answer: impl FnOnce(&[Task]) -> Response,
 ) -> Result<Option<Response>, ApiError> {
     let Some(header) = &key.0 else {
@@ -98,7 +100,8 @@ pub async fn claim(
     // Scoped by API key, so tenants cannot collide (or probe each other's keys).
     let scoped = format!("{}\u{1f}{header}", caller.key_name.as_deref().unwrap_or(""));
     let now = Utc::now();
-    let value = json!({"kind": kind.as_str(), "task_ids": task_ids});
+    let fingerprint = fingerprint(&key.1, kind, what);
+    let value = json!({"kind": kind.as_str(), "task_ids": task_ids, "fingerprint": fingerprint});
     let Some(prior) = state
         .store
         .claim_idempotency_key(
@@ -111,6 +114,13 @@ pub async fn claim(
     else {
         return Ok(None);
     };
+    if prior["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+        // Replaying another request's answer would mislead the client.
+        return Err(ApiError::new(
+            ErrorCode::InvalidState,
+            "This Idempotency-Key was already used for a different request; use a new key.",
+        ));
+    }
     let ids: Vec<Uuid> = prior["task_ids"]
         .as_array()
         .map(|a| {
@@ -168,6 +178,13 @@ pub async fn claim(
         }
     };
     Ok(Some(response))
+}
+
+/// What identifies a request: its route, how it is answered, and what it runs.
+fn fingerprint(route: &str, kind: Kind, what: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{route}\n{}\n{what}", kind.as_str()).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn in_progress() -> ApiError {

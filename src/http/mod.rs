@@ -19,9 +19,11 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod openapi;
 pub mod params;
 pub mod rate_limit;
 pub mod run_request;
+pub mod schema;
 pub mod sessions;
 pub mod statistics;
 pub mod tasks;
@@ -32,6 +34,10 @@ pub fn router(state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
         .route("/health", get(health::health))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/api/openapi.json", openapi::document()),
+        )
         .route("/api/claude", post(claude::run_claude))
         .route("/api/claude/batch", post(batch::run_batch))
         .route("/api/config", get(config_api::get_config))

@@ -17,33 +17,58 @@ use super::error::ApiError;
 
 /// Largest `metadata` object, serialised.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Shortest `timeout_ms` accepted: a run needs time to start (and a shorter limit would turn
+/// ordinary runs into timeouts).
+pub const MIN_TIMEOUT_MS: i64 = 1000;
 /// Largest `max_turns` accepted.
 pub const MAX_TURNS_LIMIT: i64 = 10_000;
 
 /// The fields of `api.md` § POST /api/claude. Unknown fields are ignored, so clients of the
 /// Node original keep working. Types are strict: `"async":"false"` or `"priority":"9"` fail.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 pub struct RunRequest {
+    /// Sent to the CLI on stdin; at most `limits.maxPromptBytes` bytes.
+    #[schema(min_length = 1)]
     pub prompt: String,
+    /// Working directory under `allowedProjectRoots` (default `defaultProjectPath`). Ignored on
+    /// a session turn: the session's own directory is used.
     pub project_path: Option<String>,
+    /// Default `defaultModel`; one of `allowedModels` when that is set.
     pub model: Option<String>,
+    /// Continue this session (same as `POST /api/sessions/{id}/continue`).
+    #[schema(format = Uuid)]
     pub session_id: Option<String>,
     pub system_prompt: Option<String>,
     pub append_system_prompt: Option<String>,
+    /// Cap of the run in USD (default `maxBudgetUsd`); on a session turn, the session's budget.
+    #[schema(exclusive_minimum = 0.0)]
     pub max_budget_usd: Option<f64>,
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_turns: Option<i64>,
     pub allowed_tools: Option<Vec<String>>,
     pub disallowed_tools: Option<Vec<String>>,
+    /// One of `permissions.allowedModes`.
     pub permission_mode: Option<String>,
     pub agent: Option<String>,
+    /// A file under an allowed root; only with `mcp.allowRequestConfig`.
     pub mcp_config: Option<String>,
+    /// Wall-clock limit of the run, from 1000 ms to `taskQueue.maxTimeout`.
+    #[schema(minimum = 1000)]
     pub timeout_ms: Option<i64>,
+    /// Queue the run and answer 202 at once.
     #[serde(rename = "async")]
     pub is_async: Option<bool>,
+    /// 1 (last) to 10 (first); default 10 for sync runs, 5 for async ones.
+    #[schema(minimum = 1, maximum = 10)]
     pub priority: Option<i64>,
+    /// http(s) URL notified when the task ends.
     pub webhook_url: Option<String>,
+    /// Answer with Server-Sent Events.
     pub stream: Option<bool>,
+    /// An object stored with the task; at most 16 KiB as JSON.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Send a `/command` prompt verbatim (needs `permissions.allowSlashCommands`).
     pub slash_command: Option<bool>,
 }
 
@@ -93,12 +118,12 @@ pub fn validate(req: RunRequest, config: &Config) -> Result<ValidatedRun, ApiErr
         None => None,
     };
     let timeout_ms = match req.timeout_ms {
-        Some(t) if t >= 1 && (t as u64) <= config.task_queue.max_timeout => t as u64,
+        Some(t) if t >= MIN_TIMEOUT_MS && (t as u64) <= config.task_queue.max_timeout => t as u64,
         Some(_) => {
             return Err(ApiError::field(
                 "timeout_ms",
                 format!(
-                    "must be an integer from 1 to {} (taskQueue.maxTimeout)",
+                    "must be an integer from {MIN_TIMEOUT_MS} to {} (taskQueue.maxTimeout)",
                     config.task_queue.max_timeout
                 ),
             ))

@@ -67,13 +67,17 @@ async fn visible_session_raw(
     visible_session(state, caller, parse_session_id(raw)?).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateSession {
     pub project_path: Option<String>,
     pub model: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
+#[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = crate::http::sessions::CreateSession,
+    responses((status = 201, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -126,6 +130,11 @@ fn parse_status(q: &HashMap<String, String>) -> Result<Option<SessionStatus>, Ap
     }
 }
 
+#[utoipa::path(get, path = "/api/sessions", tag = "sessions",
+    params(("status" = Option<String>, Query, description = "active|archived|closed"), ("project_path" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
+    responses((status = 200, description = "Newest first", body = crate::http::schema::SessionList), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -147,6 +156,11 @@ pub async fn list(
     ))
 }
 
+#[utoipa::path(get, path = "/api/sessions/search", tag = "sessions",
+    params(("q" = String, Query, description = "Case-insensitive text in id, project path or metadata"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
+    responses((status = 200, body = crate::http::schema::SessionList), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
@@ -168,6 +182,9 @@ pub async fn search(
     ))
 }
 
+#[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+    responses((status = 200, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -179,6 +196,9 @@ pub async fn get(
     ))
 }
 
+#[utoipa::path(get, path = "/api/sessions/{id}/stats", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+    responses((status = 200, body = crate::http::schema::SessionStats), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,11 +243,15 @@ pub async fn stats(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct StatusChange {
     pub status: String,
 }
 
+#[utoipa::path(patch, path = "/api/sessions/{id}/status", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+    request_body = crate::http::sessions::StatusChange,
+    responses((status = 200, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn set_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -255,6 +279,9 @@ pub async fn set_status(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+    responses((status = 200, body = crate::http::schema::Deleted), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -290,6 +317,9 @@ pub async fn delete(
     Ok(Json(json!({"success": true, "deleted": session.id})))
 }
 
+#[utoipa::path(get, path = "/api/sessions/{id}/messages", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+    responses((status = 200, description = "The conversation, from the CLI's transcript", body = crate::http::schema::Messages), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn messages(
     State(state): State<AppState>,
     caller: Caller,
@@ -306,6 +336,11 @@ pub async fn messages(
     ))
 }
 
+#[utoipa::path(post, path = "/api/sessions/{id}/continue", tag = "sessions",
+    params(("id" = String, Path, description = "Session id (UUID)"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = crate::http::run_request::RunRequest,
+    responses((status = 200, body = crate::http::schema::SyncAnswer), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn continue_session(
     State(state): State<AppState>,
     caller: Caller,
@@ -318,6 +353,11 @@ pub async fn continue_session(
     turns::start(&state, &caller, run, Target::Continue(sid), &idem).await
 }
 
+#[utoipa::path(post, path = "/api/sessions/{id}/fork", tag = "sessions",
+    params(("id" = String, Path, description = "Session id (UUID)"), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = crate::http::run_request::RunRequest,
+    responses((status = 200, description = "The first turn of the new session", body = crate::http::schema::SyncAnswer), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn fork(
     State(state): State<AppState>,
     caller: Caller,

@@ -68,6 +68,9 @@ pub async fn visible_task(
     }
 }
 
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id (UUID)")),
+    responses((status = 200, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,6 +82,12 @@ pub async fn get_task(
 
 /// `GET /api/tasks?status=&session_id=&limit=&offset=`: pending tasks in run order, the rest
 /// newest first.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks",
+    params(("status" = Option<String>, Query, description = "pending|processing|completed|failed|cancelled|timeout"),
+        ("session_id" = Option<String>, Query, description = "Session id (UUID)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
+    responses((status = 200, description = "Pending tasks in run order, the rest newest first", body = crate::http::schema::TaskList), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_tasks(
     State(state): State<AppState>,
     caller: Caller,
@@ -112,6 +121,10 @@ pub async fn list_tasks(
 }
 
 /// `POST /api/tasks/async`: queue a run; 201 with the stored task.
+#[utoipa::path(post, path = "/api/tasks/async", tag = "tasks", request_body = crate::http::run_request::RunRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
+    responses((status = 201, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn create_async(
     State(state): State<AppState>,
     caller: Caller,
@@ -135,12 +148,17 @@ pub async fn create_async(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PriorityChange {
+    #[schema(minimum = 1, maximum = 10)]
     pub priority: i64,
 }
 
 /// `PATCH /api/tasks/:id/priority`: pending tasks only; the new place applies at once.
+#[utoipa::path(patch, path = "/api/tasks/{id}/priority", tag = "tasks", params(("id" = String, Path, description = "Task id (UUID)")),
+    request_body = crate::http::tasks::PriorityChange,
+    responses((status = 200, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn set_priority(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,6 +174,9 @@ pub async fn set_priority(
 
 /// `DELETE /api/tasks/:id`: a pending task never runs; a running one is killed (its whole
 /// process group) and stays `cancelled`; a finished one is 409.
+#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id (UUID)")),
+    responses((status = 200, description = "Cancelled: a pending task never runs; a running one is killed", body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,6 +188,9 @@ pub async fn cancel(
 }
 
 /// `GET /api/tasks/queue/status`.
+#[utoipa::path(get, path = "/api/tasks/queue/status", tag = "tasks",
+    responses((status = 200, body = crate::http::schema::QueueStatus), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn queue_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.store.task_counts().await?;
     let live = state.queue.live_status();

@@ -63,7 +63,8 @@ pub async fn claim(
     kind: Kind,
     run: &ValidatedRun,
 ) -> Result<Option<Response>, ApiError> {
-    idempotency::claim(state, caller, idem, kind, &[run.task_id], |_| {
+    let what = format!("{:?}\u{1f}{}", run.session_id, run.spec.prompt);
+    idempotency::claim(state, caller, idem, kind, &[run.task_id], &what, |_| {
         StatusCode::INTERNAL_SERVER_ERROR.into_response()
     })
     .await
@@ -168,6 +169,14 @@ async fn prepare(
         }
         Target::Fork(parent_id) => {
             let parent = visible_session(state, caller, parent_id).await?;
+            if parent.messages_count == 0 {
+                // The CLI would fail with "No conversation found": say so before running.
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    "The session has no conversation to fork yet: send it a turn first.",
+                )
+                .with_session(parent.id));
+            }
             pin_to_session(state, &mut run, &parent)?;
             let mut session = new_session(
                 caller,

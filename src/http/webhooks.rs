@@ -26,6 +26,9 @@ pub fn attempt_json(a: &WebhookAttempt) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/tasks/{id}/webhooks", tag = "tasks", params(("id" = String, Path, description = "Task id (UUID)")),
+    responses((status = 200, description = "Every delivery attempt of the task's webhook", body = Object), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     caller: Caller,

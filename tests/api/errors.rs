@@ -85,6 +85,7 @@ async fn validation_errors_name_the_field() {
             json!({"prompt": "hi", "timeout_ms": 99999999999u64}),
             "timeout_ms",
         ),
+        (json!({"prompt": "hi", "timeout_ms": 999}), "timeout_ms"),
         (json!({"prompt": "hi", "stream": "yes"}), "stream"),
         (json!({"prompt": "hi", "metadata": [1, 2]}), "metadata"),
         (

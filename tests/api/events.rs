@@ -111,6 +111,15 @@ async fn several_listeners_and_a_replay_from_last_event_id() {
     assert_eq!(a, b2, "every listener sees the same events");
     assert_eq!(kinds(&a).last(), Some(&"result"));
     assert!(kinds(&a).contains(&"text"));
+    let resp = app
+        .client
+        .get(&url)
+        .header("Last-Event-ID", "two")
+        .send()
+        .await
+        .expect("send");
+    let (s, b) = json_body(resp).await;
+    assert_error(s, &b, 400, "validation_error");
     // Reconnect after event 2: only what followed.
     let resp = app
         .client

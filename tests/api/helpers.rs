@@ -140,11 +140,13 @@ impl TestApp {
             .collect()
     }
 
-    /// The start lines: one per spawned fake, with pid and pgid.
+    /// The start lines: one per spawned run of the fake, with pid and pgid (not the daemon's
+    /// `--version` check, which runs beside start-up).
     pub fn starts(&self) -> Vec<Value> {
         read_log(&self.calls_log)
             .into_iter()
             .filter(|c| c.get("event").and_then(Value::as_str) == Some("start"))
+            .filter(|c| c["argv"] != serde_json::json!(["--version"]))
             .collect()
     }
 

@@ -83,3 +83,22 @@ async fn tasks_async_and_batch_honour_the_key() {
     assert_error(s, &b, 400, "validation_error");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_key_reused_for_another_request_is_refused() {
+    let app = spawn_app().await;
+    let (s, _) = post_with_key(&app, "/api/claude", "k-1", json!({"prompt": "first"})).await;
+    assert_eq!(s, 200);
+    let (s, b) = post_with_key(
+        &app,
+        "/api/claude",
+        "k-1",
+        json!({"prompt": "something else"}),
+    )
+    .await;
+    assert_error(s, &b, 409, "invalid_state");
+    let (s, b) = post_with_key(&app, "/api/tasks/async", "k-1", json!({"prompt": "first"})).await;
+    assert_error(s, &b, 409, "invalid_state");
+    assert_eq!(app.calls().len(), 1);
+    app.shutdown().await;
+}

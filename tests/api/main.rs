@@ -12,6 +12,7 @@ mod errors;
 mod events;
 mod health;
 mod idempotency;
+mod openapi;
 mod processes;
 mod rate_limit;
 mod run_sync;

@@ -17,7 +17,7 @@ fn pgid_of(start: &Value) -> i64 {
 async fn a_timeout_kills_the_whole_process_group() {
     let app = spawn_app().await;
     let (s, b) = json_body(
-        app.post_claude(json!({"prompt": "[[fake:hang]] x", "timeout_ms": 300}))
+        app.post_claude(json!({"prompt": "[[fake:hang]] x", "timeout_ms": 1000}))
             .await,
     )
     .await;
@@ -51,7 +51,7 @@ async fn a_cli_that_ignores_sigterm_is_killed_after_the_grace() {
     let started = std::time::Instant::now();
     let (s, b) = json_body(
         app.post_claude(
-            json!({"prompt": "[[fake:hang]] [[fake:ignore_sigterm]] x", "timeout_ms": 200}),
+            json!({"prompt": "[[fake:hang]] [[fake:ignore_sigterm]] x", "timeout_ms": 1000}),
         )
         .await,
     )

@@ -379,7 +379,7 @@ async fn pending_turns_survive_a_restart_and_run_in_order() {
             .await,
     )
     .await;
-    app.wait_for_starts(3).await;
+    app.wait_for_starts(2).await;
     let mut ids = Vec::new();
     for i in 0..2 {
         let (_, b) = continue_turn(
@@ -406,5 +406,23 @@ async fn pending_turns_survive_a_restart_and_run_in_order() {
         })
         .await;
     assert_eq!(blocked["error"]["code"], "interrupted");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn forking_a_session_without_a_conversation_is_409() {
+    let app = spawn_app().await;
+    let (_, b) = json_body(app.post_json("/api/sessions", &json!({})).await).await;
+    let sid = b["session"]["id"].as_str().expect("id").to_string();
+    let (s, b) = json_body(
+        app.post_json(
+            &format!("/api/sessions/{sid}/fork"),
+            &json!({"prompt": "x"}),
+        )
+        .await,
+    )
+    .await;
+    assert_error(s, &b, 409, "invalid_state");
+    assert!(app.calls().is_empty());
     app.shutdown().await;
 }

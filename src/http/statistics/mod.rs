@@ -88,6 +88,9 @@ fn sum(per_day: &[(NaiveDate, Rollup)]) -> (Rollup, Vec<NaiveDate>) {
     (total, per_day.iter().map(|(d, _)| *d).collect())
 }
 
+#[utoipa::path(get, path = "/api/statistics", tag = "statistics",
+    responses((status = 200, description = "Summary, recent days and top models", body = Object), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn overview(
     State(state): State<AppState>,
     caller: Caller,
@@ -117,6 +120,9 @@ pub async fn overview(
     Ok(Json(Value::Object(body)))
 }
 
+#[utoipa::path(get, path = "/api/statistics/summary", tag = "statistics",
+    responses((status = 200, description = "Totals of every retained day", body = Object), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn summary(
     State(state): State<AppState>,
     caller: Caller,
@@ -131,6 +137,9 @@ pub async fn summary(
     Ok(Json(Value::Object(body)))
 }
 
+#[utoipa::path(get, path = "/api/statistics/daily", tag = "statistics", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
+    responses((status = 200, description = "Days, newest `limit`", body = Object), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn daily_list(
     State(state): State<AppState>,
     caller: Caller,
@@ -155,6 +164,9 @@ pub async fn daily_list(
     Ok(Json(Value::Object(body)))
 }
 
+#[utoipa::path(get, path = "/api/statistics/range", tag = "statistics", params(("start" = String, Query, description = "YYYY-MM-DD"), ("end" = String, Query, description = "YYYY-MM-DD")),
+    responses((status = 200, description = "Summary and days of a date range", body = Object), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn range(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +199,9 @@ pub async fn range(
     Ok(Json(Value::Object(body)))
 }
 
+#[utoipa::path(get, path = "/api/statistics/models", tag = "statistics", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
+    responses((status = 200, description = "Models by request count", body = Object), crate::http::schema::CommonErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn models(
     State(state): State<AppState>,
     caller: Caller,

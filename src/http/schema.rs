@@ -1,0 +1,317 @@
+//! Types that describe the API's bodies in the OpenAPI document. Handlers build their JSON with
+//! `json!`; these mirror those bodies field for field (the schemathesis run in the tests checks
+//! every response against them, so a drift fails a test).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use utoipa::{IntoResponses, ToSchema};
+use uuid::Uuid;
+
+/// Every error: one sentence, one code from the error table, details where useful.
+#[derive(ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    pub error: String,
+    /// snake_case error code (see the README's error table).
+    pub code: String,
+    /// What helps: `{field, rule}` for validation, `{exit_code, signal, subtype, stderr_tail,
+    /// api_error_status}` for CLI failures.
+    pub details: Option<HashMap<String, Value>>,
+    pub task_id: Option<Uuid>,
+    pub session_id: Option<String>,
+    /// Seconds, with 429.
+    pub retry_after: Option<u64>,
+}
+
+/// Errors any route under /api may answer.
+#[derive(IntoResponses)]
+pub enum CommonErrors {
+    /// Malformed JSON, or a field that breaks a rule (named in `details.field`).
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// Missing or wrong API key.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// An allowed key, a forbidden action.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Unknown id or route.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The state does not allow it (finished task, busy or closed session).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// Body or prompt over its limit.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body is not JSON.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// Rate limit or budget.
+    #[response(status = 429)]
+    TooManyRequests(ErrorBody),
+    /// Storage unavailable, queue full, shutting down.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Errors of a run, on top of [`CommonErrors`].
+#[derive(IntoResponses)]
+pub enum RunErrors {
+    /// The run stopped at `max_turns`.
+    #[response(status = 422)]
+    MaxTurns(ErrorBody),
+    /// The CLI failed (`cli_error`, `cli_api_error`, `cli_not_authenticated`, `cli_crashed`,
+    /// `cli_unavailable`).
+    #[response(status = 502)]
+    CliFailed(ErrorBody),
+    /// The run timed out (`timeout`, `idle_timeout`).
+    #[response(status = 504)]
+    Timeout(ErrorBody),
+}
+
+/// One Server-Sent Event: `id` counts from 1; `event` is init, text, tool_use, tool_result,
+/// result or error; `data` is a JSON object.
+#[derive(ToSchema)]
+pub struct SseEvent {
+    pub id: String,
+    pub event: String,
+    pub data: String,
+}
+
+#[derive(ToSchema)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+/// The answer of a completed sync run.
+#[derive(ToSchema)]
+pub struct SyncAnswer {
+    pub success: bool,
+    pub result: String,
+    pub session_id: Option<String>,
+    pub task_id: Uuid,
+    pub duration_ms: u64,
+    pub cost_usd: f64,
+    pub usage: Usage,
+    pub num_turns: u32,
+    pub model: Option<String>,
+    pub resolved_model: Option<String>,
+    pub permission_denials: Vec<Value>,
+    pub is_error: bool,
+    /// Forks only: the session forked.
+    pub forked_from: Option<Uuid>,
+}
+
+/// The answer of an async submission.
+#[derive(ToSchema)]
+pub struct AsyncAnswer {
+    pub success: bool,
+    pub task_id: Uuid,
+    /// `pending`.
+    pub status: String,
+    pub priority: u8,
+    pub session_id: Option<Uuid>,
+    pub webhook_url: Option<String>,
+    pub forked_from: Option<Uuid>,
+}
+
+#[derive(ToSchema)]
+pub struct TaskErrorBody {
+    pub code: String,
+    pub message: String,
+    pub details: Option<HashMap<String, Value>>,
+}
+
+/// A task: one run of the CLI.
+#[derive(ToSchema)]
+pub struct TaskObject {
+    pub id: Uuid,
+    /// pending | processing | completed | failed | cancelled | timeout
+    pub status: String,
+    pub priority: u8,
+    pub prompt: String,
+    pub project_path: String,
+    pub model: Option<String>,
+    pub resolved_model: Option<String>,
+    pub session_id: Option<String>,
+    /// sync | async | batch
+    pub mode: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub cost_usd: Option<f64>,
+    pub usage: Option<Usage>,
+    pub num_turns: Option<u32>,
+    pub result: Option<String>,
+    pub permission_denials: Vec<Value>,
+    pub error: Option<TaskErrorBody>,
+    pub webhook_url: Option<String>,
+    pub metadata: Option<HashMap<String, Value>>,
+    pub attempts: u32,
+}
+
+#[derive(ToSchema)]
+pub struct TaskEnvelope {
+    pub success: bool,
+    pub task: TaskObject,
+}
+
+#[derive(ToSchema)]
+pub struct TaskList {
+    pub success: bool,
+    pub count: u64,
+    pub total: u64,
+    pub tasks: Vec<TaskObject>,
+}
+
+#[derive(ToSchema)]
+pub struct QueueFigures {
+    /// The queue takes runs (false while shutting down).
+    pub running: bool,
+    pub paused: bool,
+    pub concurrency: u64,
+    pub active_tasks: u64,
+    pub pending: u64,
+    pub processing: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub timeout: u64,
+    pub total: u64,
+    pub total_cost_usd: f64,
+}
+
+#[derive(ToSchema)]
+pub struct QueueStatus {
+    pub success: bool,
+    pub queue: QueueFigures,
+}
+
+#[derive(ToSchema)]
+pub struct BatchAnswer {
+    pub success: bool,
+    /// Per prompt, in order: a sync answer or an error body.
+    pub results: Vec<Value>,
+    pub summary: BatchSummary,
+}
+
+#[derive(ToSchema)]
+pub struct BatchSummary {
+    pub total: u64,
+    pub successful: u64,
+    pub failed: u64,
+    pub total_cost_usd: f64,
+    pub total_duration_ms: u64,
+}
+
+#[derive(ToSchema)]
+pub struct BatchQueued {
+    pub task_id: Uuid,
+    pub status: String,
+    pub priority: u8,
+}
+
+#[derive(ToSchema)]
+pub struct BatchAsyncAnswer {
+    pub success: bool,
+    pub task_ids: Vec<Uuid>,
+    pub tasks: Vec<BatchQueued>,
+}
+
+/// A conversation pinned to one project directory and one model.
+#[derive(ToSchema)]
+pub struct SessionObject {
+    pub id: Uuid,
+    pub created_at: String,
+    pub updated_at: String,
+    /// active | archived | closed
+    pub status: String,
+    pub model: Option<String>,
+    pub project_path: String,
+    /// Completed turns.
+    pub messages_count: u64,
+    pub total_cost_usd: f64,
+    pub last_task_id: Option<Uuid>,
+    pub metadata: Value,
+}
+
+#[derive(ToSchema)]
+pub struct SessionEnvelope {
+    pub success: bool,
+    pub session: SessionObject,
+}
+
+#[derive(ToSchema)]
+pub struct SessionList {
+    pub success: bool,
+    pub count: u64,
+    pub total: u64,
+    pub sessions: Vec<SessionObject>,
+    /// Search only.
+    pub query: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct Message {
+    /// user | assistant
+    pub role: String,
+    /// text | tool_use | tool_result
+    pub r#type: String,
+    pub content: Value,
+    pub timestamp: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct Messages {
+    pub success: bool,
+    pub session_id: Uuid,
+    pub count: u64,
+    pub messages: Vec<Message>,
+}
+
+#[derive(ToSchema)]
+pub struct SessionStats {
+    pub success: bool,
+    pub session_id: Uuid,
+    pub stats: HashMap<String, Value>,
+}
+
+#[derive(ToSchema)]
+pub struct Deleted {
+    pub success: bool,
+    pub deleted: Uuid,
+}
+
+#[derive(ToSchema)]
+pub struct HealthStorage {
+    pub r#type: String,
+    pub ok: bool,
+}
+
+#[derive(ToSchema)]
+pub struct HealthClaude {
+    pub path: Option<String>,
+    pub version: Option<String>,
+    pub ok: bool,
+}
+
+#[derive(ToSchema)]
+pub struct Health {
+    /// ok | degraded
+    pub status: String,
+    pub uptime: f64,
+    pub timestamp: String,
+    pub version: String,
+    pub storage: HealthStorage,
+    pub claude: HealthClaude,
+    pub queue: HashMap<String, Value>,
+}

@@ -5,6 +5,8 @@
 # skips a test silently:
 #   * the pinned real Claude CLI (npm package @anthropic-ai/claude-code), into a cache
 #     directory, for the end-to-end tests (Node.js and npm come from apt when missing);
+#   * a Python virtualenv with the pinned official `openai` package, for the SDK test of the
+#     OpenAI-compatible API (python3-venv comes from apt when `python3 -m venv` cannot work);
 # then checks formatting and lints, and runs the whole test suite.
 #
 # Environment: CCS_CACHE_DIR (default ./.cache) holds the provisioned tools.
@@ -12,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLAUDE_CLI_VERSION="2.1.197"
+OPENAI_SDK_VERSION="1.109.1"
 CACHE_DIR="${CCS_CACHE_DIR:-$PWD/.cache}"
 
 say() { printf '==> %s\n' "$*"; }
@@ -44,6 +47,24 @@ case "$got" in
   *) die "the cached Claude CLI answers '$got', expected $CLAUDE_CLI_VERSION (remove $CLAUDE_DIR)" ;;
 esac
 export CCS_REAL_CLAUDE="$CLAUDE_BIN"
+
+# ---- the official openai Python package, pinned, in a virtualenv in the cache
+OPENAI_VENV="$CACHE_DIR/openai-venv"
+if ! "$OPENAI_VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null; then
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  rm -rf "$OPENAI_VENV"
+  say "creating $OPENAI_VENV with openai==$OPENAI_SDK_VERSION"
+  # On Debian, venv works only with python3-venv (ensurepip); install it and retry once.
+  if ! python3 -m venv "$OPENAI_VENV" >/dev/null 2>&1; then
+    rm -rf "$OPENAI_VENV"
+    apt_install python3-venv
+    python3 -m venv "$OPENAI_VENV" || die "python3 -m venv failed"
+  fi
+  "$OPENAI_VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_SDK_VERSION" \
+    || die "pip could not install openai==$OPENAI_SDK_VERSION"
+fi
+say "openai Python SDK: $("$OPENAI_VENV/bin/python" -c 'import openai; print(openai.__version__)')"
+export CCS_OPENAI_VENV="$OPENAI_VENV"
 
 # ---- checks and tests
 say "cargo fmt --check"

@@ -5,6 +5,10 @@
 # skips a test silently:
 #   * the pinned real Claude CLI (npm package @anthropic-ai/claude-code), into a cache
 #     directory, for the end-to-end tests (Node.js and npm come from apt when missing);
+#   * a Python virtualenv with the pinned tools of tests/python-requirements.txt: the official
+#     `openai` package (SDK test of the OpenAI-compatible API), schemathesis and
+#     openapi-spec-validator (the OpenAPI document and the fuzz run); python3-venv comes from
+#     apt when `python3 -m venv` cannot work;
 # then checks formatting and lints, and runs the whole test suite.
 #
 # Environment: CCS_CACHE_DIR (default ./.cache) holds the provisioned tools.
@@ -44,6 +48,28 @@ case "$got" in
   *) die "the cached Claude CLI answers '$got', expected $CLAUDE_CLI_VERSION (remove $CLAUDE_DIR)" ;;
 esac
 export CCS_REAL_CLAUDE="$CLAUDE_BIN"
+
+# ---- the Python test tools, pinned, in a virtualenv in the cache (rebuilt when the pins change)
+PY_VENV="$CACHE_DIR/py-venv"
+PY_REQS="tests/python-requirements.txt"
+PY_STAMP="$PY_VENV/.requirements.sha256"
+want="$(sha256sum "$PY_REQS" | cut -d' ' -f1)"
+if [ "$(cat "$PY_STAMP" 2>/dev/null || true)" != "$want" ]; then
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  rm -rf "$PY_VENV"
+  say "creating $PY_VENV from $PY_REQS"
+  # On Debian, venv works only with python3-venv (ensurepip); install it and retry once.
+  if ! python3 -m venv "$PY_VENV" >/dev/null 2>&1; then
+    rm -rf "$PY_VENV"
+    apt_install python3-venv
+    python3 -m venv "$PY_VENV" || die "python3 -m venv failed"
+  fi
+  "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$PY_REQS" \
+    || die "pip could not install $PY_REQS"
+  echo "$want" > "$PY_STAMP"
+fi
+say "Python tools: $("$PY_VENV/bin/python" -c 'import openai, schemathesis; print("openai", openai.__version__, "· schemathesis", schemathesis.__version__)')"
+export CCS_PY_VENV="$PY_VENV"
 
 # ---- checks and tests
 say "cargo fmt --check"

@@ -19,6 +19,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod openai;
 pub mod openapi;
 pub mod params;
 pub mod rate_limit;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/statistics/range", get(statistics::range))
         .route("/api/statistics/models", get(statistics::models))
         .route("/api/tasks/{id}/webhooks", get(webhooks::list_deliveries))
+        .merge(openai::routes())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Layers added later run earlier: authentication runs first and sets the `Caller`
@@ -84,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state)
         .layer(CatchPanicLayer::custom(panic_response))
+        // Outside every layer that can refuse a request, so /v1 errors all leave in OpenAI's shape.
+        .layer(axum::middleware::from_fn(openai::error::convert_errors))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }

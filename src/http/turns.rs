@@ -36,12 +36,12 @@ pub enum Target {
 }
 
 /// A turn ready to submit.
-struct Prepared {
-    task: Task,
-    session_id: SessionId,
+pub struct Prepared {
+    pub task: Task,
+    pub session_id: SessionId,
     /// Refuse instead of queueing when the session is busy (sync turns of existing sessions).
-    exclusive: bool,
-    forked_from: Option<SessionId>,
+    pub exclusive: bool,
+    pub forked_from: Option<SessionId>,
 }
 
 /// Queue a turn without waiting; returns the stored task.
@@ -127,7 +127,9 @@ pub async fn start(
     Ok((StatusCode::OK, Json(forked(success_body(&finished)))).into_response())
 }
 
-async fn prepare(
+/// Check the budgets, create or check the session, and build the turn's task (not yet
+/// submitted). Callers that answer in their own shape (the OpenAI API) submit it themselves.
+pub async fn prepare(
     state: &AppState,
     caller: &Caller,
     mut run: ValidatedRun,

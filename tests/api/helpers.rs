@@ -13,6 +13,20 @@ use claude_code_server::app::{Application, Options};
 
 pub const FAKE_CLAUDE: &str = env!("CARGO_BIN_EXE_fake-claude");
 
+/// The virtualenv with the Python test tools (`tests/python-requirements.txt`), which
+/// `./scripts/test.sh` makes and names in `CCS_PY_VENV`. Missing: the test fails, loudly.
+pub fn py_venv() -> PathBuf {
+    let dir = std::env::var_os("CCS_PY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/py-venv")));
+    assert!(
+        dir.join("bin/python").exists(),
+        "the Python test tools are missing at {}: run ./scripts/test.sh, which installs them",
+        dir.display()
+    );
+    dir
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,

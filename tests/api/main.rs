@@ -12,6 +12,8 @@ mod errors;
 mod events;
 mod health;
 mod idempotency;
+mod openai;
+mod openai_sdk;
 mod openapi;
 mod processes;
 mod rate_limit;

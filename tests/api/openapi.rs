@@ -11,17 +11,8 @@ use crate::helpers::*;
 
 const ADMIN_KEY: &str = "fuzz-admin-key-0123456789";
 
-/// The virtualenv with the Python test tools (scripts/test.sh makes it).
 fn venv() -> PathBuf {
-    let dir = std::env::var_os("CCS_PY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/py-venv")));
-    assert!(
-        dir.join("bin/schemathesis").exists(),
-        "the Python test tools are missing at {}: run ./scripts/test.sh, which installs them",
-        dir.display()
-    );
-    dir
+    py_venv()
 }
 
 #[tokio::test]

@@ -1,0 +1,175 @@
+//! The OpenAI-compatible API, so the OpenAI SDKs and the tools built on them can use the
+//! server: `POST /v1/chat/completions` (plain and streamed), `GET /v1/models`,
+//! `GET /v1/models/{id}`.
+//!
+//! A chat completion is a run like any other: validated into the native request, started as a
+//! turn of a session (`turns::prepare`) and queued as a task, under the same concurrency limit,
+//! budgets, statistics and webhooks. Only the shapes differ; errors are converted to OpenAI's
+//! shape in one place ([`error::convert_errors`]).
+
+use std::sync::OnceLock;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+
+use actors::config::Config;
+use actors::error::ErrorCode;
+use actors::model::TaskStatus;
+
+use super::auth::Caller;
+use super::claude::{run_sync, CancelOnDrop};
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::run_request::validate;
+use super::turns::{self, Target};
+use crate::state::AppState;
+
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod stream;
+
+use request::ChatRequest;
+use response::{completion, completion_id, Envelope, ModelList, ModelObject};
+
+/// The session of a chat: sent by the client to continue one, returned on every answer.
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
+
+/// The `/v1` routes (authentication, rate limits and error conversion come from the router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let chat = request::translate(req, header_session(&headers)?)?;
+    let config = state.config();
+    let run = validate(chat.run, &config)?;
+    let target = match run.session_id {
+        Some(sid) => Target::Continue(sid),
+        None => Target::NewSession,
+    };
+    let prepared = turns::prepare(&state, &caller, run, target).await?;
+    let session_id = prepared.session_id;
+    let env = Envelope {
+        id: completion_id(prepared.task.id),
+        created: prepared.task.created_at.timestamp(),
+        model: chat.model.unwrap_or_else(|| config.default_model.clone()),
+        session_id: session_id.to_string(),
+    };
+    let mut resp = if chat.stream {
+        let submitted = state
+            .queue
+            .submit(prepared.task, false, prepared.exclusive)
+            .await
+            .map_err(|e| ApiError::from(e).with_session(session_id))?;
+        let id = submitted.task.id;
+        let guard = CancelOnDrop::new(state.queue.clone(), id, config.cancel_on_disconnect);
+        stream::respond(
+            state.queue.events().log(id),
+            env.clone(),
+            chat.include_usage,
+            guard,
+        )
+    } else {
+        let finished = run_sync(
+            &state.queue,
+            prepared.task,
+            config.cancel_on_disconnect,
+            prepared.exclusive,
+        )
+        .await
+        .map_err(|e| e.with_session(session_id))?;
+        if finished.status != TaskStatus::Completed {
+            return Err(ApiError::from_task(&finished));
+        }
+        let report = finished.report.unwrap_or_default();
+        let content = report.result.unwrap_or_default();
+        Json(completion(&env, &content, report.usage)).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&env.session_id) {
+        resp.headers_mut().insert(SESSION_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// The `X-Session-Id` header, if sent and not blank.
+fn header_session(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(SESSION_HEADER) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::field("X-Session-Id", "must be a UUID"))?
+        .trim();
+    Ok((!v.is_empty()).then(|| v.to_string()))
+}
+
+/// The models a client may ask for: `defaultModel`, then `allowedModels` (when that list is
+/// empty any model name is accepted, but only the default can be listed).
+fn model_ids(config: &Config) -> Vec<String> {
+    let mut ids = vec![config.default_model.clone()];
+    for m in &config.allowed_models {
+        if !ids.contains(m) {
+            ids.push(m.clone());
+        }
+    }
+    ids
+}
+
+/// `created` of the model objects: the server's start, fixed for the life of the process so
+/// the list and the single lookups agree.
+fn models_created(state: &AppState) -> i64 {
+    static CREATED: OnceLock<i64> = OnceLock::new();
+    *CREATED.get_or_init(|| {
+        let up = chrono::Duration::from_std(state.started.elapsed()).unwrap_or_default();
+        (Utc::now() - up).timestamp()
+    })
+}
+
+fn model_object(id: String, created: i64) -> ModelObject {
+    ModelObject {
+        id,
+        object: "model",
+        created,
+        owned_by: "anthropic",
+    }
+}
+
+/// `GET /v1/models`.
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    let created = models_created(&state);
+    Json(ModelList {
+        object: "list",
+        data: model_ids(&state.config())
+            .into_iter()
+            .map(|id| model_object(id, created))
+            .collect(),
+    })
+}
+
+/// `GET /v1/models/{id}`: 404 for a model the server does not list.
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    if !model_ids(&state.config()).contains(&id) {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("The model `{id}` does not exist on this server."),
+        ));
+    }
+    Ok(Json(model_object(id, models_created(&state))))
+}

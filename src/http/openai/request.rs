@@ -1,0 +1,336 @@
+//! The body of `POST /v1/chat/completions` and its translation into a native [`RunRequest`].
+//!
+//! - The last message must come from the user: it is the prompt.
+//! - `system` and `developer` messages, wherever they stand, are joined (blank line between)
+//!   into `--append-system-prompt`, so the CLI keeps its own system prompt (tools, working
+//!   directory) and the client's instructions come on top.
+//! - Continuing a session (`X-Session-Id` or `session_id`): only the last user message is sent;
+//!   the history lives in the CLI's session.
+//! - Otherwise earlier user/assistant messages are folded into the prompt ([`fold`]).
+//! - Sampling fields (`temperature`, `top_p`, `max_tokens`, `max_completion_tokens`, `stop`,
+//!   `seed`, penalties, `logit_bias`, `response_format`, ...) are accepted and ignored: the CLI
+//!   has no such knobs. `n` must be 1; `tools`/`functions` are refused (no function calling).
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::super::error::ApiError;
+use super::super::run_request::RunRequest;
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    /// Optional here (OpenAI requires it): absent means `defaultModel`.
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Stored in the task's metadata (`metadata.user`).
+    pub user: Option<String>,
+    /// OpenAI's own request metadata: stored with the task like native `metadata`.
+    pub metadata: Option<Value>,
+    pub n: Option<i64>,
+    pub tools: Option<Vec<Value>>,
+    pub functions: Option<Vec<Value>>,
+    // ---- extensions (send them with the SDKs' `extra_body`)
+    /// Continue this session (same as the `X-Session-Id` header).
+    pub session_id: Option<String>,
+    /// The run's working directory, as in `POST /api/claude`.
+    pub project_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    /// A string, an array of content parts, or null (an assistant message with tool calls).
+    pub content: Option<Value>,
+}
+
+/// What the handler needs besides the native request.
+#[derive(Debug)]
+pub struct ChatRun {
+    pub run: RunRequest,
+    /// The model as the client named it: echoed in every answer.
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Translate the request. `header_session` is the `X-Session-Id` header, if sent.
+pub fn translate(req: ChatRequest, header_session: Option<String>) -> Result<ChatRun, ApiError> {
+    if let Some(n) = req.n {
+        if n != 1 {
+            return Err(ApiError::field("n", "must be 1 (one choice per request)"));
+        }
+    }
+    for (name, list) in [("tools", &req.tools), ("functions", &req.functions)] {
+        if list.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(ApiError::field(
+                name,
+                "is not supported: the server does not do function calling",
+            ));
+        }
+    }
+    let session_id = match (header_session, req.session_id) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::field(
+                "session_id",
+                "must match the X-Session-Id header when both are sent",
+            ))
+        }
+        (h, b) => h.or(b),
+    };
+    let texts = message_texts(&req.messages)?;
+    let (prompt, system) = build_prompt(&req.messages, &texts, session_id.is_some())?;
+    let metadata = metadata(req.metadata, req.user)?;
+    let stream = req.stream.unwrap_or(false);
+    Ok(ChatRun {
+        model: req.model.clone(),
+        stream,
+        include_usage: stream
+            && req
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        run: RunRequest {
+            prompt,
+            model: req.model,
+            session_id,
+            append_system_prompt: system,
+            project_path: req.project_path,
+            stream: Some(stream),
+            metadata,
+            ..RunRequest::default()
+        },
+    })
+}
+
+/// The text of every message, checked: content parts must be text (images and other media get
+/// a 400 that says so).
+fn message_texts(messages: &[ChatMessage]) -> Result<Vec<String>, ApiError> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !matches!(
+                m.role.as_str(),
+                "system" | "developer" | "user" | "assistant"
+            ) {
+                return Err(ApiError::field(
+                    &format!("messages[{i}].role"),
+                    "must be one of: system, developer, user, assistant",
+                ));
+            }
+            content_text(m.content.as_ref(), i)
+        })
+        .collect()
+}
+
+fn content_text(content: Option<&Value>, i: usize) -> Result<String, ApiError> {
+    let parts = match content {
+        None | Some(Value::Null) => return Ok(String::new()),
+        Some(Value::String(s)) => return Ok(s.clone()),
+        Some(Value::Array(parts)) => parts,
+        Some(_) => {
+            return Err(ApiError::field(
+                &format!("messages[{i}].content"),
+                "must be a string or an array of content parts",
+            ))
+        }
+    };
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let field = format!("messages[{i}].content[{j}]");
+        let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "text" | "input_text" => match part.get("text").and_then(Value::as_str) {
+                Some(t) => texts.push(t.to_string()),
+                None => return Err(ApiError::field(&field, "must have a string `text`")),
+            },
+            "image_url" | "input_image" | "image" | "image_file" => {
+                return Err(ApiError::field(
+                    &field,
+                    "is an image; images are not supported yet, send text parts only",
+                ))
+            }
+            "" => return Err(ApiError::field(&field, "must have a `type`")),
+            other => {
+                return Err(ApiError::field(
+                    &field,
+                    format!("has type `{other}`, which is not supported; send text parts only"),
+                ))
+            }
+        }
+    }
+    // Parts are pieces of one message: joined line by line.
+    Ok(texts.join("\n"))
+}
+
+/// The prompt and the system prompt. `continuing`: the session holds the history, so only the
+/// last message is sent.
+fn build_prompt(
+    messages: &[ChatMessage],
+    texts: &[String],
+    continuing: bool,
+) -> Result<(String, Option<String>), ApiError> {
+    let last = messages
+        .iter()
+        .rposition(|m| !is_system(&m.role))
+        .filter(|&i| messages[i].role == "user")
+        .ok_or_else(|| ApiError::field("messages", "must end with a user message"))?;
+    if texts[last].trim().is_empty() {
+        return Err(ApiError::field(
+            &format!("messages[{last}].content"),
+            "must not be empty (the last user message is the prompt)",
+        ));
+    }
+    let system: Vec<&str> = messages
+        .iter()
+        .zip(texts)
+        .filter(|(m, t)| is_system(&m.role) && !t.trim().is_empty())
+        .map(|(_, t)| t.as_str())
+        .collect();
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    let history: Vec<(&str, &str)> = messages[..last]
+        .iter()
+        .zip(texts)
+        .filter(|(m, _)| !is_system(&m.role))
+        .map(|(m, t)| (m.role.as_str(), t.as_str()))
+        .collect();
+    let prompt = if continuing || history.is_empty() {
+        texts[last].clone()
+    } else {
+        fold(&history, &texts[last])
+    };
+    Ok((prompt, system))
+}
+
+fn is_system(role: &str) -> bool {
+    role == "system" || role == "developer"
+}
+
+/// A new conversation that arrives with history: the earlier turns, oldest first, in a
+/// `<conversation_history>` block, a blank line, then the last user message as it was sent:
+///
+/// ```text
+/// <conversation_history>
+/// <user>
+/// first question
+/// </user>
+/// <assistant>
+/// first answer
+/// </assistant>
+/// </conversation_history>
+///
+/// latest question
+/// ```
+pub fn fold(history: &[(&str, &str)], last: &str) -> String {
+    let mut out = String::from("<conversation_history>\n");
+    for (role, text) in history {
+        out.push_str(&format!("<{role}>\n{text}\n</{role}>\n"));
+    }
+    out.push_str("</conversation_history>\n\n");
+    out.push_str(last);
+    out
+}
+
+/// The task's metadata: the request's `metadata` object with `user` added.
+fn metadata(metadata: Option<Value>, user: Option<String>) -> Result<Option<Value>, ApiError> {
+    let mut map = match metadata {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::field("metadata", "must be an object")),
+    };
+    if let Some(user) = user {
+        map.insert("user".into(), json!(user));
+    }
+    Ok((!map.is_empty()).then_some(Value::Object(map)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(body: Value) -> ChatRequest {
+        serde_json::from_value(body).expect("request")
+    }
+
+    #[test]
+    fn a_single_user_message_is_the_prompt_and_system_messages_are_appended() {
+        let r = translate(
+            req(json!({"model": "m", "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Use English."}]},
+                {"role": "user", "content": "hi"}]})),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(r.run.prompt, "hi");
+        assert_eq!(
+            r.run.append_system_prompt.as_deref(),
+            Some("Be brief.\n\nUse English.")
+        );
+        assert!(!r.stream && !r.include_usage);
+    }
+
+    #[test]
+    fn history_is_folded_unless_a_session_continues() {
+        let body = json!({"messages": [
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "two"},
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "text", "text": "three"}, {"type": "text", "text": "four"}]}]});
+        let r = translate(req(body.clone()), None).expect("valid");
+        assert_eq!(
+            r.run.prompt,
+            "<conversation_history>\n<user>\none\n</user>\n<assistant>\ntwo\n</assistant>\n</conversation_history>\n\nthree\nfour"
+        );
+        let r = translate(req(body), Some("sid".into())).expect("valid");
+        assert_eq!(r.run.prompt, "three\nfour");
+        assert_eq!(r.run.session_id.as_deref(), Some("sid"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let field = |body: Value, header: Option<&str>| {
+            let e = translate(req(body), header.map(str::to_string)).expect_err("refused");
+            e.details
+                .and_then(|d| d["field"].as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let image = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+        assert_eq!(field(image, None), "messages[0].content[1]");
+        let last_assistant = json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]});
+        assert_eq!(field(last_assistant, None), "messages");
+        assert_eq!(field(json!({"messages": []}), None), "messages");
+        let n = json!({"n": 2, "messages": [{"role": "user", "content": "a"}]});
+        assert_eq!(field(n, None), "n");
+        let tools = json!({"tools": [{"type": "function"}], "messages": [{"role": "user", "content": "a"}]});
+        assert_eq!(field(tools, None), "tools");
+        let role = json!({"messages": [{"role": "tool", "content": "a"}, {"role": "user", "content": "b"}]});
+        assert_eq!(field(role, None), "messages[0].role");
+        let empty = json!({"messages": [{"role": "user", "content": "  "}]});
+        assert_eq!(field(empty, None), "messages[0].content");
+        let both = json!({"session_id": "a", "messages": [{"role": "user", "content": "b"}]});
+        assert_eq!(field(both, Some("b")), "session_id");
+    }
+
+    #[test]
+    fn user_goes_into_metadata_and_usage_needs_a_stream() {
+        let r = translate(
+            req(json!({"user": "u-1", "metadata": {"k": "v"}, "stream_options": {"include_usage": true},
+                       "temperature": 0.2, "max_tokens": 5, "stop": ["x"],
+                       "messages": [{"role": "user", "content": "a"}]})),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(r.run.metadata, Some(json!({"k": "v", "user": "u-1"})));
+        assert!(!r.include_usage, "usage chunks exist only in a stream");
+    }
+}

@@ -14,13 +14,16 @@ use tokio::net::TcpListener;
 use actors::claude::process::cli_version;
 use actors::config::load::{load, Environment};
 use actors::config::{Config, StorageType};
+use actors::metrics::MetricsActor;
 use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
 use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
-use actors::webhook::{WebhookActor, WebhookHandle};
+use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle};
+
+use crate::reload::{ConfigWatcher, WatcherHandle};
 
 use crate::state::{AppState, ClaudeInfo};
 
@@ -41,6 +44,7 @@ pub struct Application {
     state: AppState,
     port: u16,
     webhooks: WebhookHandle,
+    watcher: Option<WatcherHandle>,
 }
 
 impl Application {
@@ -54,7 +58,7 @@ impl Application {
             tracing::warn!("{w}");
         }
         let mut config = loaded.config;
-        if let Some(h) = opts.host {
+        if let Some(h) = opts.host.clone() {
             config.host = h;
         }
         if let Some(p) = opts.port {
@@ -74,18 +78,29 @@ impl Application {
             .context("cannot load the statistics from storage")?;
         // Subscribed before anything else can happen, so no final record is missed.
         let finished = queue.subscribe_finished();
+        let metrics_finished = queue.subscribe_finished();
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
         let state = AppState::new(config_tx, queue, store, stats, opts.config_path.clone());
+        state
+            .reload
+            .init(loaded.file_doc, env, opts.host, opts.port)
+            .await;
+        MetricsActor::start(state.metrics.clone(), metrics_finished);
         let live = state.clone();
-        let webhooks = WebhookActor::start(
+        let counted = state.metrics.clone();
+        let observer: DeliveryObserver =
+            Arc::new(move |delivered, gave_up| counted.webhook_attempt(delivered, gave_up));
+        let webhooks = WebhookActor::start_observed(
             state.store.clone(),
             finished,
             Arc::new(move || live.config()),
+            Some(observer),
         )
         .await;
+        let watcher = ConfigWatcher::start(state.clone());
 
         // The version check runs beside start-up so the port answers at once.
         let check_state = state.clone();
@@ -110,6 +125,7 @@ impl Application {
             state,
             port,
             webhooks,
+            watcher,
         })
     }
 
@@ -132,6 +148,7 @@ impl Application {
             state,
             port,
             webhooks,
+            watcher,
         } = self;
         let config = state.config();
         let pid_file = PathBuf::from(&config.pid_file);
@@ -152,6 +169,10 @@ impl Application {
         });
 
         shutdown.await;
+        // No config change while shutting down.
+        if let Some(watcher) = watcher {
+            watcher.shutdown().await;
+        }
         let grace = Duration::from_millis(state.config().shutdown_grace_ms);
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
@@ -180,7 +201,7 @@ impl Application {
 }
 
 /// With no API keys the server may listen on loopback only, unless `auth.allowAnonymous`.
-fn check_bind_policy(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn check_bind_policy(config: &Config) -> anyhow::Result<()> {
     if !config.auth.api_keys.is_empty() || config.auth.allow_anonymous || is_loopback(&config.host)
     {
         return Ok(());

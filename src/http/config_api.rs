@@ -1,4 +1,5 @@
-//! `GET /api/config`: the effective config, secrets redacted.
+//! `GET /api/config`: the effective config, secrets redacted. `PATCH /api/config`: a JSON merge
+//! patch (RFC 7396) over the config file, validated, written and applied like a hot reload.
 
 use axum::extract::State;
 use axum::Json;
@@ -8,21 +9,60 @@ use actors::error::ErrorCode;
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::extract::ApiJson;
+use crate::reload::{patch_config, PatchError};
 use crate::state::AppState;
+
+fn require_admin(caller: &Caller, what: &str) -> Result<(), ApiError> {
+    if caller.admin {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Forbidden,
+        format!("{what} the config needs an admin key."),
+    ))
+}
 
 pub async fn get_config(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    if !caller.admin {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "Reading the config needs an admin key.",
-        ));
-    }
+    require_admin(&caller, "Reading")?;
     Ok(Json(json!({
         "success": true,
         "config": state.config().redacted(),
         "config_path": state.config_path,
     })))
+}
+
+/// The answer names the keys that wait for a restart and shows the effective config, redacted:
+/// a secret sent in the patch never comes back.
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(patch): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&caller, "Changing")?;
+    match patch_config(&state, &patch).await {
+        Ok(change) => {
+            tracing::info!(key = ?caller.key_name, keys = %change.changed.join(", "), "config changed through the API");
+            Ok(Json(json!({
+                "success": true,
+                "config": change.config.redacted(),
+                "restart_required": change.restart_required,
+            })))
+        }
+        Err(PatchError::Invalid(e)) => Err(ApiError::new(
+            ErrorCode::ValidationError,
+            format!("The config is refused: {e}."),
+        )
+        .with_details(json!({"field": e.key, "rule": e.message}))),
+        Err(PatchError::Write(e)) => {
+            tracing::error!(path = %state.config_path.display(), error = %e, "cannot write the config file");
+            Err(ApiError::new(
+                ErrorCode::InternalError,
+                "The config file could not be written; nothing was changed.",
+            ))
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod metrics;
+pub mod observe;
 pub mod params;
 pub mod rate_limit;
 pub mod run_request;
@@ -33,7 +35,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/api/claude", post(claude::run_claude))
         .route("/api/claude/batch", post(batch::run_batch))
-        .route("/api/config", get(config_api::get_config))
+        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/api/config",
+            get(config_api::get_config).patch(config_api::patch),
+        )
         .route("/api/tasks", get(tasks::list_tasks))
         .route("/api/tasks/async", post(tasks::create_async))
         .route("/api/tasks/queue/status", get(tasks::queue_status))
@@ -74,8 +80,15 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        .with_state(state)
+        .with_state(state.clone())
         .layer(CatchPanicLayer::custom(panic_response))
+        // Outside the panic catcher (a caught panic is logged as its 500) and inside the
+        // request id layers (the id is set by then). `Router::layer` wraps each route, so the
+        // matched route template is known here.
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            observe::observe,
+        ))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }

@@ -21,9 +21,19 @@ pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Re
             "Reading the metrics needs an admin key (metrics.public is false).",
         ));
     }
-    let body = state
-        .metrics
-        .render(state.queue.live_status(), state.started.elapsed());
+    // Storage down: the other metrics still answer (and show what is wrong elsewhere).
+    let stored = match state.store.task_counts().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "task counts unavailable for /metrics");
+            None
+        }
+    };
+    let body = state.metrics.render(
+        state.queue.live_status(),
+        stored.as_ref(),
+        state.started.elapsed(),
+    );
     let mut resp = body.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

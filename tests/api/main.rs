@@ -5,12 +5,15 @@ mod helpers;
 mod mock_anthropic;
 
 mod auth;
+mod config_patch;
 mod e2e_real_cli;
 mod errors;
 mod health;
 mod idempotency;
+mod metrics;
 mod processes;
 mod rate_limit;
+mod reload;
 mod run_sync;
 mod sessions;
 mod statistics;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::model::{Task, TaskStatus};
 use crate::queue::LiveStatus;
+use crate::store::TaskCounts;
 
 pub mod actor;
 pub mod registry;
@@ -165,8 +166,14 @@ impl Metrics {
         self.tasks_finished.get(&[status.as_str()])
     }
 
-    /// Every metric in the Prometheus text format, with the queue's live figures.
-    pub fn render(&self, live: LiveStatus, uptime: Duration) -> String {
+    /// Every metric in the Prometheus text format, with the queue's live figures and the
+    /// stored tasks per status (`None` when storage did not answer: the gauge is left out).
+    pub fn render(
+        &self,
+        live: LiveStatus,
+        stored: Option<&TaskCounts>,
+        uptime: Duration,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         self.http_requests.encode(&mut out);
         self.http_duration.encode(&mut out);
@@ -208,6 +215,19 @@ impl Metrics {
         for (name, help, v) in gauges {
             encode_gauge(&mut out, name, help, &[], &[(vec![], v)]);
         }
+        if let Some(counts) = stored {
+            let series: Vec<(Vec<String>, f64)> = TaskStatus::ALL
+                .iter()
+                .map(|s| (vec![s.as_str().to_owned()], counts.get(*s) as f64))
+                .collect();
+            encode_gauge(
+                &mut out,
+                "ccs_tasks",
+                "Tasks in storage by status (finished ones until taskRetentionDays).",
+                &["status"],
+                &series,
+            );
+        }
         encode_gauge(
             &mut out,
             "ccs_build_info",
@@ -237,7 +257,9 @@ mod tests {
             concurrency: 3,
             accepting: true,
         };
-        let text = m.render(live, Duration::from_secs(5));
+        let mut counts = TaskCounts::default();
+        counts.by_status.insert(TaskStatus::Completed, 4);
+        let text = m.render(live, Some(&counts), Duration::from_secs(5));
         for line in [
             "# TYPE ccs_http_requests_total counter",
             "ccs_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1",
@@ -247,6 +269,8 @@ mod tests {
             "ccs_rate_limited_total 1",
             "ccs_queue_pending 2",
             "ccs_queue_concurrency 3",
+            "ccs_tasks{status=\"completed\"} 4",
+            "ccs_tasks{status=\"pending\"} 0",
             "# TYPE ccs_run_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

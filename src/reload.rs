@@ -109,13 +109,24 @@ impl ReloadState {
     }
 }
 
-/// Validate `new_doc` (the whole file document) and, if it is good, put it in force.
+/// Validate `new_doc` (the whole file document) and, if it is good, put it in force. The same
+/// document as the one in force changes nothing (and reports no change). The error never
+/// quotes a secret of `new_doc`.
 pub async fn apply_new_config(
     state: &AppState,
     new_doc: Value,
 ) -> Result<AppliedChange, ConfigError> {
     let mut source = state.reload.source.lock().await;
-    let prepared = prepare(state, &source, &new_doc)?;
+    if new_doc == source.doc {
+        // Our own PATCH, a save without changes, or the file put back as it was.
+        state.reload.set_last_error(None);
+        return Ok(AppliedChange {
+            config: state.config(),
+            changed: Vec::new(),
+            restart_required: Vec::new(),
+        });
+    }
+    let prepared = prepare(state, &source, &new_doc).map_err(|e| scrub(e, &new_doc))?;
     Ok(commit(state, &mut source, new_doc, prepared))
 }
 
@@ -309,20 +320,8 @@ async fn reload_from_file(state: &AppState) {
         Ok(Err(e)) => return refuse(state, e),
         Err(_) => return,
     };
-    let mut source = state.reload.source.lock().await;
-    if doc == source.doc {
-        // Our own PATCH, a save without changes, or the file put back as it was.
-        state.reload.set_last_error(None);
-        return;
-    }
-    match prepare(state, &source, &doc) {
-        Ok(prepared) => {
-            commit(state, &mut source, doc, prepared);
-        }
-        Err(e) => {
-            drop(source);
-            refuse(state, scrub(e, &doc));
-        }
+    if let Err(e) = apply_new_config(state, doc).await {
+        refuse(state, e);
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn patch(
     require_admin(&caller, "Changing")?;
     match patch_config(&state, &patch).await {
         Ok(change) => {
-            tracing::info!(key = ?caller.key_name, keys = %change.changed.join(", "), "config changed through the API");
+            tracing::info!(key = caller.key_name.as_deref().unwrap_or("-"), keys = %change.changed.join(", "), "config changed through the API");
             Ok(Json(json!({
                 "success": true,
                 "config": change.config.redacted(),

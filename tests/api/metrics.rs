@@ -77,7 +77,7 @@ fn valid_name(name: &str) -> bool {
 
 fn parse_sample(line: &str) -> Sample {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
+        .find(['{', ' '])
         .unwrap_or_else(|| panic!("no value: {line}"));
     let name = &line[..name_end];
     assert!(valid_name(name), "bad name: {line}");

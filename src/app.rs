@@ -15,13 +15,16 @@ use actors::claude::process::cli_version;
 use actors::config::load::{load, Environment};
 use actors::config::{Config, StorageType};
 use actors::events::EventHub;
+use actors::metrics::MetricsActor;
 use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
 use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
-use actors::webhook::{WebhookActor, WebhookHandle};
+use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle};
+
+use crate::reload::{ConfigWatcher, WatcherHandle};
 
 use crate::state::{AppState, ClaudeInfo};
 
@@ -42,6 +45,7 @@ pub struct Application {
     state: AppState,
     port: u16,
     webhooks: WebhookHandle,
+    watcher: Option<WatcherHandle>,
 }
 
 impl Application {
@@ -55,7 +59,7 @@ impl Application {
             tracing::warn!("{w}");
         }
         let mut config = loaded.config;
-        if let Some(h) = opts.host {
+        if let Some(h) = opts.host.clone() {
             config.host = h;
         }
         if let Some(p) = opts.port {
@@ -76,18 +80,29 @@ impl Application {
             .context("cannot load the statistics from storage")?;
         // Subscribed before anything else can happen, so no final record is missed.
         let finished = queue.subscribe_finished();
+        let metrics_finished = queue.subscribe_finished();
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
         let state = AppState::new(config_tx, queue, store, stats, opts.config_path.clone());
+        state
+            .reload
+            .init(loaded.file_doc, env, opts.host, opts.port)
+            .await;
+        MetricsActor::start(state.metrics.clone(), metrics_finished);
         let live = state.clone();
-        let webhooks = WebhookActor::start(
+        let counted = state.metrics.clone();
+        let observer: DeliveryObserver =
+            Arc::new(move |delivered, gave_up| counted.webhook_attempt(delivered, gave_up));
+        let webhooks = WebhookActor::start_observed(
             state.store.clone(),
             finished,
             Arc::new(move || live.config()),
+            Some(observer),
         )
         .await;
+        let watcher = ConfigWatcher::start(state.clone());
 
         let live = state.clone();
         actors::retention::start(state.store.clone(), Arc::new(move || live.config()));
@@ -115,6 +130,7 @@ impl Application {
             state,
             port,
             webhooks,
+            watcher,
         })
     }
 
@@ -137,6 +153,7 @@ impl Application {
             state,
             port,
             webhooks,
+            watcher,
         } = self;
         let config = state.config();
         let pid_file = PathBuf::from(&config.pid_file);
@@ -157,6 +174,10 @@ impl Application {
         });
 
         shutdown.await;
+        // No config change while shutting down.
+        if let Some(watcher) = watcher {
+            watcher.shutdown().await;
+        }
         let grace = Duration::from_millis(state.config().shutdown_grace_ms);
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
@@ -185,7 +206,7 @@ impl Application {
 }
 
 /// With no API keys the server may listen on loopback only, unless `auth.allowAnonymous`.
-fn check_bind_policy(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn check_bind_policy(config: &Config) -> anyhow::Result<()> {
     if !config.auth.api_keys.is_empty() || config.auth.allow_anonymous || is_loopback(&config.host)
     {
         return Ok(());

@@ -3,9 +3,13 @@
 //! * [`app`]   — the application assembled and bound to its port.
 //! * [`http`]  — routes, extractors, errors; handlers only validate and talk to the actors.
 //! * [`state`] — what handlers share.
+//! * [`reload`] — config changes while running: the ConfigWatcher and `PATCH /api/config`.
+//! * [`logging`] — JSON log file with rotation, stderr, live log level.
 //!
 //! The actors and the pure logic they wrap live in the `actors` crate.
 
 pub mod app;
 pub mod http;
+pub mod logging;
+pub mod reload;
 pub mod state;

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use actors::config::load::{default_config_path, Environment};
 use claude_code_server::app::{Application, Options};
+use claude_code_server::logging::{self, LogOptions};
 
 #[derive(Parser)]
 #[command(
@@ -58,9 +58,12 @@ async fn serve(
     host: Option<String>,
     port: Option<u16>,
 ) -> std::process::ExitCode {
-    init_logging();
     let env = Environment::from_process();
     let config_path = config.unwrap_or_else(|| default_config_path(&env));
+    // `serve` runs in the foreground: JSON lines to `logFile` and readable lines to stderr.
+    if let Err(e) = logging::init(&LogOptions::for_serve(&config_path, &env)) {
+        eprintln!("claude-code-server: cannot set up logging: {e}");
+    }
     let opts = Options {
         config_path,
         host,
@@ -81,14 +84,6 @@ async fn serve(
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = EnvFilter::try_from_env("CCS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use actors::config::Config;
+use actors::metrics::Metrics;
 use actors::queue::Queue;
 use actors::rate_limit::RateLimiter;
 use actors::stats::StatsHandle;
@@ -34,6 +35,10 @@ pub struct Inner {
     pub started: Instant,
     pub claude: RwLock<ClaudeInfo>,
     pub config_path: PathBuf,
+    /// Counters for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Where the config came from and the last refused change (hot reload, PATCH).
+    pub reload: crate::reload::ReloadState,
 }
 
 impl std::ops::Deref for AppState {
@@ -60,6 +65,8 @@ impl AppState {
             started: Instant::now(),
             claude: RwLock::new(ClaudeInfo::default()),
             config_path,
+            metrics: Arc::new(Metrics::default()),
+            reload: Default::default(),
         }))
     }
 

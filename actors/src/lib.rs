@@ -10,11 +10,13 @@
 //! * [`stats`]   — the StatsActor: figures per day, model and key; daily budgets.
 //! * [`rate_limit`] — GCRA per API key (or client IP) and its sharded limiter.
 //! * [`webhook`] — the WebhookActor and its pure parts: payload, signing, retries, SSRF policy.
+//! * [`metrics`] — counters and histograms for `GET /metrics`, and the MetricsActor.
 
 pub mod claude;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod rate_limit;

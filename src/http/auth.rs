@@ -105,8 +105,11 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             None => return unauthorized(presented_key(req.headers()).is_some()),
         }
     };
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    req.extensions_mut().insert(caller.clone());
+    let mut resp = next.run(req).await;
+    // For the access log, which runs outside this layer: it names the key (never the key itself).
+    resp.extensions_mut().insert(caller);
+    resp
 }
 
 fn unauthorized(had_key: bool) -> Response {

@@ -34,6 +34,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "concurrency": live.concurrency,
             "accepting": live.accepting,
         },
+        // A refused config file, until a good one is applied (the old config is in force).
+        "config": {
+            "last_reload_error": state.reload.last_error().as_ref().map(crate::reload::failure_json),
+        },
     });
     let status = if ok {
         StatusCode::OK

@@ -19,6 +19,8 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod metrics;
+pub mod observe;
 pub mod openai;
 pub mod openapi;
 pub mod params;
@@ -41,7 +43,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/claude", post(claude::run_claude))
         .route("/api/claude/batch", post(batch::run_batch))
-        .route("/api/config", get(config_api::get_config))
+        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/api/config",
+            get(config_api::get_config).patch(config_api::patch),
+        )
         .route("/api/tasks", get(tasks::list_tasks))
         .route("/api/tasks/async", post(tasks::create_async))
         .route("/api/tasks/queue/status", get(tasks::queue_status))
@@ -84,10 +90,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        .with_state(state)
+        .with_state(state.clone())
         .layer(CatchPanicLayer::custom(panic_response))
         // Outside every layer that can refuse a request, so /v1 errors all leave in OpenAI's shape.
         .layer(axum::middleware::from_fn(openai::error::convert_errors))
+        // Outside the panic catcher (a caught panic is logged as its 500) and inside the
+        // request id layers (the id is set by then). `Router::layer` wraps each route, so the
+        // matched route template is known here.
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            observe::observe,
+        ))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }

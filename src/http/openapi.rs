@@ -5,8 +5,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    batch, claude, config_api, events, health, run_request, schema, sessions, statistics, tasks,
-    webhooks,
+    batch, claude, config_api, events, health, metrics, run_request, schema, sessions, statistics,
+    tasks, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -21,6 +21,8 @@ use super::{
         claude::run_claude,
         batch::run_batch,
         config_api::get_config,
+        config_api::patch,
+        metrics::metrics,
         tasks::list_tasks,
         tasks::create_async,
         tasks::queue_status,

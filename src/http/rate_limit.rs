@@ -58,6 +58,7 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
         next.run(req).await
     } else {
         tracing::info!(key = ?key_name, ip = ?ip, "rate limited");
+        state.metrics.rate_limited();
         too_many_requests(&decision)
     };
     set_headers(resp.headers_mut(), &decision, &policy);

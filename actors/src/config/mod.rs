@@ -85,6 +85,10 @@ pub struct Config {
     pub default_project_path: Option<String>,
     pub allowed_project_roots: Vec<String>,
     pub log_file: String,
+    /// The log file is rotated when a line would take it past this size.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept (`server.log.1` … `server.log.N`) besides the live one.
+    pub log_max_files: u32,
     pub pid_file: String,
     pub data_dir: String,
     pub storage_type: StorageType,
@@ -309,6 +313,11 @@ impl Config {
             1000,
         )?;
         at_least("webhook.timeout", self.webhook.timeout, 1)?;
+        at_least("logMaxBytes", self.log_max_bytes, 4096)?;
+        at_least("logMaxFiles", self.log_max_files.into(), 1)?;
+        if self.log_max_files > 100 {
+            return Err(ConfigError::new("logMaxFiles", "must be at most 100"));
+        }
         if let Some(url) = &self.webhook.default_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::new(

@@ -33,6 +33,10 @@ use crate::store::Store;
 /// reloads apply without telling the actor.
 pub type ConfigSource = Arc<dyn Fn() -> Arc<Config> + Send + Sync>;
 
+/// Told the outcome of every attempt (for metrics): `delivered`, and whether a failed attempt
+/// was the last one (`gave_up`). Called from the delivery's task; it must not block.
+pub type DeliveryObserver = Arc<dyn Fn(bool, bool) + Send + Sync>;
+
 /// Stops the actor. Dropping it stops the actor too (like a shutdown without the draining).
 pub struct WebhookHandle {
     stop: Option<oneshot::Sender<()>>,
@@ -58,6 +62,7 @@ pub struct WebhookActor {
     config: ConfigSource,
     finished: mpsc::UnboundedReceiver<Arc<Task>>,
     deliveries: JoinSet<()>,
+    observer: Option<DeliveryObserver>,
 }
 
 impl WebhookActor {
@@ -68,11 +73,22 @@ impl WebhookActor {
         finished: mpsc::UnboundedReceiver<Arc<Task>>,
         config: ConfigSource,
     ) -> WebhookHandle {
+        Self::start_observed(store, finished, config, None).await
+    }
+
+    /// [`WebhookActor::start`], telling `observer` the outcome of every attempt.
+    pub async fn start_observed(
+        store: Arc<dyn Store>,
+        finished: mpsc::UnboundedReceiver<Arc<Task>>,
+        config: ConfigSource,
+        observer: Option<DeliveryObserver>,
+    ) -> WebhookHandle {
         let mut actor = WebhookActor {
             store,
             config,
             finished,
             deliveries: JoinSet::new(),
+            observer,
         };
         match actor.store.pending_webhook_jobs().await {
             Ok(jobs) => {
@@ -138,8 +154,12 @@ impl WebhookActor {
     }
 
     fn spawn(&mut self, job: WebhookJob) {
-        self.deliveries
-            .spawn(run_delivery(job, self.store.clone(), self.config.clone()));
+        self.deliveries.spawn(run_delivery(
+            job,
+            self.store.clone(),
+            self.config.clone(),
+            self.observer.clone(),
+        ));
     }
 }
 
@@ -180,7 +200,12 @@ fn attempt_settings(config: &WebhookConfig) -> Result<AttemptSettings, SecretErr
 }
 
 /// Make the attempts of one delivery until it succeeds or its retries are spent.
-async fn run_delivery(mut job: WebhookJob, store: Arc<dyn Store>, config: ConfigSource) {
+async fn run_delivery(
+    mut job: WebhookJob,
+    store: Arc<dyn Store>,
+    config: ConfigSource,
+    observer: Option<DeliveryObserver>,
+) {
     loop {
         let wait = (job.next_attempt_at - Utc::now())
             .to_std()
@@ -222,6 +247,9 @@ async fn run_delivery(mut job: WebhookJob, store: Arc<dyn Store>, config: Config
             tracing::info!(task_id = %job.task_id, webhook_id = %job.webhook_id, attempt = number, status = ?record.status_code, "webhook delivered");
         } else {
             tracing::warn!(task_id = %job.task_id, webhook_id = %job.webhook_id, attempt = number, status = ?record.status_code, error = record.error.as_deref().unwrap_or(""), gave_up = last, "webhook attempt failed");
+        }
+        if let Some(observe) = &observer {
+            observe(delivered, !delivered && last);
         }
         if let Err(e) = store.record_webhook_attempt(&record).await {
             tracing::error!(webhook_id = %job.webhook_id, error = %e, "cannot record the webhook attempt");

@@ -20,5 +20,5 @@ pub mod record;
 pub mod schedule;
 pub mod sign;
 
-pub use actor::{ConfigSource, WebhookActor, WebhookHandle};
+pub use actor::{ConfigSource, DeliveryObserver, WebhookActor, WebhookHandle};
 pub use record::{WebhookAttempt, WebhookJob};

@@ -1,0 +1,44 @@
+//! `GET /metrics`: Prometheus text format. Open when `metrics.public` (the authentication layer
+//! lets it through without a key), otherwise for admin keys only.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use actors::error::ErrorCode;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::state::AppState;
+
+/// The classic Prometheus exposition format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String), crate::http::schema::CommonErrors),
+    security((), ("bearer" = []), ("api_key" = [])))]
+pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    if !state.config().metrics.public && !caller.admin {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "Reading the metrics needs an admin key (metrics.public is false).",
+        ));
+    }
+    // Storage down: the other metrics still answer (and show what is wrong elsewhere).
+    let stored = match state.store.task_counts().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "task counts unavailable for /metrics");
+            None
+        }
+    };
+    let body = state.metrics.render(
+        state.queue.live_status(),
+        stored.as_ref(),
+        state.started.elapsed(),
+    );
+    let mut resp = body.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    Ok(resp)
+}

@@ -3,9 +3,15 @@
 //! * [`app`]   — the application assembled and bound to its port.
 //! * [`http`]  — routes, extractors, errors; handlers only validate and talk to the actors.
 //! * [`state`] — what handlers share.
+//! * [`client`], [`daemon`], [`control`] — the daemon's HTTP client, and `start`/`stop`/`status`.
+//! * [`tui`]   — the operator's terminal UI, a client of the daemon over HTTP.
 //!
 //! The actors and the pure logic they wrap live in the `actors` crate.
 
 pub mod app;
+pub mod client;
+pub mod control;
+pub mod daemon;
 pub mod http;
 pub mod state;
+pub mod tui;

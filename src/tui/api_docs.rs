@@ -1,0 +1,1 @@
+pub fn open(_siv: &mut cursive::Cursive) {}

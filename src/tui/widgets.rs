@@ -16,13 +16,23 @@ pub fn ctx(siv: &mut Cursive) -> Option<Ctx> {
 /// Push a full-screen screen: `body` in a titled panel, the key bindings below it. `Esc` and
 /// `q` close it (when the focused view does not use the key itself, as an edit field does).
 pub fn push_screen(siv: &mut Cursive, title: &str, body: impl View, keys: &str) {
-    let footer = TextView::new(format!("{keys}  ·  Esc/q back"));
+    push(siv, title, body, &format!("{keys}  ·  Esc/q back"), true);
+}
+
+/// A screen of edit fields: only `Esc` closes it, so a stray `q` on a checkbox or a button
+/// does not throw the edits away.
+pub fn push_form_screen(siv: &mut Cursive, title: &str, body: impl View, keys: &str) {
+    push(siv, title, body, &format!("{keys}  ·  Esc back"), false);
+}
+
+fn push(siv: &mut Cursive, title: &str, body: impl View, footer: &str, q_closes: bool) {
     let layout = LinearLayout::vertical()
         .child(Panel::new(body).title(title).full_height())
-        .child(footer);
-    let view = OnEventView::new(layout)
-        .on_event(Key::Esc, close_top)
-        .on_event('q', close_top);
+        .child(TextView::new(footer));
+    let mut view = OnEventView::new(layout).on_event(Key::Esc, close_top);
+    if q_closes {
+        view = view.on_event('q', close_top);
+    }
     siv.add_fullscreen_layer(view.full_screen());
 }
 

@@ -325,11 +325,11 @@ mod tests {
 
     #[test]
     fn first_admin_key_unless_a_flag_says_otherwise() {
-        let keys = json!([{"name": "a", "key": "k-user"}, {"name": "b", "key": "k-admin", "admin": true}]);
+        let keys = json!([{"name": "a", "key": "key-user-0001"}, {"name": "b", "key": "key-admin-0001", "admin": true}]);
         let c = config("127.0.0.1", keys);
         assert_eq!(
             Target::resolve(&c, None, None).api_key.as_deref(),
-            Some("k-admin")
+            Some("key-admin-0001")
         );
         let t = Target::resolve(&c, Some("http://h:1/"), Some("flag"));
         assert_eq!(t.api_key.as_deref(), Some("flag"));

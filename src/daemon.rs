@@ -3,7 +3,8 @@
 //!
 //! The pid file is written by `serve` (see `app.rs`) once it listens, and removed when it stops.
 //! A pid file can outlive its process (SIGKILL, a crash, a reboot) and its pid can be reused by
-//! an unrelated program, so every reader checks `/proc/<pid>` before believing it.
+//! an unrelated program, so every reader checks `/proc/<pid>` (alive, not a zombie, argv[0]
+//! named like our executable) before believing it.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -236,7 +237,7 @@ impl Control {
         Ok(Client::new(self.resolve()?.target)?)
     }
 
-    /// The name `/proc/<pid>/cmdline` must contain for a pid to be ours.
+    /// The file name `/proc/<pid>/cmdline`'s argv[0] must have for a pid to be ours.
     fn program_name(&self) -> String {
         self.exe
             .file_name()
@@ -465,10 +466,18 @@ pub fn inspect_pid_file(path: &Path, program: &str) -> Result<PidState, DaemonEr
     }
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(raw) => {
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            if cmdline.contains(program) {
+            // argv[0]'s file name, not a substring of the whole line: a program that merely
+            // runs in a directory called claude-code-server is not ours.
+            let argv0 = raw.split(|b| *b == 0).next().unwrap_or_default();
+            let argv0 = String::from_utf8_lossy(argv0);
+            let name = Path::new(argv0.as_ref())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name == program {
                 Ok(PidState::Running(pid))
             } else {
+                let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
                 Ok(PidState::Stale {
                     pid: Some(pid),
                     reason: format!(
@@ -583,8 +592,30 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()
-        .map(|l| l.to_string())
+        .map(|l| strip_ansi(l))
         .collect()
+}
+
+/// Remove terminal escape sequences: the daemon's text log carries colour codes even in a file.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // CSI: parameters and intermediates, then one final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `3d 04:05:06`, `04:05:06`.

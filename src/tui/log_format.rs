@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::daemon::strip_ansi;
+
 /// A log line taken apart.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Entry {
@@ -105,28 +107,6 @@ fn looks_like_time(s: &str) -> bool {
         && s.as_bytes().first().is_some_and(u8::is_ascii_digit)
         && s.as_bytes().get(4) == Some(&b'-')
         && s.contains('T')
-}
-
-/// Remove terminal escape sequences (colours from a logger that thought it wrote to a tty).
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                // CSI: parameters and intermediates, then one final byte in @..~.
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `2025-01-01T12:34:56.789Z` → `2025-01-01 12:34:56.789`.

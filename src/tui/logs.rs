@@ -233,6 +233,8 @@ pub fn open(siv: &mut Cursive) {
             TextView::new("")
                 .with_name(&logs.text)
                 .scrollable()
+                // Opens on the newest lines; scrolling up leaves them there.
+                .scroll_strategy(ScrollStrategy::StickToBottom)
                 .with_name(&logs.scroll)
                 .full_screen(),
         );

@@ -14,6 +14,8 @@ use super::worker::{unique_name, Ctx};
 use crate::client::{encode_query, encode_segment};
 
 pub const PAGE: usize = 20;
+/// The list's place in the screen's layout (after the info line and the column titles).
+const LIST_INDEX: usize = 2;
 /// Messages shown on the detail screen (the newest).
 const RECENT_MESSAGES: usize = 10;
 
@@ -31,6 +33,9 @@ struct List {
     state: Arc<Mutex<ListState>>,
     list: String,
     info: String,
+    /// The screen's layout: the list is focused in it once it has rows (an empty list
+    /// cannot take the focus, so the layout starts on the header).
+    layout: String,
 }
 
 impl List {
@@ -86,6 +91,9 @@ impl List {
                 v.add_item(row(sess), s(sess, "id"));
             }
         });
+        siv.call_on_name(&self.layout, |l: &mut LinearLayout| {
+            let _ = l.set_focus_index(LIST_INDEX);
+        });
         let range = if sessions.is_empty() {
             "none".to_string()
         } else {
@@ -124,6 +132,7 @@ pub fn open(siv: &mut Cursive) {
         state: Arc::new(Mutex::new(ListState::default())),
         list: unique_name("sessions.list"),
         info: unique_name("sessions.info"),
+        layout: unique_name("sessions.layout"),
     };
     let mut select = SelectView::<String>::new();
     let on_submit = list.clone();
@@ -138,7 +147,8 @@ pub fn open(siv: &mut Cursive) {
                 .with_name(&list.list)
                 .scrollable()
                 .full_screen(),
-        );
+        )
+        .with_name(&list.layout);
     let (next, prev, search, clear, reload) = (
         list.clone(),
         list.clone(),

@@ -14,6 +14,8 @@ use super::worker::{unique_name, Ctx};
 use crate::client::{encode_segment, ClientError};
 
 pub const PAGE: usize = 20;
+/// The list's place in the screen's layout (after the info line and the column titles).
+const LIST_INDEX: usize = 2;
 /// The status filter, cycled with `f`; `None` is every task.
 pub const FILTERS: &[Option<&str>] = &[
     None,
@@ -38,6 +40,9 @@ struct List {
     state: Arc<Mutex<ListState>>,
     list: String,
     info: String,
+    /// The screen's layout: the list is focused in it once it has rows (an empty list
+    /// cannot take the focus, so the layout starts on the header).
+    layout: String,
 }
 
 impl List {
@@ -88,6 +93,9 @@ impl List {
                 v.add_item(row(t), s(t, "id"));
             }
         });
+        siv.call_on_name(&self.layout, |l: &mut LinearLayout| {
+            let _ = l.set_focus_index(LIST_INDEX);
+        });
         let filter = FILTERS
             .get(st.filter)
             .copied()
@@ -129,6 +137,7 @@ pub fn open(siv: &mut Cursive) {
         state: Arc::new(Mutex::new(ListState::default())),
         list: unique_name("tasks.list"),
         info: unique_name("tasks.info"),
+        layout: unique_name("tasks.layout"),
     };
     let mut select = SelectView::<String>::new();
     let on_submit = list.clone();
@@ -143,7 +152,8 @@ pub fn open(siv: &mut Cursive) {
                 .with_name(&list.list)
                 .scrollable()
                 .full_screen(),
-        );
+        )
+        .with_name(&list.layout);
     let (filter, next, prev, reload) = (list.clone(), list.clone(), list.clone(), list.clone());
     let view = OnEventView::new(body)
         .on_event('f', move |siv| {

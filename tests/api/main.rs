@@ -5,6 +5,7 @@ mod helpers;
 mod mock_anthropic;
 
 mod auth;
+mod daemon;
 mod e2e_real_cli;
 mod errors;
 mod health;

@@ -113,7 +113,9 @@ impl Client {
         let mut headers = HeaderMap::new();
         if let Some(key) = &target.api_key {
             let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                ClientError::Transport("the API key contains characters a header cannot hold".into())
+                ClientError::Transport(
+                    "the API key contains characters a header cannot hold".into(),
+                )
             })?;
             headers.insert(AUTHORIZATION, value);
         }
@@ -303,7 +305,8 @@ mod tests {
     use serde_json::json;
 
     fn config(host: &str, keys: Value) -> Config {
-        let doc = json!({"host": host, "port": 4100, "auth": {"apiKeys": keys, "allowAnonymous": true}});
+        let doc =
+            json!({"host": host, "port": 4100, "auth": {"apiKeys": keys, "allowAnonymous": true}});
         let env = actors::config::load::Environment::default();
         actors::config::load::from_file_doc(&doc, &env)
             .expect("valid")
@@ -349,7 +352,10 @@ mod tests {
         );
         assert!(e.is_route_not_found());
         assert!(matches!(
-            api_error(StatusCode::UNAUTHORIZED, &json!({"error": "Missing API key."})),
+            api_error(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "Missing API key."})
+            ),
             ClientError::Unauthorized { .. }
         ));
     }

@@ -93,7 +93,10 @@ pub enum PidState {
 /// How `start` went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartOutcome {
-    AlreadyRunning { pid: i32, url: String },
+    AlreadyRunning {
+        pid: i32,
+        url: String,
+    },
     Started {
         pid: i32,
         url: String,
@@ -331,7 +334,10 @@ impl Control {
             // Our own config choice travels as the flag; a CCS_CONFIG must not contradict it.
             .env_remove("CCS_CONFIG");
         for (var, value) in [
-            ("HOME", self.env.home.as_ref().map(|h| h.as_os_str().to_owned())),
+            (
+                "HOME",
+                self.env.home.as_ref().map(|h| h.as_os_str().to_owned()),
+            ),
             ("PORT", self.env.port.as_ref().map(Into::into)),
             ("HOST", self.env.host.as_ref().map(Into::into)),
         ] {
@@ -350,10 +356,8 @@ impl Control {
                 Ok(())
             });
         }
-        cmd.spawn().map_err(io_err(format!(
-            "cannot run {} serve",
-            self.exe.display()
-        )))
+        cmd.spawn()
+            .map_err(io_err(format!("cannot run {} serve", self.exe.display())))
     }
 
     /// SIGTERM, wait for the graceful shutdown, SIGKILL if it does not come.
@@ -441,7 +445,10 @@ pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s.trim().parse::<i32>().ok().filter(|p| *p > 0).or(Some(0))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(format!("cannot read the pid file {}", path.display()))(e)),
+        Err(e) => Err(io_err(format!(
+            "cannot read the pid file {}",
+            path.display()
+        ))(e)),
     }
 }
 
@@ -637,7 +644,10 @@ mod tests {
     fn pid_files_are_checked_against_proc() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("server.pid");
-        assert_eq!(inspect_pid_file(&path, "x").expect("read"), PidState::NoFile);
+        assert_eq!(
+            inspect_pid_file(&path, "x").expect("read"),
+            PidState::NoFile
+        );
 
         std::fs::write(&path, "garbage\n").expect("write");
         assert!(matches!(

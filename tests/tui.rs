@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 use actors::config::load::Environment;
 use claude_code_server::daemon::{is_gone, Control};
 
+#[path = "tui/harness.rs"]
+mod harness;
 #[allow(dead_code)]
 #[path = "api/helpers.rs"]
 mod helpers;
-#[path = "tui/harness.rs"]
-mod harness;
 
 use harness::Tui;
 use helpers::{json_body, spawn_app_with, TestApp};
@@ -104,7 +104,10 @@ fn menu_and_dashboard_show_the_live_queue() {
     );
     tui.press('d');
     let screen = tui.wait_for_all(&["running    1", "concurrency   2", "requests 1   ok 1"]);
-    assert!(screen.contains("Esc/q back"), "key bindings on screen:\n{screen}");
+    assert!(
+        screen.contains("Esc/q back"),
+        "key bindings on screen:\n{screen}"
+    );
     // Closing the screen goes back to the menu.
     tui.key(Key::Esc);
     tui.wait_for("[q] Quit");
@@ -137,7 +140,12 @@ fn sessions_list_search_archive_and_delete() {
     let (app, mut tui) = setup(&rt, json!({}));
     let mut ids = Vec::new();
     for name in ["alpha", "beta", "gamma"] {
-        let b = post(&rt, &app, "/api/sessions", json!({"metadata": {"name": name}}));
+        let b = post(
+            &rt,
+            &app,
+            "/api/sessions",
+            json!({"metadata": {"name": name}}),
+        );
         ids.push(b["session"]["id"].as_str().expect("id").to_string());
     }
     tui.press('s');
@@ -148,7 +156,11 @@ fn sessions_list_search_archive_and_delete() {
     tui.key(Key::Enter);
     tui.wait_for_all(&["Sessions 1–1 of 1", "search: \"beta\""]);
     tui.key(Key::Enter);
-    tui.wait_for_all(&[&format!("id:        {}", ids[1]), "status:    active", "Recent messages"]);
+    tui.wait_for_all(&[
+        &format!("id:        {}", ids[1]),
+        "status:    active",
+        "Recent messages",
+    ]);
     tui.press('a');
     tui.wait_for_all(&["Status set to archived.", "status:    archived"]);
     tui.press('d');
@@ -245,7 +257,12 @@ fn statistics_api_docs_and_test_prompt() {
         json!({"prompt": "[[fake:cost=0.25]] counted"}),
     );
     tui.press('a');
-    tui.wait_for_all(&["requests 1", "cost $0.2500", "claude-sonnet-4-5", "Last 14 days"]);
+    tui.wait_for_all(&[
+        "requests 1",
+        "cost $0.2500",
+        "claude-sonnet-4-5",
+        "Last 14 days",
+    ]);
     tui.key(Key::Esc);
 
     tui.press('h');
@@ -257,7 +274,10 @@ fn statistics_api_docs_and_test_prompt() {
     tui.press(Event::CtrlChar('t'));
     tui.wait_for("\"status\": \"ok\"");
     tui.key(Key::Enter); // the prompt field holds the default prompt
-    tui.wait_for_all(&["fake reply #1 to: Reply with the single word: pong", "— cost $"]);
+    tui.wait_for_all(&[
+        "fake reply #1 to: Reply with the single word: pong",
+        "— cost $",
+    ]);
     rt.block_on(app.shutdown());
 }
 
@@ -276,18 +296,25 @@ fn settings_refuse_an_invalid_value_naming_the_key_then_save() {
     tui.type_text("0");
     tui.press(Event::CtrlChar('s'));
     tui.wait_for("Not saved — taskQueue.concurrency: must be at least 1");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&config).expect("read"))
-        .expect("json");
-    assert!(doc["taskQueue"].get("concurrency").is_none(), "nothing written: {doc}");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("json");
+    assert!(
+        doc["taskQueue"].get("concurrency").is_none(),
+        "nothing written: {doc}"
+    );
 
     tui.key(Key::Backspace);
     tui.type_text("4");
     tui.press(Event::CtrlChar('s'));
     tui.wait_for("Saved");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&config).expect("read"))
-        .expect("json");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("json");
     assert_eq!(doc["taskQueue"]["concurrency"], json!(4), "{doc}");
-    assert_eq!(doc["taskQueue"]["killGraceMs"], json!(2000), "other keys kept: {doc}");
+    assert_eq!(
+        doc["taskQueue"]["killGraceMs"],
+        json!(2000),
+        "other keys kept: {doc}"
+    );
     rt.block_on(app.shutdown());
 }
 
@@ -374,7 +401,11 @@ fn start_and_stop_the_daemon() {
     tui.press('3');
     tui.wait_for("claude-code-server is not running");
     tui.press('s');
-    let screen = tui.wait_for_all(&["started (pid", "claude-code-server is running", "version:  "]);
+    let screen = tui.wait_for_all(&[
+        "started (pid",
+        "claude-code-server is running",
+        "version:  ",
+    ]);
     let pid: i32 = screen
         .split("started (pid ")
         .nth(1)
@@ -385,7 +416,10 @@ fn start_and_stop_the_daemon() {
     tui.press('x');
     tui.wait_for("Stop the daemon?");
     tui.press('y');
-    tui.wait_for_all(&[&format!("stopped (pid {pid})"), "claude-code-server is not running"]);
+    tui.wait_for_all(&[
+        &format!("stopped (pid {pid})"),
+        "claude-code-server is not running",
+    ]);
     assert!(is_gone(pid));
     assert!(!root.join("server.pid").exists());
 }

@@ -154,8 +154,14 @@ mod tests {
         let text = "event: text\r\ndata: x\r\n\r\nevent: result\rdata: y\r\r";
         for events in [all_at_once(text), byte_by_byte(text)] {
             assert_eq!(events.len(), 2, "{events:?}");
-            assert_eq!((events[0].event.as_str(), events[0].data.as_str()), ("text", "x"));
-            assert_eq!((events[1].event.as_str(), events[1].data.as_str()), ("result", "y"));
+            assert_eq!(
+                (events[0].event.as_str(), events[0].data.as_str()),
+                ("text", "x")
+            );
+            assert_eq!(
+                (events[1].event.as_str(), events[1].data.as_str()),
+                ("result", "y")
+            );
         }
     }
 

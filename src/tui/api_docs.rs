@@ -12,32 +12,116 @@ use crate::client::ClientError;
 /// The routes of this version (src/http/mod.rs), for daemons without `/api/openapi.json`.
 /// The one place the TUI lists them.
 pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("GET", "/health", "liveness and readiness: status, version, uptime, queue (503 when degraded)"),
-    ("POST", "/api/claude", "run a prompt: sync (200), async (202), or stream (SSE)"),
-    ("POST", "/api/claude/batch", "several prompts as tasks in the same queue"),
-    ("GET", "/api/config", "the effective config, secrets redacted"),
-    ("GET", "/api/tasks", "list tasks (?status=&session_id=&limit=&offset=)"),
+    (
+        "GET",
+        "/health",
+        "liveness and readiness: status, version, uptime, queue (503 when degraded)",
+    ),
+    (
+        "POST",
+        "/api/claude",
+        "run a prompt: sync (200), async (202), or stream (SSE)",
+    ),
+    (
+        "POST",
+        "/api/claude/batch",
+        "several prompts as tasks in the same queue",
+    ),
+    (
+        "GET",
+        "/api/config",
+        "the effective config, secrets redacted",
+    ),
+    (
+        "GET",
+        "/api/tasks",
+        "list tasks (?status=&session_id=&limit=&offset=)",
+    ),
     ("POST", "/api/tasks/async", "queue a prompt (201)"),
-    ("GET", "/api/tasks/queue/status", "queue counts, concurrency, cost"),
-    ("GET", "/api/tasks/:id", "one task: status, result or error, cost, usage"),
-    ("DELETE", "/api/tasks/:id", "cancel a task (kills a running one's processes)"),
-    ("PATCH", "/api/tasks/:id/priority", "change a pending task's priority {\"priority\": 1..10}"),
-    ("GET", "/api/tasks/:id/events", "a task's events as Server-Sent Events"),
-    ("GET", "/api/tasks/:id/webhooks", "webhook delivery attempts of a task"),
-    ("POST", "/api/sessions", "create a session {project_path, model, metadata} (201)"),
-    ("GET", "/api/sessions", "list sessions (?status=&project_path=&limit=&offset=)"),
-    ("GET", "/api/sessions/search", "search sessions (?q=&limit=)"),
+    (
+        "GET",
+        "/api/tasks/queue/status",
+        "queue counts, concurrency, cost",
+    ),
+    (
+        "GET",
+        "/api/tasks/:id",
+        "one task: status, result or error, cost, usage",
+    ),
+    (
+        "DELETE",
+        "/api/tasks/:id",
+        "cancel a task (kills a running one's processes)",
+    ),
+    (
+        "PATCH",
+        "/api/tasks/:id/priority",
+        "change a pending task's priority {\"priority\": 1..10}",
+    ),
+    (
+        "GET",
+        "/api/tasks/:id/events",
+        "a task's events as Server-Sent Events",
+    ),
+    (
+        "GET",
+        "/api/tasks/:id/webhooks",
+        "webhook delivery attempts of a task",
+    ),
+    (
+        "POST",
+        "/api/sessions",
+        "create a session {project_path, model, metadata} (201)",
+    ),
+    (
+        "GET",
+        "/api/sessions",
+        "list sessions (?status=&project_path=&limit=&offset=)",
+    ),
+    (
+        "GET",
+        "/api/sessions/search",
+        "search sessions (?q=&limit=)",
+    ),
     ("GET", "/api/sessions/:id", "one session"),
     ("DELETE", "/api/sessions/:id", "delete a session"),
-    ("GET", "/api/sessions/:id/stats", "a session's tasks, tokens, cost, durations"),
-    ("PATCH", "/api/sessions/:id/status", "{\"status\": active|archived|closed}"),
-    ("GET", "/api/sessions/:id/messages", "the conversation so far"),
-    ("POST", "/api/sessions/:id/continue", "a new turn {prompt, ...}"),
-    ("POST", "/api/sessions/:id/fork", "a new session from this one's history"),
+    (
+        "GET",
+        "/api/sessions/:id/stats",
+        "a session's tasks, tokens, cost, durations",
+    ),
+    (
+        "PATCH",
+        "/api/sessions/:id/status",
+        "{\"status\": active|archived|closed}",
+    ),
+    (
+        "GET",
+        "/api/sessions/:id/messages",
+        "the conversation so far",
+    ),
+    (
+        "POST",
+        "/api/sessions/:id/continue",
+        "a new turn {prompt, ...}",
+    ),
+    (
+        "POST",
+        "/api/sessions/:id/fork",
+        "a new session from this one's history",
+    ),
     ("GET", "/api/statistics", "summary, recent days, top models"),
-    ("GET", "/api/statistics/summary", "totals: requests, tokens, costs, durations"),
+    (
+        "GET",
+        "/api/statistics/summary",
+        "totals: requests, tokens, costs, durations",
+    ),
     ("GET", "/api/statistics/daily", "per day (?limit=&offset=)"),
-    ("GET", "/api/statistics/range", "per day between ?start=YYYY-MM-DD&end=YYYY-MM-DD"),
+    (
+        "GET",
+        "/api/statistics/range",
+        "per day between ?start=YYYY-MM-DD&end=YYYY-MM-DD",
+    ),
     ("GET", "/api/statistics/models", "per model (?limit=)"),
 ];
 
@@ -101,7 +185,9 @@ fn from_openapi(doc: &Value) -> Option<Vec<String>> {
     let paths = doc.get("paths")?.as_object()?;
     let mut out = Vec::new();
     for (path, item) in paths {
-        let Some(ops) = item.as_object() else { continue };
+        let Some(ops) = item.as_object() else {
+            continue;
+        };
         for (method, op) in ops {
             const METHODS: &[&str] = &["get", "post", "put", "patch", "delete", "head", "options"];
             if !METHODS.contains(&method.as_str()) {

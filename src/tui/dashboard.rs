@@ -55,7 +55,13 @@ async fn render(c: &Ctx, name: &str, live: &Live) {
         client.get_json("/api/statistics/daily?limit=1"),
         client.get_json("/api/statistics/summary"),
     );
-    let text = dashboard_text(client.target().base_url.as_str(), health, queue, today, summary);
+    let text = dashboard_text(
+        client.target().base_url.as_str(),
+        health,
+        queue,
+        today,
+        summary,
+    );
     c.ui.update_view(live, name, move |v: &mut TextView| v.set_content(text));
 }
 
@@ -69,7 +75,10 @@ pub fn dashboard_text(
 ) -> String {
     let mut out = Vec::new();
     let now = chrono::Utc::now();
-    out.push(format!("Daemon {url}   (updated {} UTC)", now.format("%H:%M:%S")));
+    out.push(format!(
+        "Daemon {url}   (updated {} UTC)",
+        now.format("%H:%M:%S")
+    ));
     match &health {
         Err(e) => {
             out.push(format!("  unreachable: {e}"));

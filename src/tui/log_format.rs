@@ -38,7 +38,9 @@ fn text_of(v: &Value) -> String {
 
 fn from_json(mut map: Map<String, Value>) -> Entry {
     let take = |map: &mut Map<String, Value>, keys: &[&str]| {
-        keys.iter().find_map(|k| map.remove(*k)).map(|v| text_of(&v))
+        keys.iter()
+            .find_map(|k| map.remove(*k))
+            .map(|v| text_of(&v))
     };
     let time = take(&mut map, &["timestamp", "time", "ts"]);
     let level = take(&mut map, &["level", "lvl", "severity"]).map(|l| l.to_uppercase());
@@ -92,7 +94,9 @@ fn from_text(line: &str) -> Entry {
     }
     if entry.level.is_some() {
         if let Some((first, after)) = rest.split_once(": ") {
-            if !first.contains(char::is_whitespace) && (first.contains("::") || first.chars().all(|c| c.is_alphanumeric() || c == '_')) {
+            if !first.contains(char::is_whitespace)
+                && (first.contains("::") || first.chars().all(|c| c.is_alphanumeric() || c == '_'))
+            {
                 entry.target = Some(first.to_string());
                 rest = after;
             }
@@ -153,7 +157,9 @@ mod tests {
 
     #[test]
     fn tracing_json_lines() {
-        let e = parse(r#"{"timestamp":"2025-03-04T05:06:07.123456Z","level":"INFO","fields":{"message":"listening","port":3000,"host":"127.0.0.1"},"target":"claude_code_server::app"}"#);
+        let e = parse(
+            r#"{"timestamp":"2025-03-04T05:06:07.123456Z","level":"INFO","fields":{"message":"listening","port":3000,"host":"127.0.0.1"},"target":"claude_code_server::app"}"#,
+        );
         assert_eq!(e.level.as_deref(), Some("INFO"));
         assert_eq!(e.message, "listening");
         assert!(e.fields.contains(&("port".into(), "3000".into())));
@@ -186,7 +192,10 @@ mod tests {
         let e = parse("claude-code-server: cannot listen on 127.0.0.1:1: Permission denied");
         assert_eq!(e.level, None);
         assert_eq!(e.time, None);
-        assert_eq!(e.display(), "claude-code-server: cannot listen on 127.0.0.1:1: Permission denied");
+        assert_eq!(
+            e.display(),
+            "claude-code-server: cannot listen on 127.0.0.1:1: Permission denied"
+        );
         assert!(matches("x", &parse("Some Text"), "some"));
         assert!(!matches("x", &parse("Some Text"), "other"));
     }

@@ -75,7 +75,11 @@ impl Tail {
                     start = i + 1;
                     continue;
                 }
-                self.push(String::from_utf8_lossy(line).trim_end_matches('\r').to_string());
+                self.push(
+                    String::from_utf8_lossy(line)
+                        .trim_end_matches('\r')
+                        .to_string(),
+                );
                 start = i + 1;
             }
         }
@@ -137,7 +141,10 @@ impl Logs {
     }
 
     fn query(&self) -> String {
-        self.view.lock().map(|v| v.query.clone()).unwrap_or_default()
+        self.view
+            .lock()
+            .map(|v| v.query.clone())
+            .unwrap_or_default()
     }
 
     /// Read what is new (on the worker) and show it.
@@ -197,16 +204,20 @@ impl Logs {
             if self.follow() { "ON" } else { "off" }
         );
         let info_name = self.info.clone();
-        self.c.ui.update_view(&self.live, &self.text, move |v: &mut TextView| {
-            v.set_content(styled)
-        });
+        self.c
+            .ui
+            .update_view(&self.live, &self.text, move |v: &mut TextView| {
+                v.set_content(styled)
+            });
         self.c.ui.update(move |siv| set_text(siv, &info_name, info));
     }
 
     fn show_error(&self, e: String) {
         self.c
             .ui
-            .update_view(&self.live, &self.text, move |v: &mut TextView| v.set_content(e));
+            .update_view(&self.live, &self.text, move |v: &mut TextView| {
+                v.set_content(e)
+            });
     }
 
     fn spawn_refresh(&self, force: bool) {
@@ -262,12 +273,18 @@ pub fn open(siv: &mut Cursive) {
         .on_event('/', move |siv| {
             let current = search.query();
             let l = search.clone();
-            prompt(siv, "Search the log", "Text to find (case-insensitive, empty: all):", &current, move |_, q| {
-                if let Ok(mut v) = l.view.lock() {
-                    v.query = q.trim().to_string();
-                }
-                l.spawn_refresh(true);
-            });
+            prompt(
+                siv,
+                "Search the log",
+                "Text to find (case-insensitive, empty: all):",
+                &current,
+                move |_, q| {
+                    if let Ok(mut v) = l.view.lock() {
+                        v.query = q.trim().to_string();
+                    }
+                    l.spawn_refresh(true);
+                },
+            );
         })
         .on_event('c', move |_| {
             if let Ok(mut v) = clear.view.lock() {
@@ -308,7 +325,10 @@ mod tests {
         assert!(t.read_more(&path).expect("read"));
         assert_eq!(t.lines, ["one", "two"]);
         assert!(!t.read_more(&path).expect("read"), "nothing new");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
         f.write_all(b"ee\nfour\n").expect("append");
         assert!(t.read_more(&path).expect("read"));
         assert_eq!(t.lines, ["one", "two", "three", "four"]);

@@ -17,17 +17,61 @@ struct Entry {
 
 /// The menu, in order. The README's key table mirrors this list.
 const ENTRIES: &[Entry] = &[
-    Entry { key: '1', label: "▶ Start the daemon", open: |s| daemon_screen::open(s, Action::Start) },
-    Entry { key: '2', label: "■ Stop the daemon", open: |s| daemon_screen::open(s, Action::Stop) },
-    Entry { key: '3', label: "● Daemon status", open: |s| daemon_screen::open(s, Action::Status) },
-    Entry { key: 'd', label: "Dashboard (live queue, today)", open: dashboard::open },
-    Entry { key: 's', label: "Sessions", open: sessions::open },
-    Entry { key: 't', label: "Tasks", open: tasks::open },
-    Entry { key: 'a', label: "Statistics", open: statistics::open },
-    Entry { key: 'l', label: "Logs", open: logs::open },
-    Entry { key: 'h', label: "API docs", open: api_docs::open },
-    Entry { key: 'c', label: "Settings (config file)", open: settings::open },
-    Entry { key: 'p', label: "Test API (health, test prompt)", open: test_api::open },
+    Entry {
+        key: '1',
+        label: "▶ Start the daemon",
+        open: |s| daemon_screen::open(s, Action::Start),
+    },
+    Entry {
+        key: '2',
+        label: "■ Stop the daemon",
+        open: |s| daemon_screen::open(s, Action::Stop),
+    },
+    Entry {
+        key: '3',
+        label: "● Daemon status",
+        open: |s| daemon_screen::open(s, Action::Status),
+    },
+    Entry {
+        key: 'd',
+        label: "Dashboard (live queue, today)",
+        open: dashboard::open,
+    },
+    Entry {
+        key: 's',
+        label: "Sessions",
+        open: sessions::open,
+    },
+    Entry {
+        key: 't',
+        label: "Tasks",
+        open: tasks::open,
+    },
+    Entry {
+        key: 'a',
+        label: "Statistics",
+        open: statistics::open,
+    },
+    Entry {
+        key: 'l',
+        label: "Logs",
+        open: logs::open,
+    },
+    Entry {
+        key: 'h',
+        label: "API docs",
+        open: api_docs::open,
+    },
+    Entry {
+        key: 'c',
+        label: "Settings (config file)",
+        open: settings::open,
+    },
+    Entry {
+        key: 'p',
+        label: "Test API (health, test prompt)",
+        open: test_api::open,
+    },
 ];
 
 pub const MENU_NAME: &str = "menu";

@@ -49,8 +49,7 @@ pub fn install(siv: &mut Cursive, control: Control) -> std::io::Result<worker::W
                 base_url: control.url.clone().unwrap_or_else(|| FALLBACK_URL.into()),
                 api_key: control.api_key.clone(),
             };
-            let client =
-                Client::new(target).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let client = Client::new(target).map_err(|e| std::io::Error::other(e.to_string()))?;
             (client, Some(e.to_string()))
         }
     };

@@ -51,6 +51,11 @@ impl List {
 
     /// Fetch the current page (or search) and show it.
     fn load(&self, siv: &mut Cursive) {
+        self.load_with_note(siv, None)
+    }
+
+    /// Load, then show `note` (the outcome of an action) before the page's description.
+    fn load_with_note(&self, siv: &mut Cursive, note: Option<String>) {
         set_text(siv, &self.info, "Loading…");
         let st = self.state();
         let path = match &st.query {
@@ -65,15 +70,21 @@ impl List {
         self.c.spawn(async move {
             let result = me.c.client().get_json(&path).await;
             let ui = me.c.ui.clone();
-            ui.update(move |siv| me.show(siv, result));
+            ui.update(move |siv| me.show(siv, result, note));
         });
     }
 
-    fn show(&self, siv: &mut Cursive, result: Result<Value, crate::client::ClientError>) {
+    fn show(
+        &self,
+        siv: &mut Cursive,
+        result: Result<Value, crate::client::ClientError>,
+        note: Option<String>,
+    ) {
+        let note = note.map(|n| format!("{n}   ")).unwrap_or_default();
         let body = match result {
             Ok(b) => b,
             Err(e) => {
-                set_text(siv, &self.info, format!("Error: {e}"));
+                set_text(siv, &self.info, format!("{note}Error: {e}"));
                 return;
             }
         };
@@ -108,7 +119,7 @@ impl List {
             .as_ref()
             .map(|q| format!("   search: \"{q}\""))
             .unwrap_or_default();
-        set_text(siv, &self.info, format!("Sessions {range}{search}"));
+        set_text(siv, &self.info, format!("{note}Sessions {range}{search}"));
     }
 }
 
@@ -317,8 +328,8 @@ impl Detail {
                     if siv.find_name::<TextView>(&me.name).is_some() {
                         close_top(siv);
                     }
-                    me.list.load(siv);
-                    set_text(siv, &me.list.info, format!("Deleted session {}.", me.id));
+                    me.list
+                        .load_with_note(siv, Some(format!("Deleted session {}.", me.id)));
                 }
                 Err(e) => set_text(siv, &me.name, format!("Could not delete: {e}")),
             });

@@ -36,8 +36,9 @@ impl Form {
             .filter_map(|f| {
                 let name = self.field_name(f.key);
                 let input = match f.kind {
-                    Kind::Bool => siv
-                        .call_on_name(&name, |c: &mut Checkbox| Input::Bool(c.is_checked()))?,
+                    Kind::Bool => {
+                        siv.call_on_name(&name, |c: &mut Checkbox| Input::Bool(c.is_checked()))?
+                    }
                     Kind::Choice(_) => siv.call_on_name(&name, |s: &mut SelectView<String>| {
                         Input::Text(s.selection().map(|v| v.to_string()).unwrap_or_default())
                     })?,
@@ -67,12 +68,20 @@ impl Form {
                 if needs_restart {
                     text.push_str(" port/host take effect after a restart (Stop, Start).");
                 }
-                set_text(siv, &self.status, StyledString::styled(text, Color::Dark(BaseColor::Green)));
+                set_text(
+                    siv,
+                    &self.status,
+                    StyledString::styled(text, Color::Dark(BaseColor::Green)),
+                );
                 c.refresh_client();
             }
             Err(e) => {
                 let text = format!("✖ Not saved — {e}");
-                set_text(siv, &self.status, StyledString::styled(text, Color::Dark(BaseColor::Red)));
+                set_text(
+                    siv,
+                    &self.status,
+                    StyledString::styled(text, Color::Dark(BaseColor::Red)),
+                );
                 // Put the cursor on the field at fault, when it is one of the form's.
                 let name = self.field_name(&e.key);
                 let _ = siv.focus_name(&name);
@@ -111,7 +120,9 @@ pub fn open(siv: &mut Cursive) {
                 }
                 Box::new(sel.with_name(name).fixed_width(30))
             }
-            (_, Input::Text(t)) => Box::new(EditView::new().content(t).with_name(name).fixed_width(30)),
+            (_, Input::Text(t)) => {
+                Box::new(EditView::new().content(t).with_name(name).fixed_width(30))
+            }
             (_, Input::Bool(_)) => Box::new(DummyView),
         };
         rows.add_child(

@@ -35,17 +35,61 @@ pub struct Field {
 
 /// The keys the form edits, in order.
 pub const FIELDS: &[Field] = &[
-    Field { key: "port", kind: Kind::Int, help: "listen port (restart needed)" },
-    Field { key: "host", kind: Kind::Text, help: "listen address (restart needed)" },
-    Field { key: "taskQueue.concurrency", kind: Kind::Int, help: "CLI runs at once" },
-    Field { key: "taskQueue.defaultTimeout", kind: Kind::Int, help: "ms per run" },
-    Field { key: "defaultModel", kind: Kind::Text, help: "model when a request names none" },
-    Field { key: "maxBudgetUsd", kind: Kind::Number, help: "default cap per run, USD" },
-    Field { key: "rateLimit.enabled", kind: Kind::Bool, help: "limit requests per key" },
-    Field { key: "rateLimit.windowMs", kind: Kind::Int, help: "window, ms" },
-    Field { key: "rateLimit.maxRequests", kind: Kind::Int, help: "requests per window" },
-    Field { key: "webhook.enabled", kind: Kind::Bool, help: "send webhooks" },
-    Field { key: "webhook.defaultUrl", kind: Kind::OptText, help: "empty: none" },
+    Field {
+        key: "port",
+        kind: Kind::Int,
+        help: "listen port (restart needed)",
+    },
+    Field {
+        key: "host",
+        kind: Kind::Text,
+        help: "listen address (restart needed)",
+    },
+    Field {
+        key: "taskQueue.concurrency",
+        kind: Kind::Int,
+        help: "CLI runs at once",
+    },
+    Field {
+        key: "taskQueue.defaultTimeout",
+        kind: Kind::Int,
+        help: "ms per run",
+    },
+    Field {
+        key: "defaultModel",
+        kind: Kind::Text,
+        help: "model when a request names none",
+    },
+    Field {
+        key: "maxBudgetUsd",
+        kind: Kind::Number,
+        help: "default cap per run, USD",
+    },
+    Field {
+        key: "rateLimit.enabled",
+        kind: Kind::Bool,
+        help: "limit requests per key",
+    },
+    Field {
+        key: "rateLimit.windowMs",
+        kind: Kind::Int,
+        help: "window, ms",
+    },
+    Field {
+        key: "rateLimit.maxRequests",
+        kind: Kind::Int,
+        help: "requests per window",
+    },
+    Field {
+        key: "webhook.enabled",
+        kind: Kind::Bool,
+        help: "send webhooks",
+    },
+    Field {
+        key: "webhook.defaultUrl",
+        kind: Kind::OptText,
+        help: "empty: none",
+    },
     Field {
         key: "logLevel",
         kind: Kind::Choice(&["trace", "debug", "info", "warn", "error"]),
@@ -206,7 +250,9 @@ fn set_path(doc: &mut Value, dotted: &str, value: Value) {
             map.insert(k.to_string(), value);
             return;
         }
-        cur = map.entry(k.to_string()).or_insert(Value::Object(Map::new()));
+        cur = map
+            .entry(k.to_string())
+            .or_insert(Value::Object(Map::new()));
     }
 }
 
@@ -261,7 +307,11 @@ mod tests {
         let mut inputs = current_inputs(&doc);
         assert!(inputs.contains(&("port", Input::Text("4000".into()))));
         assert!(inputs.contains(&("rateLimit.enabled", Input::Bool(true))));
-        with(&mut inputs, "taskQueue.concurrency", Input::Text("7".into()));
+        with(
+            &mut inputs,
+            "taskQueue.concurrency",
+            Input::Text("7".into()),
+        );
         with(&mut inputs, "webhook.enabled", Input::Bool(true));
         let changed = save(&path, &inputs, &env(dir.path())).expect("saves");
         assert_eq!(changed, vec!["taskQueue.concurrency", "webhook.enabled"]);
@@ -272,7 +322,9 @@ mod tests {
         );
         // Nothing changed: nothing written.
         let again = current_inputs(&written);
-        assert!(save(&path, &again, &env(dir.path())).expect("saves").is_empty());
+        assert!(save(&path, &again, &env(dir.path()))
+            .expect("saves")
+            .is_empty());
     }
 
     #[test]
@@ -281,16 +333,30 @@ mod tests {
         let path = dir.path().join("config.json");
         let doc = json!({});
         let mut inputs = current_inputs(&doc);
-        with(&mut inputs, "taskQueue.concurrency", Input::Text("0".into()));
+        with(
+            &mut inputs,
+            "taskQueue.concurrency",
+            Input::Text("0".into()),
+        );
         let e = save(&path, &inputs, &env(dir.path())).expect_err("refused");
         assert_eq!(e.key, "taskQueue.concurrency");
         assert!(!path.exists(), "nothing written");
         let mut inputs = current_inputs(&doc);
         with(&mut inputs, "port", Input::Text("eighty".into()));
-        assert_eq!(save(&path, &inputs, &env(dir.path())).expect_err("refused").key, "port");
+        assert_eq!(
+            save(&path, &inputs, &env(dir.path()))
+                .expect_err("refused")
+                .key,
+            "port"
+        );
         let mut inputs = current_inputs(&doc);
         with(&mut inputs, "port", Input::Text("70000".into()));
-        assert_eq!(save(&path, &inputs, &env(dir.path())).expect_err("refused").key, "port");
+        assert_eq!(
+            save(&path, &inputs, &env(dir.path()))
+                .expect_err("refused")
+                .key,
+            "port"
+        );
     }
 
     #[test]

@@ -33,17 +33,13 @@ pub fn open(siv: &mut Cursive, task_id: &str) {
 
 async fn follow(c: Ctx, task_id: String, name: String, live: Live) {
     let append = |text: String| {
-        c.ui
-            .update_view(&live, &name, move |v: &mut TextView| v.append(text));
+        c.ui.update_view(&live, &name, move |v: &mut TextView| v.append(text));
     };
     let mut renderer = Renderer::default();
     let mut last_id: Option<String> = None;
     let mut reconnects = 0;
     loop {
-        let stream = c
-            .client()
-            .task_events(&task_id, last_id.as_deref())
-            .await;
+        let stream = c.client().task_events(&task_id, last_id.as_deref()).await;
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) if e.is_route_not_found() => return append(format!("{NOT_AVAILABLE}.\n")),
@@ -164,10 +160,22 @@ mod tests {
     #[test]
     fn a_run_reads_as_text() {
         let mut r = Renderer::default();
-        assert!(r.feed(&ev("init", r#"{"task_id":"t1","session_id":"s1"}"#)).0.contains("t1"));
+        assert!(r
+            .feed(&ev("init", r#"{"task_id":"t1","session_id":"s1"}"#))
+            .0
+            .contains("t1"));
         assert_eq!(r.feed(&ev("text", r#"{"text":"Hel"}"#)).0, "Hel");
-        assert!(r.feed(&ev("tool_use", r#"{"name":"Bash","input":{"command":"ls"}}"#)).0.contains("[tool_use Bash"));
-        let (t, done) = r.feed(&ev("result", r#"{"result":"Hello","cost_usd":0.01,"duration_ms":20}"#));
+        assert!(r
+            .feed(&ev(
+                "tool_use",
+                r#"{"name":"Bash","input":{"command":"ls"}}"#
+            ))
+            .0
+            .contains("[tool_use Bash"));
+        let (t, done) = r.feed(&ev(
+            "result",
+            r#"{"result":"Hello","cost_usd":0.01,"duration_ms":20}"#,
+        ));
         assert!(done);
         assert!(!t.contains("Hello"), "the text came as deltas already: {t}");
         assert!(t.contains("$0.0100"), "{t}");
@@ -176,8 +184,12 @@ mod tests {
     #[test]
     fn result_without_deltas_shows_the_text_and_errors_end() {
         let mut r = Renderer::default();
-        assert!(r.feed(&ev("result", r#"{"result":"Hello"}"#)).0.contains("Hello"));
-        let (t, done) = Renderer::default().feed(&ev("error", r#"{"error":"boom","code":"cli_error"}"#));
+        assert!(r
+            .feed(&ev("result", r#"{"result":"Hello"}"#))
+            .0
+            .contains("Hello"));
+        let (t, done) =
+            Renderer::default().feed(&ev("error", r#"{"error":"boom","code":"cli_error"}"#));
         assert!(done);
         assert!(t.contains("boom") && t.contains("cli_error"), "{t}");
     }

@@ -96,11 +96,7 @@ impl List {
         siv.call_on_name(&self.layout, |l: &mut LinearLayout| {
             let _ = l.set_focus_index(LIST_INDEX);
         });
-        let filter = FILTERS
-            .get(st.filter)
-            .copied()
-            .flatten()
-            .unwrap_or("all");
+        let filter = FILTERS.get(st.filter).copied().flatten().unwrap_or("all");
         let range = if tasks.is_empty() {
             "none".to_string()
         } else {
@@ -147,12 +143,7 @@ pub fn open(siv: &mut Cursive) {
         .child(TextView::new(
             "id        status     pri mode  created                   cost  prompt",
         ))
-        .child(
-            select
-                .with_name(&list.list)
-                .scrollable()
-                .full_screen(),
-        )
+        .child(select.with_name(&list.list).scrollable().full_screen())
         .with_name(&list.layout);
     let (filter, next, prev, reload) = (list.clone(), list.clone(), list.clone(), list.clone());
     let view = OnEventView::new(body)
@@ -230,7 +221,9 @@ impl Detail {
             let result = me.list.c.client().get_json(&path).await;
             if let Ok(b) = &result {
                 if let (Some(p), Ok(mut mine)) = (
-                    b.get("task").and_then(|t| t.get("priority")).and_then(Value::as_u64),
+                    b.get("task")
+                        .and_then(|t| t.get("priority"))
+                        .and_then(Value::as_u64),
                     me.priority.lock(),
                 ) {
                     *mine = p;
@@ -256,7 +249,10 @@ impl Detail {
                 _ => message(
                     siv,
                     "Priority",
-                    format!("\"{}\" is not a priority: give a whole number from 1 to 10.", text.trim()),
+                    format!(
+                        "\"{}\" is not a priority: give a whole number from 1 to 10.",
+                        text.trim()
+                    ),
                 ),
             },
         );

@@ -30,7 +30,9 @@ pub fn open(siv: &mut Cursive) {
     let health_button = names.clone();
     let health_key = names.clone();
     let body = LinearLayout::vertical()
-        .child(TextView::new("Prompt (Enter sends it to POST /api/claude):"))
+        .child(TextView::new(
+            "Prompt (Enter sends it to POST /api/claude):",
+        ))
         .child(
             EditView::new()
                 .content(DEFAULT_PROMPT)
@@ -59,9 +61,8 @@ pub fn open(siv: &mut Cursive) {
                 .scrollable()
                 .full_screen(),
         );
-    let view = OnEventView::new(body).on_pre_event(Event::CtrlChar('t'), move |s| {
-        health(s, &health_key)
-    });
+    let view =
+        OnEventView::new(body).on_pre_event(Event::CtrlChar('t'), move |s| health(s, &health_key));
     push_form_screen(
         siv,
         "Test API",

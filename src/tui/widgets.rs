@@ -134,7 +134,11 @@ pub fn prompt(
 }
 
 /// Set the content of the text view called `name`, if it is still open.
-pub fn set_text(siv: &mut Cursive, name: &str, content: impl Into<cursive::utils::markup::StyledString>) {
+pub fn set_text(
+    siv: &mut Cursive,
+    name: &str,
+    content: impl Into<cursive::utils::markup::StyledString>,
+) {
     let content = content.into();
     siv.call_on_name(name, move |v: &mut TextView| v.set_content(content));
 }

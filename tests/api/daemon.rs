@@ -105,7 +105,10 @@ fn stdout(out: &Output) -> String {
 
 /// The pid in "… (pid 1234) …".
 fn pid_in(s: &str) -> i32 {
-    let after = s.split("(pid ").nth(1).unwrap_or_else(|| panic!("no pid in {s}"));
+    let after = s
+        .split("(pid ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no pid in {s}"));
     after
         .split(')')
         .next()
@@ -154,11 +157,18 @@ async fn start_status_stop_and_stale_pid_files() {
     let out = s.run("status").await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let out = s.run("stop").await;
-    assert_eq!(out.status.code(), Some(0), "stop when stopped succeeds: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stop when stopped succeeds: {}",
+        text(&out)
+    );
     assert!(stdout(&out).contains("not running"), "{}", text(&out));
 
     // A dead pid: reported, removed.
-    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
     let dead = child.id() as i32;
     child.wait().expect("wait");
     std::fs::write(s.pid_file(), format!("{dead}\n")).expect("write");
@@ -194,6 +204,10 @@ async fn a_failed_start_shows_the_log_and_exits_non_zero() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exited during start-up"), "{}", text(&out));
-    assert!(err.contains("cannot listen"), "the log tail is shown: {}", text(&out));
+    assert!(
+        err.contains("cannot listen"),
+        "the log tail is shown: {}",
+        text(&out)
+    );
     assert!(!s.pid_file().exists());
 }

@@ -111,7 +111,10 @@ fn frame_text(frame: &ObservedScreen) -> String {
     for y in 0..size.y {
         let mut line = String::new();
         for x in 0..size.x {
-            match frame[Vec2::new(x, y)].as_ref().and_then(|c| c.letter.as_option()) {
+            match frame[Vec2::new(x, y)]
+                .as_ref()
+                .and_then(|c| c.letter.as_option())
+            {
                 Some(g) => line.push_str(g),
                 // Cleared cells and the second half of wide characters.
                 None => line.push(' '),

@@ -135,6 +135,25 @@ fn a_daemon_that_is_down_reads_as_a_message() {
 }
 
 #[test]
+fn the_config_key_is_used_and_a_wrong_key_reads_as_a_message() {
+    let rt = runtime();
+    let keys = json!({"auth": {"apiKeys": [
+        {"name": "ops", "key": "ops-key-123456", "admin": true}
+    ]}});
+    let (app, mut tui) = setup(&rt, keys);
+    // The first admin key of the config file is sent.
+    tui.press('t');
+    tui.wait_for("Tasks none");
+    drop(tui);
+    let mut control = control_for(&app);
+    control.api_key = Some("wrong-key-123456".into());
+    let mut tui = Tui::new(control);
+    tui.press('t');
+    tui.wait_for("the API key was refused (401)");
+    rt.block_on(app.shutdown());
+}
+
+#[test]
 fn sessions_list_search_archive_and_delete() {
     let rt = runtime();
     let (app, mut tui) = setup(&rt, json!({}));

@@ -440,11 +440,22 @@ fn reap_in_background(mut child: Child) {
         });
 }
 
-/// Read the pid file: `None` when there is none.
-pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
+/// What a pid file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PidContent {
+    Missing,
+    /// Not a positive number (truncated, hand-edited).
+    Garbage,
+    Pid(i32),
+}
+
+fn read_pid_content(path: &Path) -> Result<PidContent, DaemonError> {
     match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s.trim().parse::<i32>().ok().filter(|p| *p > 0).or(Some(0))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(s) => Ok(match s.trim().parse::<i32>() {
+            Ok(pid) if pid > 0 => PidContent::Pid(pid),
+            _ => PidContent::Garbage,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PidContent::Missing),
         Err(e) => Err(io_err(format!(
             "cannot read the pid file {}",
             path.display()
@@ -452,18 +463,25 @@ pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
     }
 }
 
+/// The pid in the pid file, if it holds one.
+pub fn read_pid(path: &Path) -> Result<Option<i32>, DaemonError> {
+    Ok(match read_pid_content(path)? {
+        PidContent::Pid(pid) => Some(pid),
+        PidContent::Missing | PidContent::Garbage => None,
+    })
+}
+
 /// Check a pid file against `/proc`: missing, live and ours, or stale (and why).
 pub fn inspect_pid_file(path: &Path, program: &str) -> Result<PidState, DaemonError> {
-    let pid = match read_pid(path)? {
-        None => return Ok(PidState::NoFile),
-        // `read_pid` maps unreadable content to 0, never a real process.
-        Some(0) => {
+    let pid = match read_pid_content(path)? {
+        PidContent::Missing => return Ok(PidState::NoFile),
+        PidContent::Garbage => {
             return Ok(PidState::Stale {
                 pid: None,
                 reason: "the pid file does not hold a process id".into(),
             })
         }
-        Some(pid) => pid,
+        PidContent::Pid(pid) => pid,
     };
     if is_gone(pid) {
         return Ok(PidState::Stale {

@@ -66,7 +66,6 @@ pub fn install(siv: &mut Cursive, control: Control) -> std::io::Result<worker::W
 
 /// Run the TUI in this terminal until the user quits.
 pub fn run(control: Control) -> ExitCode {
-    install_panic_hook();
     let mut siv = Cursive::new();
     let _worker = match install(&mut siv, control) {
         Ok(w) => w,
@@ -82,17 +81,49 @@ pub fn run(control: Control) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    siv.runner(backend).run();
-    ExitCode::SUCCESS
+    let previous_hook = std::panic::take_hook();
+    set_panic_hook(std::thread::current().id());
+    // The runner owns the backend: on a panic it is dropped while unwinding, which gives the
+    // terminal back (and clears it), so the panic messages are printed only after that.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        siv.runner(backend).run();
+    }));
+    std::panic::set_hook(previous_hook);
+    for message in take_panics() {
+        eprintln!("claude-code-server tui: {message}");
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        // The exit code of a panicking Rust program.
+        Err(_) => ExitCode::from(101),
+    }
 }
 
-/// On a panic, give the terminal back (raw mode off, main screen, cursor shown) before the
-/// message is printed, or it would be lost on the alternate screen of a raw terminal.
-fn install_panic_hook() {
-    let previous = std::panic::take_hook();
+/// Panic messages kept while the TUI owns the terminal (printed then, they would be drawn over
+/// or wiped by the UI).
+static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn take_panics() -> Vec<String> {
+    match PANICS.lock() {
+        Ok(mut p) => std::mem::take(&mut *p),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    }
+}
+
+/// Record every panic; on the UI thread, also give the terminal back at once (raw mode off,
+/// main screen, cursor shown), in case unwinding does not reach the backend (a panic while
+/// panicking aborts). A panic of a worker job only ends that job: the UI goes on.
+fn set_panic_hook(ui_thread: std::thread::ThreadId) {
     std::panic::set_hook(Box::new(move |info| {
-        restore_terminal();
-        previous(info);
+        let here = std::thread::current();
+        if here.id() == ui_thread {
+            restore_terminal();
+        }
+        let message = format!("thread '{}' {info}", here.name().unwrap_or("?"));
+        match PANICS.lock() {
+            Ok(mut p) => p.push(message),
+            Err(poisoned) => poisoned.into_inner().push(message),
+        }
     }));
 }
 

@@ -5,11 +5,17 @@
 //! * [`state`] — what handlers share.
 //! * [`reload`] — config changes while running: the ConfigWatcher and `PATCH /api/config`.
 //! * [`logging`] — JSON log file with rotation, stderr, live log level.
+//! * [`client`], [`daemon`], [`control`] — the daemon's HTTP client, and `start`/`stop`/`status`.
+//! * [`tui`]   — the operator's terminal UI, a client of the daemon over HTTP.
 //!
 //! The actors and the pure logic they wrap live in the `actors` crate.
 
 pub mod app;
+pub mod client;
+pub mod control;
+pub mod daemon;
 pub mod http;
 pub mod logging;
 pub mod reload;
 pub mod state;
+pub mod tui;

@@ -1,11 +1,14 @@
 //! The `claude-code-server` command.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use actors::config::load::{default_config_path, Environment};
 use claude_code_server::app::{Application, Options};
+use claude_code_server::control;
+use claude_code_server::daemon::Control;
 use claude_code_server::logging::{self, LogOptions};
 
 #[derive(Parser)]
@@ -15,8 +18,30 @@ use claude_code_server::logging::{self, LogOptions};
     about = "A dependable multi-user HTTP API around the Claude Code CLI"
 )]
 struct Cli {
+    /// With no command: the TUI when stdout is a terminal, this help otherwise.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// How `start`, `stop`, `status` and `tui` find the daemon: the same config as `serve`.
+#[derive(clap::Args, Clone)]
+struct ControlArgs {
+    /// The config file `serve` uses (pid file, address, API keys).
+    /// Default: ~/.claude-code-server/config.json.
+    #[arg(long, env = "CCS_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Reach the daemon at this URL instead of the config's host and port.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The API key to send (default: the config's first admin key).
+    #[arg(long, env = "CCS_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl ControlArgs {
+    fn control(self) -> Control {
+        Control::from_process(self.config, self.url, self.api_key)
+    }
 }
 
 #[derive(Subcommand)]
@@ -34,10 +59,34 @@ enum Command {
         #[arg(long, value_name = "P")]
         port: Option<u16>,
     },
+    /// Start the server in the background and wait until it answers.
+    Start(ControlArgs),
+    /// Stop the background server (SIGTERM, then SIGKILL after the shutdown grace).
+    Stop(ControlArgs),
+    /// Is the server running? Exit code 0 running, 3 not running, 1 error.
+    Status(ControlArgs),
+    /// The operator's terminal UI (talks to the server over HTTP).
+    Tui(ControlArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Some(c) => c,
+        None if std::io::stdout().is_terminal() => Command::Tui(ControlArgs {
+            config: std::env::var_os("CCS_CONFIG").map(PathBuf::from),
+            url: None,
+            api_key: std::env::var("CCS_API_KEY").ok(),
+        }),
+        None => {
+            let _ = Cli::command().print_help();
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // The TUI runs its own worker thread and runtime; it needs none here.
+    if let Command::Tui(args) = command {
+        return claude_code_server::tui::run(args.control());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,8 +97,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    match command {
         Command::Serve { config, host, port } => runtime.block_on(serve(config, host, port)),
+        Command::Start(args) => runtime.block_on(control::start(&args.control())),
+        Command::Stop(args) => runtime.block_on(control::stop(&args.control())),
+        Command::Status(args) => runtime.block_on(control::status(&args.control())),
+        Command::Tui(_) => std::process::ExitCode::SUCCESS, // handled above
     }
 }
 

@@ -6,6 +6,7 @@ mod mock_anthropic;
 
 mod auth;
 mod config_patch;
+mod daemon;
 mod durability;
 mod e2e_real_cli;
 mod e2e_sessions;

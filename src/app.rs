@@ -103,6 +103,11 @@ impl Application {
         )
         .await;
         let watcher = ConfigWatcher::start(state.clone());
+        // Every listener has subscribed: now the runs a crash interrupted are counted and
+        // announced (webhook `task.failed`, statistics, metrics) like any other end.
+        if let Err(e) = state.queue.announce_interrupted().await {
+            tracing::warn!(error = %e, "cannot announce the interrupted tasks");
+        }
 
         let live = state.clone();
         actors::retention::start(state.store.clone(), Arc::new(move || live.config()));

@@ -168,6 +168,20 @@ async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once()
         .collect();
     let expected: Vec<String> = (0..20).map(|i| format!("queued {i}")).collect();
     assert_eq!(runs, expected);
+    // The interrupted run was announced like any other end: the statistics count it.
+    let summary: Value = client
+        .get(format!("{}/api/statistics/summary", daemon.base))
+        .send()
+        .await
+        .expect("statistics")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(summary["summary"]["requests"]["failed"], 1, "{summary}");
+    assert_eq!(
+        summary["summary"]["requests"]["successful"], 20,
+        "{summary}"
+    );
     daemon.child.kill().expect("stop");
     let _ = daemon.child.wait();
 }

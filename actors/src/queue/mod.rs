@@ -143,6 +143,9 @@ impl Shared {
 #[derive(Clone)]
 pub struct Queue {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Tasks this start-up ended `interrupted`, told to the listeners by
+    /// [`Queue::announce_interrupted`] once they have subscribed.
+    interrupted: Arc<Mutex<Vec<TaskId>>>,
     store: Arc<dyn Store>,
     shared: Arc<Shared>,
     events: Arc<EventHub>,
@@ -192,6 +195,7 @@ impl Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Queue {
             tx,
+            interrupted: Arc::new(Mutex::new(interrupted)),
             store: store.clone(),
             shared: shared.clone(),
             events: events.clone(),
@@ -333,6 +337,20 @@ impl Queue {
         }
         let _ = self.tx.send(Msg::Reprioritise { id, priority });
         self.store.get_task(id).await?.ok_or(QueueError::NotFound)
+    }
+
+    /// Tell the listeners (statistics, webhooks, metrics) about the tasks that start-up ended
+    /// `interrupted`: call once, after they have subscribed. Each is told once.
+    pub async fn announce_interrupted(&self) -> Result<usize, StoreError> {
+        let ids = std::mem::take(&mut *self.interrupted.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut told = 0;
+        for id in ids {
+            if let Some(task) = self.store.get_task(id).await? {
+                let _ = self.tx.send(Msg::Announce(Box::new(task)));
+                told += 1;
+            }
+        }
+        Ok(told)
     }
 
     /// Receive every task's final record from now on (completed, failed, cancelled, timeout),

@@ -52,6 +52,9 @@ pub(crate) enum Msg {
     },
     /// Send every final record from now on to this listener.
     Subscribe(mpsc::UnboundedSender<Arc<Task>>),
+    /// A task that ended before this process ran it (interrupted at start-up): tell the
+    /// listeners and close its event log, nothing else (it holds no slot, lane or count).
+    Announce(Box<Task>),
 }
 
 struct ShutdownState {
@@ -187,6 +190,11 @@ impl Supervisor {
                 state.done.push(done);
             }
             Msg::Subscribe(listener) => self.finished.push(listener),
+            Msg::Announce(task) => {
+                self.events.finish(&task);
+                let shared = Arc::new(*task);
+                self.finished.retain(|l| l.send(shared.clone()).is_ok());
+            }
         }
     }
 

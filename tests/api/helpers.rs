@@ -132,6 +132,13 @@ impl TestApp {
         self.post_json("/api/claude", &body).await
     }
 
+    /// Start stopping the daemon the way SIGTERM does, without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stop the daemon the way SIGTERM does and wait for it; gives back the directory.
     pub async fn shutdown(mut self) -> TempDir {
         if let Some(stop) = self.stop.take() {

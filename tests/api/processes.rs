@@ -168,6 +168,47 @@ async fn runs_never_exceed_the_concurrency_limit() {
 }
 
 #[tokio::test]
+async fn while_shutting_down_new_runs_get_503_and_running_ones_finish() {
+    let mut app = spawn_app_with(json!({"shutdownGraceMs": 10000})).await;
+    let (_, b) = json_body(
+        app.post_claude(json!({"prompt": "[[fake:latency_ms=1500]] finishing", "async": true}))
+            .await,
+    )
+    .await;
+    let id = b["task_id"].as_str().expect("id").to_string();
+    app.wait_for_starts(1).await;
+    app.begin_shutdown();
+    // The queue stops taking runs at once (a request racing the signal may still get in);
+    // the running one goes on.
+    let (mut status, mut accepted) = (0, 0);
+    for _ in 0..100 {
+        let (s, b) = json_body(app.post_claude(json!({"prompt": "too late"})).await).await;
+        status = s;
+        if s == 503 {
+            assert_eq!(b["code"], "shutting_down", "{b}");
+            break;
+        }
+        accepted += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 503);
+    let dir = app.shutdown().await;
+    let app = spawn_app_in(dir, json!({})).await;
+    let t = app.wait_for_task(&id, |t| t["status"] == "completed").await;
+    assert_eq!(
+        t["status"], "completed",
+        "the running task finished within the grace: {t}"
+    );
+    let ran = app
+        .calls()
+        .iter()
+        .filter(|c| c["stdin"] == "too late")
+        .count();
+    assert_eq!(ran, accepted, "a refused run never runs");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_kills_runs_after_the_grace_and_marks_them_interrupted() {
     let app = spawn_app_with(json!({"shutdownGraceMs": 200})).await;
     let (s, b) = json_body(

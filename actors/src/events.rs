@@ -214,24 +214,12 @@ pub fn init_data(task: &Task, model: Option<&str>, cli_version: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Priority, RunSpec, SessionMode, TaskMode, TaskStatus};
+    use crate::model::{Priority, RunSpec, TaskMode, TaskStatus};
 
     fn task() -> Task {
         let spec = RunSpec {
-            prompt: "p".into(),
-            project_path: "/".into(),
             model: Some("m".into()),
-            system_prompt: None,
-            append_system_prompt: None,
-            max_budget_usd: None,
-            max_turns: None,
-            allowed_tools: vec![],
-            disallowed_tools: vec![],
-            permission_mode: None,
-            agent: None,
-            mcp_config: None,
-            session: SessionMode::None,
-            timeout_ms: 1000,
+            ..RunSpec::new("p", "/", 1000)
         };
         Task::new(spec, Priority::SYNC_DEFAULT, TaskMode::Sync)
     }

@@ -193,6 +193,33 @@ pub struct RunSpec {
     pub timeout_ms: u64,
 }
 
+impl RunSpec {
+    /// A plain run: no model, limits, tools, agent, MCP or session. Set what a run needs on top
+    /// (struct update syntax or the fields); the HTTP layer fills every field from a request.
+    pub fn new(
+        prompt: impl Into<String>,
+        project_path: impl Into<PathBuf>,
+        timeout_ms: u64,
+    ) -> RunSpec {
+        RunSpec {
+            prompt: prompt.into(),
+            project_path: project_path.into(),
+            model: None,
+            system_prompt: None,
+            append_system_prompt: None,
+            max_budget_usd: None,
+            max_turns: None,
+            allowed_tools: Vec::new(),
+            disallowed_tools: Vec::new(),
+            permission_mode: None,
+            agent: None,
+            mcp_config: None,
+            session: SessionMode::None,
+            timeout_ms,
+        }
+    }
+}
+
 /// Token counts of one run (`usage` in the CLI's result).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

@@ -64,8 +64,7 @@ mod tests {
     use super::*;
     use crate::config::load::{from_file_doc, Environment};
     use crate::model::{
-        Priority, RunOutcome, RunSpec, Session, SessionMode, SessionStatus, Task, TaskMode,
-        TaskStatus,
+        Priority, RunOutcome, RunSpec, Session, SessionStatus, Task, TaskMode, TaskStatus,
     };
     use crate::store::memory::MemoryStore;
 
@@ -100,22 +99,7 @@ mod tests {
     }
 
     fn task() -> Task {
-        let spec = RunSpec {
-            prompt: "p".into(),
-            project_path: "/".into(),
-            model: None,
-            system_prompt: None,
-            append_system_prompt: None,
-            max_budget_usd: None,
-            max_turns: None,
-            allowed_tools: vec![],
-            disallowed_tools: vec![],
-            permission_mode: None,
-            agent: None,
-            mcp_config: None,
-            session: SessionMode::None,
-            timeout_ms: 1000,
-        };
+        let spec = RunSpec::new("p", "/", 1000);
         Task::new(spec, Priority::ASYNC_DEFAULT, TaskMode::Async)
     }
 

@@ -124,22 +124,7 @@ mod tests {
     use uuid::Uuid;
 
     fn spec() -> RunSpec {
-        RunSpec {
-            prompt: "hello".into(),
-            project_path: PathBuf::from("/tmp"),
-            model: None,
-            system_prompt: None,
-            append_system_prompt: None,
-            max_budget_usd: None,
-            max_turns: None,
-            allowed_tools: vec![],
-            disallowed_tools: vec![],
-            permission_mode: None,
-            agent: None,
-            mcp_config: None,
-            session: SessionMode::None,
-            timeout_ms: 1000,
-        }
+        RunSpec::new("hello", PathBuf::from("/tmp"), 1000)
     }
 
     const BASE: [&str; 4] = [

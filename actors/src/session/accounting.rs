@@ -79,7 +79,7 @@ pub fn apply_turn(
 mod tests {
     use super::*;
     use crate::claude::stream::parse_json_output;
-    use crate::model::{Priority, RunSpec, SessionMode, SessionStatus, TaskMode};
+    use crate::model::{Priority, RunSpec, SessionStatus, TaskMode};
 
     fn fixture_cost(name: &str) -> f64 {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/claude-cli/")
@@ -110,22 +110,7 @@ mod tests {
     }
 
     fn completed_task() -> Task {
-        let spec = RunSpec {
-            prompt: "x".into(),
-            project_path: "/p".into(),
-            model: None,
-            system_prompt: None,
-            append_system_prompt: None,
-            max_budget_usd: None,
-            max_turns: None,
-            allowed_tools: vec![],
-            disallowed_tools: vec![],
-            permission_mode: None,
-            agent: None,
-            mcp_config: None,
-            session: SessionMode::None,
-            timeout_ms: 1000,
-        };
+        let spec = RunSpec::new("x", "/p", 1000);
         let mut t = Task::new(spec, Priority::SYNC_DEFAULT, TaskMode::Sync);
         t.status = TaskStatus::Completed;
         t

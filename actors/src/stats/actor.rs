@@ -394,20 +394,8 @@ mod tests {
         at: DateTime<Utc>,
     ) -> Arc<Task> {
         let spec = RunSpec {
-            prompt: "p".into(),
-            project_path: PathBuf::from("/tmp"),
             model: Some(model.into()),
-            system_prompt: None,
-            append_system_prompt: None,
-            max_budget_usd: None,
-            max_turns: None,
-            allowed_tools: vec![],
-            disallowed_tools: vec![],
-            permission_mode: None,
-            agent: None,
-            mcp_config: None,
-            session: Default::default(),
-            timeout_ms: 1000,
+            ..RunSpec::new("p", PathBuf::from("/tmp"), 1000)
         };
         let mut t = Task::new(spec, Priority::ASYNC_DEFAULT, TaskMode::Sync);
         t.owner = owner.map(str::to_string);

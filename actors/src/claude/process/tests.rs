@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::error::ErrorCode;
-use crate::model::{RunSpec, SessionMode, TaskStatus};
+use crate::model::{RunSpec, TaskStatus};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/claude-cli");
 
@@ -42,22 +42,7 @@ impl Fake {
     }
 
     fn spec(&self) -> RunSpec {
-        RunSpec {
-            prompt: "hello".into(),
-            project_path: self.path().to_path_buf(),
-            model: None,
-            system_prompt: None,
-            append_system_prompt: None,
-            max_budget_usd: None,
-            max_turns: None,
-            allowed_tools: vec![],
-            disallowed_tools: vec![],
-            permission_mode: None,
-            agent: None,
-            mcp_config: None,
-            session: SessionMode::None,
-            timeout_ms: 30_000,
-        }
+        RunSpec::new("hello", self.path().to_path_buf(), 30_000)
     }
 
     /// A pid the script wrote to `$FAKE_DIR/<name>`.

@@ -102,22 +102,7 @@ pub(crate) mod fixtures {
     }
 
     pub fn spec(prompt: &str) -> RunSpec {
-        RunSpec {
-            prompt: prompt.to_owned(),
-            project_path: "/srv/project".into(),
-            model: None,
-            system_prompt: None,
-            append_system_prompt: None,
-            max_budget_usd: None,
-            max_turns: None,
-            allowed_tools: Vec::new(),
-            disallowed_tools: Vec::new(),
-            permission_mode: None,
-            agent: None,
-            mcp_config: None,
-            session: SessionMode::None,
-            timeout_ms: 60_000,
-        }
+        RunSpec::new(prompt, "/srv/project", 60_000)
     }
 
     /// A plain pending task.

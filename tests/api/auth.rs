@@ -124,3 +124,109 @@ async fn config_needs_an_admin_key_and_shows_no_key() {
     assert_eq!(b["config"]["auth"]["apiKeys"][0]["name"], "a");
     app.shutdown().await;
 }
+
+/// Every operation under /api in the OpenAPI document (so a new route cannot be forgotten)
+/// answers 401 without a key and with a wrong one, and runs nothing.
+#[tokio::test]
+async fn every_documented_api_route_needs_a_key() {
+    let app = app_with_keys().await;
+    let (_, doc) = json_body(app.get("/api/openapi.json").await).await;
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut checked = 0;
+    for (path, item) in paths {
+        if !path.starts_with("/api/") || path == "/api/openapi.json" {
+            continue;
+        }
+        let concrete = path.replace("{id}", "00000000-0000-4000-8000-000000000000");
+        for method in item.as_object().expect("operations").keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            for key in [None, Some("wrong-key-123456")] {
+                let (s, b) = call(
+                    &app,
+                    m.clone(),
+                    &concrete,
+                    key,
+                    Some(json!({"prompt": "hi"})),
+                )
+                .await;
+                assert_error(s, &b, 401, "unauthorized");
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 25,
+        "only {checked} operations documented under /api"
+    );
+    assert!(app.calls().is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_cannot_see_or_continue_another_keys_session() {
+    let app = app_with_keys().await;
+    let (s, b) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/claude",
+        Some(KEY_A),
+        Some(json!({"prompt": "mine"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let sid = b["session_id"].as_str().expect("session").to_string();
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/sessions/{sid}")),
+        (
+            reqwest::Method::GET,
+            format!("/api/sessions/{sid}/messages"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/sessions/{sid}/continue"),
+        ),
+        (reqwest::Method::POST, format!("/api/sessions/{sid}/fork")),
+        (reqwest::Method::DELETE, format!("/api/sessions/{sid}")),
+    ] {
+        let (s, b) = call(
+            &app,
+            method,
+            &path,
+            Some(KEY_B),
+            Some(json!({"prompt": "theirs"})),
+        )
+        .await;
+        assert_error(s, &b, 404, "not_found");
+    }
+    let (s, b) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/claude",
+        Some(KEY_B),
+        Some(json!({"prompt": "x", "session_id": sid})),
+    )
+    .await;
+    assert_error(s, &b, 404, "not_found");
+    let (_, l) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/sessions",
+        Some(KEY_B),
+        None,
+    )
+    .await;
+    assert_eq!(l["total"], 0, "{l}");
+    let (_, l) = call(&app, reqwest::Method::GET, "/api/tasks", Some(KEY_B), None).await;
+    assert_eq!(l["total"], 0, "{l}");
+    let (_, l) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/sessions",
+        Some(KEY_ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(l["total"], 1, "{l}");
+    assert_eq!(app.calls().len(), 1, "nothing ran for key B");
+    app.shutdown().await;
+}

@@ -60,7 +60,7 @@ RUN groupadd --system --gid 10001 ccs \
 
 COPY --from=build /usr/local/bin/claude-code-server /usr/local/bin/claude-code-server
 
-USER ccs
+USER 10001:10001
 ENV HOME=/home/ccs \
     HOST=0.0.0.0 \
     PORT=3000
@@ -72,7 +72,7 @@ EXPOSE 3000
 
 # /health is open (no key needed) and answers 503 when storage or the CLI is unusable.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD curl -fsS "http://127.0.0.1:${PORT}/health" > /dev/null || exit 1
+    CMD ["/bin/sh", "-c", "curl -fsS \"http://127.0.0.1:${PORT}/health\" > /dev/null || exit 1"]
 
 # The server stops gracefully on SIGTERM: running tasks get shutdownGraceMs (30 s), then
 # killGraceMs (5 s); give `docker stop` more than that (--stop-timeout 45).

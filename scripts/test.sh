@@ -7,8 +7,10 @@
 #     directory, for the end-to-end tests (Node.js and npm come from apt when missing);
 #   * a Python virtualenv with the pinned tools of tests/python-requirements.txt: the official
 #     `openai` package (SDK test of the OpenAI-compatible API), schemathesis and
-#     openapi-spec-validator (the OpenAPI document and the fuzz run); python3-venv comes from
-#     apt when `python3 -m venv` cannot work;
+#     openapi-spec-validator (the OpenAPI document and the fuzz run), hadolint (the
+#     Dockerfile); python3-venv comes from apt when `python3 -m venv` cannot work;
+#   * curl and jq (the README's examples are run as shell scripts) and systemd-analyze (the
+#     systemd unit is verified), from apt when missing;
 # then checks formatting and lints, and runs the whole test suite.
 #
 # Environment: CCS_CACHE_DIR (default ./.cache) holds the provisioned tools.
@@ -31,6 +33,13 @@ apt_install() {
 }
 
 command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup"
+
+# ---- command-line tools the documentation tests run
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v jq >/dev/null || missing+=(jq)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+[ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
 
 # ---- the real Claude CLI, pinned, in the cache
 CLAUDE_DIR="$CACHE_DIR/claude-cli-$CLAUDE_CLI_VERSION"
@@ -68,7 +77,7 @@ if [ "$(cat "$PY_STAMP" 2>/dev/null || true)" != "$want" ]; then
     || die "pip could not install $PY_REQS"
   echo "$want" > "$PY_STAMP"
 fi
-say "Python tools: $("$PY_VENV/bin/python" -c 'import openai, schemathesis; print("openai", openai.__version__, "· schemathesis", schemathesis.__version__)')"
+say "Python tools: $("$PY_VENV/bin/python" -c 'import openai, schemathesis; print("openai", openai.__version__, "· schemathesis", schemathesis.__version__)') · $("$PY_VENV/bin/hadolint" --version)"
 export CCS_PY_VENV="$PY_VENV"
 
 # ---- checks and tests

@@ -41,6 +41,7 @@ fn env_for(root: &std::path::Path) -> Environment {
         host: None,
         path: std::env::var_os("PATH"),
         cwd: root.to_path_buf(),
+        api_key: None,
     }
 }
 

@@ -85,6 +85,7 @@ pub async fn spawn_app_in(dir: TempDir, overrides: Value) -> TestApp {
         host: None,
         path: std::env::var_os("PATH"),
         cwd: root.clone(),
+        api_key: None,
     };
     let app = Application::build(Options {
         config_path: config_path.clone(),

@@ -35,6 +35,7 @@ fn env_subset() -> Value {
         k.starts_with("ANTHROPIC_")
             || k.starts_with("CLAUDE_")
             || k.starts_with("DISABLE_")
+            || k.starts_with("CCS_")
             || matches!(k, "HOME" | "IS_SANDBOX" | "PATH")
     };
     let map: Map<String, Value> = std::env::vars_os()

@@ -154,9 +154,12 @@ fn command(spec: &RunSpec, settings: &RunnerSettings) -> Command {
 /// Inherited environment, plus what every run needs, then `claudeEnv` last so that the
 /// operator can override anything. `IS_SANDBOX` (which lets the CLI bypass permissions as
 /// root) is removed from what the daemon inherited: only `claudeEnv` may set it, so a
-/// daemon started from a sandboxed shell does not hand that power to every caller.
+/// daemon started from a sandboxed shell does not hand that power to every caller. The
+/// server's own API key (`CCS_API_KEY`) is removed too: a prompt that runs `env` must not
+/// read it.
 fn apply_env(cmd: &mut Command, settings: &RunnerSettings) {
     cmd.env_remove("IS_SANDBOX");
+    cmd.env_remove(crate::config::load::API_KEY_ENV);
     match &settings.run_marker {
         Some(marker) => cmd.env(super::marker::RUN_MARKER_ENV, marker),
         None => cmd.env_remove(super::marker::RUN_MARKER_ENV),

@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::merge::{overlay, unknown_keys};
-use super::{Config, ConfigError, DEFAULT_JSON};
+use super::{ApiKeyConfig, Config, ConfigError, DEFAULT_JSON, REDACTED};
+
+/// The environment variable that adds an API key to `auth.apiKeys`.
+pub const API_KEY_ENV: &str = "CCS_API_KEY";
 
 /// The parts of the process environment the config depends on.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Environment {
     pub home: Option<PathBuf>,
     pub port: Option<String>,
@@ -22,6 +25,23 @@ pub struct Environment {
     /// `PATH`, searched for `claude`.
     pub path: Option<OsString>,
     pub cwd: PathBuf,
+    /// `CCS_API_KEY`: one more admin key, named `CCS_API_KEY`, for containers and service
+    /// managers that hand secrets over as environment variables (see [`add_env_api_key`]).
+    /// Never printed: `Debug` shows it redacted.
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment")
+            .field("home", &self.home)
+            .field("port", &self.port)
+            .field("host", &self.host)
+            .field("path", &self.path)
+            .field("cwd", &self.cwd)
+            .field("api_key", &self.api_key.as_ref().map(|_| REDACTED))
+            .finish()
+    }
 }
 
 impl Environment {
@@ -32,6 +52,7 @@ impl Environment {
             host: std::env::var("HOST").ok().filter(|s| !s.is_empty()),
             path: std::env::var_os("PATH"),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            api_key: std::env::var(API_KEY_ENV).ok().filter(|s| !s.is_empty()),
         }
     }
 }
@@ -116,7 +137,7 @@ pub fn defaults_doc() -> Value {
 }
 
 /// From a user's document to a valid effective config: overlay on the defaults, apply
-/// `PORT`/`HOST`, deserialise, resolve auto values, validate. Pure but for the file-system
+/// `PORT`/`HOST`, deserialise, add the `CCS_API_KEY` key, resolve auto values, validate. Pure but for the file-system
 /// probes of auto-detection.
 pub fn from_file_doc(
     file_doc: &Value,
@@ -147,9 +168,43 @@ pub fn from_file_doc(
         map.insert("host".into(), Value::from(host.clone()));
     }
     let mut config = Config::from_merged(merged)?;
+    if let Some(key) = env.api_key.as_deref() {
+        add_env_api_key(&mut config, key)?;
+    }
     warnings.extend(resolve(&mut config, env));
     config.validate()?;
     Ok((config, warnings))
+}
+
+/// Add the key of `CCS_API_KEY` to `auth.apiKeys` as an admin key named `CCS_API_KEY` (last, so
+/// the file's keys keep their order). A key the file already lists is not added twice. It lives
+/// only in the effective config: never written to the file, redacted in `GET /api/config` like
+/// every key, and no error message repeats it.
+pub fn add_env_api_key(config: &mut Config, key: &str) -> Result<(), ConfigError> {
+    if key.len() < 8 {
+        return Err(ConfigError::new(
+            API_KEY_ENV,
+            "must be at least 8 characters",
+        ));
+    }
+    let keys = &mut config.auth.api_keys;
+    if keys.iter().any(|k| k.key == key) {
+        return Ok(());
+    }
+    if keys.iter().any(|k| k.name == API_KEY_ENV) {
+        return Err(ConfigError::new(
+            API_KEY_ENV,
+            format!("auth.apiKeys already has a key named {API_KEY_ENV:?}; rename it or unset the variable"),
+        ));
+    }
+    keys.push(ApiKeyConfig {
+        name: API_KEY_ENV.into(),
+        key: key.into(),
+        admin: true,
+        rate_limit: None,
+        daily_budget_usd: None,
+    });
+    Ok(())
 }
 
 /// `~` or `~/...` → the home directory.
@@ -279,6 +334,7 @@ mod tests {
             host: None,
             path: Some(OsString::new()),
             cwd: home.to_path_buf(),
+            api_key: None,
         }
     }
 
@@ -400,5 +456,50 @@ mod tests {
             Some(claude.to_str().expect("utf8"))
         );
         assert_eq!(c.nvm_bin.as_deref(), Some(bin.to_str().expect("utf8")));
+    }
+
+    #[test]
+    fn ccs_api_key_adds_a_redacted_admin_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut e = env(dir.path());
+        let secret = "env-secret-0123456789";
+        e.api_key = Some(secret.into());
+        let file = json!({"auth": {"apiKeys": [{"name": "app", "key": "app-key-0123"}]}});
+        let (c, warnings) = from_file_doc(&file, &e).expect("load");
+        let names: Vec<(&str, bool)> = c
+            .auth
+            .api_keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.admin))
+            .collect();
+        assert_eq!(names, vec![("app", false), (API_KEY_ENV, true)]);
+        assert_eq!(c.auth.api_keys[1].key, secret);
+        // Shown nowhere: not in the redacted config, a warning or the environment's Debug.
+        assert!(!c.redacted().to_string().contains(secret));
+        assert!(!format!("{warnings:?}").contains(secret));
+        assert!(!format!("{e:?}").contains(secret), "{e:?}");
+        // With no key in the file it is the only one: the bind policy is satisfied.
+        let (c, _) = from_file_doc(&json!({}), &e).expect("load");
+        assert_eq!(c.auth.api_keys.len(), 1);
+        // Already in the file: not added twice.
+        let same = json!({"auth": {"apiKeys": [{"name": "ops", "key": secret, "admin": true}]}});
+        let (c, _) = from_file_doc(&same, &e).expect("load");
+        assert_eq!(c.auth.api_keys.len(), 1);
+        assert_eq!(c.auth.api_keys[0].name, "ops");
+    }
+
+    #[test]
+    fn a_bad_ccs_api_key_names_the_variable_without_echoing_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut e = env(dir.path());
+        e.api_key = Some("short".into());
+        let err = from_file_doc(&json!({}), &e).expect_err("too short");
+        assert_eq!(err.key, API_KEY_ENV);
+        assert!(!err.to_string().contains("short"), "{err}");
+        e.api_key = Some("long-enough-key".into());
+        let taken = json!({"auth": {"apiKeys": [{"name": "CCS_API_KEY", "key": "another-key-1"}]}});
+        let err = from_file_doc(&taken, &e).expect_err("name taken");
+        assert_eq!(err.key, API_KEY_ENV);
+        assert!(!err.to_string().contains("long-enough-key"), "{err}");
     }
 }

@@ -559,3 +559,30 @@ fn the_run_future_is_send() {
     let fut = run(&spec, &settings, rx, &mut on_event);
     assert_send(&fut);
 }
+
+#[test]
+fn the_server_api_key_is_not_inherited_but_claude_env_may_set_it() {
+    let mut settings = RunnerSettings::new(PathBuf::from("/bin/true"));
+    let mut cmd = Command::new("/bin/true");
+    cmd.env(crate::config::load::API_KEY_ENV, "inherited-secret");
+    apply_env(&mut cmd, &settings);
+    let removed = cmd
+        .as_std()
+        .get_envs()
+        .any(|(k, v)| k == crate::config::load::API_KEY_ENV && v.is_none());
+    assert!(
+        removed,
+        "CCS_API_KEY is removed from the child's environment"
+    );
+
+    settings.env.insert(
+        crate::config::load::API_KEY_ENV.into(),
+        "from-claude-env".into(),
+    );
+    let mut cmd = Command::new("/bin/true");
+    apply_env(&mut cmd, &settings);
+    let set = cmd.as_std().get_envs().any(|(k, v)| {
+        k == crate::config::load::API_KEY_ENV && v == Some(std::ffi::OsStr::new("from-claude-env"))
+    });
+    assert!(set, "claudeEnv still wins");
+}

@@ -84,7 +84,12 @@ pub const DELETE_BATCH: u32 = 1000;
 const CAS_TRIES: usize = 32;
 /// A reply slower than this is an outage, not a wait.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnection attempts behind one failed call, and the longest pause between them. A call made
+/// while Redis is down waits for these, so they are few and short: `/health` and the API answer
+/// 503 within about a second instead of hanging; the next call tries again.
+const RECONNECT_TRIES: usize = 2;
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
 /// Idempotency claims stay this long past their expiry before Redis drops them, so that a
 /// caller whose clock lags Redis's still finds a claim it considers live.
 const CLAIM_GRACE_MS: i64 = 60_000;
@@ -122,7 +127,10 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(format!("invalid redisUrl: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT));
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(RECONNECT_TRIES)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(RECONNECT_MAX_DELAY);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to Redis: {e}")))?;
@@ -873,5 +881,342 @@ impl Store for RedisStore {
                 return Ok(deleted);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::test_server::{shared_url, test_namespace, RedisServer};
+    use super::*;
+    use crate::store::conformance::fixtures::{at, finished, session, task};
+
+    async fn fresh() -> (RedisStore, String) {
+        let url = shared_url().unwrap_or_else(|e| panic!("{e}"));
+        let ns = test_namespace();
+        let store = RedisStore::connect(&url, &ns).await.expect("connect");
+        (store, ns)
+    }
+
+    async fn raw(store: &RedisStore, args: &[&str]) -> ::redis::Value {
+        let mut cmd = ::redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        store.query(&cmd).await.expect("raw command")
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        for ok in ["ccs", "prod-eu.1", "a_b", &"x".repeat(64)] {
+            assert!(valid_namespace(ok), "{ok}");
+        }
+        for bad in ["", "a:b", "a b", "ü", "{x}", &"x".repeat(65)] {
+            assert!(!valid_namespace(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn costs_are_exact_integers() {
+        assert_eq!(cost_units(None), 0);
+        assert_eq!(cost_units(Some(0.0375)), 37_500_000);
+        assert_eq!(cost_units(Some(f64::NAN)), 0);
+        assert_eq!(cost_units(Some(1e300)), 1e15 as i64);
+        let sum = cost_units(Some(0.1)) + cost_units(Some(0.2));
+        assert_eq!(sum as f64 / COST_UNIT, 0.3);
+    }
+
+    #[tokio::test]
+    async fn run_order_holds_at_the_top_of_the_seq_range_and_past_it_inserts_are_refused() {
+        let (store, _) = fresh().await;
+        // Just below the band size, where a float score without care would lose the seq.
+        let band: u64 = 1 << 49;
+        let start = (band - 8).to_string();
+        raw(&store, &["SET", &store.key("seq"), &start]).await;
+        let low = store.insert_task(task(1)).await.expect("insert");
+        let high = store.insert_task(task(10)).await.expect("insert");
+        let mid_a = store.insert_task(task(5)).await.expect("insert");
+        let mid_b = store.insert_task(task(5)).await.expect("insert");
+        let high_b = store.insert_task(task(10)).await.expect("insert");
+        assert_eq!(high_b.seq, band - 3);
+        let order: Vec<TaskId> = store
+            .pending_tasks()
+            .await
+            .expect("pending")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(order, vec![high.id, high_b.id, mid_a.id, mid_b.id, low.id]);
+        store.insert_task(task(5)).await.expect("band - 2");
+        store.insert_task(task(5)).await.expect("band - 1");
+        let refused = store.insert_task(task(5)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        // Nothing half-written by the refused insert.
+        assert_eq!(store.task_counts().await.expect("counts").total(), 7);
+    }
+
+    #[tokio::test]
+    async fn two_instances_racing_write_a_final_status_once() {
+        let url = shared_url().unwrap_or_else(|e| panic!("{e}"));
+        let ns = test_namespace();
+        let a = Arc::new(RedisStore::connect(&url, &ns).await.expect("connect a"));
+        let b = Arc::new(RedisStore::connect(&url, &ns).await.expect("connect b"));
+        for round in 0..20 {
+            let t = a.insert_task(task(5)).await.expect("insert");
+            // Both try to start it: exactly one may run it.
+            let (sa, sb) = tokio::join!(a.start_task(t.id, at(1)), b.start_task(t.id, at(2)));
+            let started = [sa.expect("start a"), sb.expect("start b")];
+            assert_eq!(started.iter().flatten().count(), 1, "round {round}");
+            // Completion on one, cancel on the other: exactly one wins, and its record stays.
+            let done = finished(&t, TaskStatus::Completed, 0.5, 10);
+            let cancel = finished(&t, TaskStatus::Cancelled, 0.0, 11);
+            let (fa, fb) = tokio::join!(a.finish_task(&done), b.finish_task(&cancel));
+            let (fa, fb) = (fa.expect("finish a"), fb.expect("finish b"));
+            assert!(fa ^ fb, "round {round}: {fa} {fb}");
+            let stored = b.get_task(t.id).await.expect("get").expect("present");
+            assert_eq!(stored.status, if fa { done.status } else { cancel.status });
+            assert_eq!(stored.attempts, 1);
+        }
+        let counts = a.task_counts().await.expect("counts");
+        assert_eq!(counts.get(TaskStatus::Processing), 0);
+        assert_eq!(counts.total(), 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inserts_from_two_instances_get_distinct_seqs() {
+        let url = shared_url().unwrap_or_else(|e| panic!("{e}"));
+        let ns = test_namespace();
+        let stores = [
+            Arc::new(RedisStore::connect(&url, &ns).await.expect("connect")),
+            Arc::new(RedisStore::connect(&url, &ns).await.expect("connect")),
+        ];
+        let mut handles = Vec::new();
+        for i in 0..100 {
+            let s = Arc::clone(&stores[i % 2]);
+            handles.push(tokio::spawn(async move {
+                s.insert_task(task(1 + (i % 10) as i64)).await
+            }));
+        }
+        let mut seqs = std::collections::HashSet::new();
+        for h in handles {
+            let t = h.await.expect("join").expect("insert");
+            assert!(seqs.insert(t.seq), "duplicate seq {}", t.seq);
+        }
+        let pending = stores[1].pending_tasks().await.expect("pending");
+        assert_eq!(pending.len(), 100);
+        assert!(pending
+            .windows(2)
+            .all(|w| (std::cmp::Reverse(w[0].priority), w[0].seq)
+                < (std::cmp::Reverse(w[1].priority), w[1].seq)));
+    }
+
+    #[tokio::test]
+    async fn namespaces_do_not_see_each_other_and_data_outlives_the_connection() {
+        let url = shared_url().unwrap_or_else(|e| panic!("{e}"));
+        let (a, ns_a) = fresh().await;
+        let (b, _) = fresh().await;
+        let t = a.insert_task(task(5)).await.expect("insert");
+        let s = session(0);
+        a.insert_session(&s).await.expect("session");
+        assert_eq!(b.get_task(t.id).await.expect("get"), None);
+        assert_eq!(b.task_counts().await.expect("counts").total(), 0);
+        assert_eq!(
+            b.list_sessions(&SessionFilter::default())
+                .await
+                .expect("list")
+                .1,
+            0
+        );
+        drop(a);
+        // A new process on the same namespace: everything is there and seq continues.
+        let again = RedisStore::connect(&url, &ns_a).await.expect("reconnect");
+        assert_eq!(again.get_task(t.id).await.expect("get"), Some(t.clone()));
+        assert_eq!(again.get_session(s.id).await.expect("get"), Some(s));
+        assert!(again.insert_task(task(5)).await.expect("insert").seq > t.seq);
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_corrupt_not_panics() {
+        let (store, _) = fresh().await;
+        let t = store.insert_task(task(5)).await.expect("insert");
+        let s = session(0);
+        store.insert_session(&s).await.expect("session");
+        let tkey = store.task_key(t.id);
+        raw(&store, &["HSET", &tkey, "doc", "{\"id\": 1"]).await;
+        raw(
+            &store,
+            &["HSET", &store.key(&format!("s:{}", s.id)), "doc", "null"],
+        )
+        .await;
+        raw(&store, &["HSET", &store.key("stats"), "2026-13-45", "{}"]).await;
+        raw(
+            &store,
+            &["ZADD", &store.key("stats-days"), "739617", "2026-13-45"],
+        )
+        .await;
+        for r in [
+            store.get_task(t.id).await.map(|_| ()),
+            store.pending_tasks().await.map(|_| ()),
+            store.start_task(t.id, at(1)).await.map(|_| ()),
+            store.get_session(s.id).await.map(|_| ()),
+            store
+                .list_sessions(&SessionFilter::default())
+                .await
+                .map(|_| ()),
+            store
+                .load_stats_days(
+                    NaiveDate::from_ymd_opt(1, 1, 1).expect("date"),
+                    NaiveDate::from_ymd_opt(9999, 1, 1).expect("date"),
+                )
+                .await
+                .map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+        }
+        // A key of another type where a hash belongs: corrupt too.
+        let other = store.insert_task(task(5)).await.expect("insert");
+        raw(&store, &["DEL", &store.task_key(other.id)]).await;
+        raw(&store, &["SET", &store.task_key(other.id), "x"]).await;
+        let r = store.get_task(other.id).await;
+        assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+        // The store keeps serving everything else.
+        let fine = store.insert_task(task(5)).await.expect("insert");
+        assert!(store.get_task(fine.id).await.expect("get").is_some());
+        store.ping().await.expect("ping");
+    }
+
+    #[tokio::test]
+    async fn a_newer_data_model_is_refused() {
+        let (store, ns) = fresh().await;
+        raw(
+            &store,
+            &[
+                "SET",
+                &store.key("schema"),
+                &(SCHEMA_VERSION + 1).to_string(),
+            ],
+        )
+        .await;
+        let url = shared_url().unwrap_or_else(|e| panic!("{e}"));
+        let r = RedisStore::connect(&url, &ns).await;
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(ref m)) if m.contains("newer")),
+            "{:?}",
+            r.err()
+        );
+        let bad = RedisStore::connect(&url, "a:b").await;
+        assert!(matches!(bad, Err(StoreError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_unavailable_and_the_store_recovers_when_redis_is_back() {
+        let mut server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let port = server.port();
+        let store = RedisStore::connect(&server.url(), "ccs")
+            .await
+            .expect("connect");
+        let t = store.insert_task(task(5)).await.expect("insert");
+        server.kill();
+        let t0 = Instant::now();
+        for r in [
+            store.ping().await.map(|_| ()),
+            store.get_task(t.id).await.map(|_| ()),
+            store.insert_task(task(5)).await.map(|_| ()),
+            store.list_tasks(&TaskFilter::default()).await.map(|_| ()),
+        ] {
+            assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        }
+        // Answered, not hung on reconnection attempts (about 0.3 s each here).
+        assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+        // Nothing listens there any more: connecting anew is refused the same way.
+        let url = format!("redis://127.0.0.1:{port}/");
+        assert!(matches!(
+            RedisStore::connect(&url, "ccs").await.err(),
+            Some(StoreError::Unavailable(_))
+        ));
+        // A server back on the same port (empty: it kept nothing): the same store reconnects.
+        let back = RedisServer::start_on(port).unwrap_or_else(|e| panic!("{e}"));
+        let end = Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_err() {
+            assert!(Instant::now() < end, "the store did not reconnect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        store
+            .insert_task(task(5))
+            .await
+            .expect("insert after reconnecting");
+        drop(back);
+    }
+
+    /// Efficiency with 10,000+ tasks on the machine at hand:
+    /// `cargo test -p actors --release store::redis::tests::bench -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn bench_listing_10k_tasks() {
+        const N: usize = 10_000;
+        let (store, _) = fresh().await;
+        let store = Arc::new(store);
+        let sess = uuid::Uuid::new_v4();
+        let t0 = Instant::now();
+        let mut handles = Vec::with_capacity(N);
+        for i in 0..N {
+            let store = Arc::clone(&store);
+            handles.push(tokio::spawn(async move {
+                let mut t = task(1 + (i % 10) as i64);
+                if i % 100 == 0 {
+                    t.session_id = Some(sess);
+                }
+                t.owner = Some(format!("key-{}", i % 4));
+                store.insert_task(t).await
+            }));
+        }
+        for h in handles {
+            h.await.expect("join").expect("insert");
+        }
+        let insert_s = t0.elapsed().as_secs_f64();
+        let time = |label: &'static str, f: TaskFilter| {
+            let store = Arc::clone(&store);
+            async move {
+                let t0 = Instant::now();
+                for _ in 0..20 {
+                    store.list_tasks(&f).await.expect("list");
+                }
+                println!(
+                    "{label}: {:.2} ms",
+                    t0.elapsed().as_secs_f64() * 1000.0 / 20.0
+                );
+            }
+        };
+        println!(
+            "{N} concurrent inserts: {insert_s:.2} s = {:.0}/s",
+            N as f64 / insert_s
+        );
+        let page = |status, session_id, owner| TaskFilter {
+            status,
+            session_id,
+            owner,
+            limit: 50,
+            offset: 0,
+        };
+        time(
+            "pending page of 50 in run order",
+            page(Some(TaskStatus::Pending), None, None),
+        )
+        .await;
+        time("newest 50 of all", page(None, None, None)).await;
+        time("a session's tasks (100)", page(None, Some(sess), None)).await;
+        time(
+            "pending of one owner (2,500 scanned)",
+            page(Some(TaskStatus::Pending), None, Some(Some("key-1".into()))),
+        )
+        .await;
+        let t0 = Instant::now();
+        store.task_counts().await.expect("counts");
+        println!("task_counts: {:.2} ms", t0.elapsed().as_secs_f64() * 1000.0);
     }
 }

@@ -55,6 +55,14 @@ impl RedisServer {
         ))
     }
 
+    /// Start a server on `port` (e.g. again where a killed one was).
+    pub fn start_on(port: u16) -> Result<RedisServer, String> {
+        match spawn(port) {
+            Ok(server) => Ok(server),
+            Err(Failure::Fatal(e) | Failure::Retry(e)) => Err(e),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -9,6 +9,8 @@
 #     `openai` package (SDK test of the OpenAI-compatible API), schemathesis and
 #     openapi-spec-validator (the OpenAPI document and the fuzz run); python3-venv comes from
 #     apt when `python3 -m venv` cannot work;
+#   * redis-server (apt package redis-server) for the Redis storage tests, which start their
+#     own server on a free loopback port; a system Redis service is never used;
 # then checks formatting and lints, and runs the whole test suite.
 #
 # Environment: CCS_CACHE_DIR (default ./.cache) holds the provisioned tools.
@@ -70,6 +72,16 @@ if [ "$(cat "$PY_STAMP" 2>/dev/null || true)" != "$want" ]; then
 fi
 say "Python tools: $("$PY_VENV/bin/python" -c 'import openai, schemathesis; print("openai", openai.__version__, "· schemathesis", schemathesis.__version__)')"
 export CCS_PY_VENV="$PY_VENV"
+
+# ---- redis-server for the Redis storage tests. Each test binary starts its own private server
+# on a free 127.0.0.1 port and kills it when it exits (actors/src/store/redis/test_server.rs),
+# so only the binary is needed: if the Debian package starts its system service, nothing uses
+# it, and where it cannot start (no init system) nothing is missed.
+if ! command -v redis-server >/dev/null; then
+  apt_install redis-server
+  command -v redis-server >/dev/null || die "redis-server is still missing after installing it"
+fi
+say "redis-server: $(redis-server --version)"
 
 # ---- checks and tests
 say "cargo fmt --check"

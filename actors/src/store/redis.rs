@@ -281,19 +281,19 @@ impl RedisStore {
         )))
     }
 
-    /// Run the list script. `filters` are sorted sets a record must be in; a single by-seq
-    /// (or by-created) filter in newest-first order is paged directly as the order set.
-    #[allow(clippy::too_many_arguments)]
-    async fn list(
-        &self,
-        record_prefix: String,
-        order: String,
-        asc: bool,
-        mut filters: Vec<String>,
-        needle: &str,
-        limit: u32,
-        offset: u32,
-    ) -> StoreResult<(u64, Vec<(String, Option<String>)>)> {
+    /// Run the list script (see [`scripts::LIST`]).
+    async fn list(&self, q: ListQuery) -> StoreResult<Page> {
+        let ListQuery {
+            record_prefix,
+            order,
+            asc,
+            mut filters,
+            needle,
+            limit,
+            offset,
+        } = q;
+        // A single filter in newest-first order is itself an index in that order (scored by
+        // seq, or by created for sessions): page it directly instead of scanning it.
         let order = if !asc && filters.len() == 1 {
             filters.pop().unwrap_or(order)
         } else {
@@ -321,14 +321,23 @@ impl RedisStore {
         limit: u32,
         offset: u32,
     ) -> StoreResult<(Vec<Task>, u64)> {
-        let (total, rows) = self
-            .list(self.key("t:"), order, asc, filters, "", limit, offset)
+        let page = self
+            .list(ListQuery {
+                record_prefix: self.key("t:"),
+                order,
+                asc,
+                filters,
+                needle: String::new(),
+                limit,
+                offset,
+            })
             .await?;
-        let tasks = rows
+        let tasks = page
+            .rows
             .iter()
             .map(|(doc, seq)| decode_task(doc, seq.as_deref()))
             .collect::<StoreResult<_>>()?;
-        Ok((tasks, total))
+        Ok((tasks, page.total))
     }
 
     /// Run a batched delete script until a batch comes back short; returns the total deleted.
@@ -424,8 +433,26 @@ fn decode_task(doc: &str, seq: Option<&str>) -> StoreResult<Task> {
     Ok(t)
 }
 
+/// What the list script is asked for: records under `record_prefix` that are in every
+/// `filters` set, in the order of the `order` set, matching `needle` (empty: any), one page.
+struct ListQuery {
+    record_prefix: String,
+    order: String,
+    asc: bool,
+    filters: Vec<String>,
+    needle: String,
+    limit: u32,
+    offset: u32,
+}
+
+/// A page of stored records: each one's JSON and (tasks only) its seq, and the total matching.
+struct Page {
+    total: u64,
+    rows: Vec<(String, Option<String>)>,
+}
+
 /// Parse the list script's reply: total, then (id, doc, seq) triples.
-fn parse_page(flat: Vec<Option<String>>) -> StoreResult<(u64, Vec<(String, Option<String>)>)> {
+fn parse_page(flat: Vec<Option<String>>) -> StoreResult<Page> {
     let mut it = flat.into_iter();
     let total = it
         .next()
@@ -446,7 +473,7 @@ fn parse_page(flat: Vec<Option<String>>) -> StoreResult<(u64, Vec<(String, Optio
             )),
         })
         .collect::<StoreResult<_>>()?;
-    Ok((total, rows))
+    Ok(Page { total, rows })
 }
 
 /// A cost as an integer number of [`COST_UNIT`]s (what the scripts add up).
@@ -692,22 +719,23 @@ impl Store for RedisStore {
             .map(rules::query_needle)
             .unwrap_or_default();
         // A needle that is empty matches everything, as `contains("")` does elsewhere.
-        let (total, rows) = self
-            .list(
-                self.key("s:"),
-                self.key("s-all"),
-                false,
+        let page = self
+            .list(ListQuery {
+                record_prefix: self.key("s:"),
+                order: self.key("s-all"),
+                asc: false,
                 filters,
-                &needle,
-                filter.limit,
-                filter.offset,
-            )
+                needle,
+                limit: filter.limit,
+                offset: filter.offset,
+            })
             .await?;
-        let sessions = rows
+        let sessions = page
+            .rows
             .iter()
             .map(|(doc, _)| decode("session", doc))
             .collect::<StoreResult<_>>()?;
-        Ok((sessions, total))
+        Ok((sessions, page.total))
     }
 
     async fn delete_sessions_idle_since(&self, before: DateTime<Utc>) -> StoreResult<u64> {

@@ -13,7 +13,7 @@
 //! | key | type | content |
 //! |---|---|---|
 //! | `seq` | string | the last task seq handed out (`INCR`; never reused, even after deletes) |
-//! | `t:<id>` | hash | `doc` (the task as JSON), `seq`, `rev` (bumped by every write), and copies of the indexed fields: `status`, `prio`, `sess`, `owner` (absent: anonymous), `costn`, `fin` |
+//! | `t:<id>` | hash | `doc` (the task as JSON; its own `seq` is ignored), `seq`, `rev` (bumped by every write), and copies of the indexed fields: `status`, `prio`, `sess`, `owner` (absent: anonymous), `costn`, `fin` |
 //! | `t-all` | zset | every task, score seq (newest first: `ZREVRANGE`) |
 //! | `t-run` | zset | pending tasks in run order, score `(10 - priority) * 2^49 + seq` |
 //! | `t-status:<status>` | zset | tasks of one status, score seq (counts: `ZCARD`) |

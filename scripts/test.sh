@@ -11,6 +11,8 @@
 #     Dockerfile); python3-venv comes from apt when `python3 -m venv` cannot work;
 #   * curl and jq (the README's examples are run as shell scripts) and systemd-analyze (the
 #     systemd unit is verified), from apt when missing;
+#   * redis-server (apt package redis-server) for the Redis storage tests, which start their
+#     own server on a free loopback port; a system Redis service is never used;
 # then checks formatting and lints, and runs the whole test suite.
 #
 # Environment: CCS_CACHE_DIR (default ./.cache) holds the provisioned tools.
@@ -79,6 +81,16 @@ if [ "$(cat "$PY_STAMP" 2>/dev/null || true)" != "$want" ]; then
 fi
 say "Python tools: $("$PY_VENV/bin/python" -c 'import openai, schemathesis; print("openai", openai.__version__, "· schemathesis", schemathesis.__version__)') · $("$PY_VENV/bin/hadolint" --version)"
 export CCS_PY_VENV="$PY_VENV"
+
+# ---- redis-server for the Redis storage tests. Each test binary starts its own private server
+# on a free 127.0.0.1 port and kills it when it exits (actors/src/store/redis/test_server.rs),
+# so only the binary is needed: if the Debian package starts its system service, nothing uses
+# it, and where it cannot start (no init system) nothing is missed.
+if ! command -v redis-server >/dev/null; then
+  apt_install redis-server
+  command -v redis-server >/dev/null || die "redis-server is still missing after installing it"
+fi
+say "redis-server: $(redis-server --version)"
 
 # ---- checks and tests
 say "cargo fmt --check"

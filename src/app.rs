@@ -20,6 +20,7 @@ use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
 use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
+use actors::store::redis::RedisStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
 use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle};
@@ -69,7 +70,7 @@ impl Application {
         check_bind_policy(&config)?;
         let config = Arc::new(config);
 
-        let store = open_store(&config)?;
+        let store = open_store(&config).await?;
         let events = Arc::new(EventHub::new(Arc::new(crate::http::events::final_event)));
         let queue = Queue::start(store.clone(), config.clone(), events)
             .await
@@ -234,14 +235,30 @@ fn is_loopback(host: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match config.storage_type {
         StorageType::Memory => Arc::new(MemoryStore::new()),
         StorageType::Sqlite => {
             let path = Path::new(&config.data_dir).join("claude-code-server.db");
-            Arc::new(SqliteStore::open(&path).with_context(|| format!("cannot open the SQLite database {}", path.display()))?)
+            Arc::new(
+                SqliteStore::open(&path).with_context(|| {
+                    format!("cannot open the SQLite database {}", path.display())
+                })?,
+            )
         }
-        StorageType::Redis => bail!("storageType \"redis\" is not available in this build yet; use \"sqlite\" or \"memory\""),
+        StorageType::Redis => {
+            // `validate` makes redisUrl required for this storage type.
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            let store = RedisStore::connect(url, &config.redis_namespace)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open Redis storage (namespace {:?})",
+                        config.redis_namespace
+                    )
+                })?;
+            Arc::new(store)
+        }
     })
 }
 

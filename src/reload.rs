@@ -36,6 +36,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "host",
     "storageType",
     "redisUrl",
+    "redisNamespace",
     "dataDir",
     "pidFile",
     "logFile",
@@ -228,6 +229,7 @@ pub fn keep_running_values(new: &mut Config, running: &Config) {
     new.host = running.host.clone();
     new.storage_type = running.storage_type;
     new.redis_url = running.redis_url.clone();
+    new.redis_namespace = running.redis_namespace.clone();
     new.data_dir = running.data_dir.clone();
     new.pid_file = running.pid_file.clone();
     new.log_file = running.log_file.clone();

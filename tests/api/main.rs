@@ -3,6 +3,10 @@
 
 mod helpers;
 mod mock_anthropic;
+// The private redis-server of the Redis tests, shared with the storage tests of `actors`.
+#[allow(dead_code)]
+#[path = "../../actors/src/store/redis/test_server.rs"]
+mod redis_server;
 
 mod auth;
 mod config_patch;
@@ -22,6 +26,7 @@ mod openapi;
 mod processes;
 mod rate_limit;
 mod readme;
+mod redis;
 mod reload;
 mod run_sync;
 mod sessions;

@@ -398,6 +398,8 @@ mod tests {
         assert_eq!(err.key, "taskQueue.defaultTimeout");
         let err = from_file_doc(&json!({"storageType": "redis"}), &e).expect_err("redis url");
         assert_eq!(err.key, "redisUrl");
+        let err = from_file_doc(&json!({"redisNamespace": "a:b"}), &e).expect_err("namespace");
+        assert_eq!(err.key, "redisNamespace");
         let err = from_file_doc(&json!({"storageType": "mongo"}), &e).expect_err("enum");
         assert_eq!(err.key, "storageType");
         let err = from_file_doc(&json!({"maxBudgetUsd": 0}), &e).expect_err("budget");

@@ -93,6 +93,8 @@ pub struct Config {
     pub data_dir: String,
     pub storage_type: StorageType,
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key (`<namespace>:`), so deployments can share one server.
+    pub redis_namespace: String,
     pub session_retention_days: u32,
     pub task_retention_days: u32,
     pub task_queue: TaskQueueConfig,
@@ -275,6 +277,12 @@ impl Config {
             return Err(ConfigError::new(
                 "redisUrl",
                 "is required when storageType is \"redis\"",
+            ));
+        }
+        if !crate::store::redis::valid_namespace(&self.redis_namespace) {
+            return Err(ConfigError::new(
+                "redisNamespace",
+                "must be 1 to 64 characters of A-Z a-z 0-9 _ - .",
             ));
         }
         if self.rate_limit.enabled {

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::memory::MemoryStore;
+use super::redis::{test_server, RedisStore};
 use super::sqlite::SqliteStore;
 use super::Store;
 
@@ -78,6 +79,19 @@ conformance_suite!(sqlite, || async {
     (
         Arc::new(store) as Arc<dyn Store>,
         Box::new(dir) as Box<dyn Any + Send>,
+    )
+});
+
+// One redis-server per test binary (started on first use, killed when the binary exits), one
+// namespace per test. Without redis-server every test here fails, saying how to get it.
+conformance_suite!(redis, || async {
+    let url = test_server::shared_url().unwrap_or_else(|e| panic!("{e}"));
+    let store = RedisStore::connect(&url, &test_server::test_namespace())
+        .await
+        .expect("connect to the test redis-server");
+    (
+        Arc::new(store) as Arc<dyn Store>,
+        Box::new(()) as Box<dyn Any + Send>,
     )
 });
 

@@ -1,5 +1,6 @@
-//! Storage behind one async trait. Backends: [`memory`] (nothing survives a restart) and
-//! [`sqlite`] (embedded, durable, the default). Every backend passes [`conformance`].
+//! Storage behind one async trait. Backends: [`memory`] (nothing survives a restart),
+//! [`sqlite`] (embedded, durable, the default) and [`redis`] (a Redis server, shareable by
+//! several deployments under their own namespaces). Every backend passes [`conformance`].
 //!
 //! The store is the authority on a task's final status: [`Store::finish_task`] writes a final
 //! record only over a live one, so whichever path ends a task first (completion, cancel,
@@ -16,6 +17,7 @@ use crate::webhook::{WebhookAttempt, WebhookJob};
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod memory;
+pub mod redis;
 mod rules;
 pub mod sqlite;
 

@@ -58,12 +58,18 @@ pub async fn run_sync(
     exclusive: bool,
 ) -> Result<Task, ApiError> {
     let submitted = queue.submit(task, true, exclusive).await?;
+    let guard = CancelOnDrop::new(queue.clone(), submitted.task.id, cancel_on_disconnect);
+    wait_submitted(queue, submitted, guard).await
+}
+
+/// Wait for the final record of a task submitted with `wait`. `guard` cancels the run if this
+/// future is dropped before the end.
+pub async fn wait_submitted(
+    queue: &Queue,
+    submitted: actors::queue::Submitted,
+    mut guard: CancelOnDrop,
+) -> Result<Task, ApiError> {
     let id = submitted.task.id;
-    let mut guard = CancelOnDrop {
-        queue: queue.clone(),
-        id,
-        armed: cancel_on_disconnect,
-    };
     let finished = match submitted.done {
         Some(done) => match done.await {
             Ok(task) => task,

@@ -31,6 +31,7 @@ pub const MAX_KEY_LEN: usize = 255;
 const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(5);
 
 /// The header's value, if sent, and the route it came with (part of the request's fingerprint).
+#[derive(Debug, Clone)]
 pub struct IdempotencyKey(pub Option<String>, pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {

@@ -17,7 +17,7 @@ use actors::error::ErrorCode;
 use actors::model::{Session, SessionId, SessionMode, SessionStatus, Task, TaskMode, TaskStatus};
 
 use super::auth::Caller;
-use super::claude::{async_answer, build_task, run_sync, success_body, CancelOnDrop};
+use super::claude::{async_answer, build_task, success_body, wait_submitted, CancelOnDrop};
 use super::error::ApiError;
 use super::idempotency::{self, IdempotencyKey, Kind};
 use super::run_request::{resolve_project_path, ValidatedRun};
@@ -33,6 +33,19 @@ pub enum Target {
     Continue(SessionId),
     /// A new session forked from an existing one.
     Fork(SessionId),
+}
+
+/// What the uncancellable start of a turn produced.
+enum Started {
+    /// A retry of an earlier request: its answer.
+    Replay(Response),
+    Queued {
+        submitted: Box<actors::queue::Submitted>,
+        /// For sync runs and streams: cancels the run if the client goes away.
+        guard: Option<CancelOnDrop>,
+        session_id: SessionId,
+        forked_from: Option<SessionId>,
+    },
 }
 
 /// A turn ready to submit.
@@ -79,48 +92,71 @@ pub async fn start(
     idem: &IdempotencyKey,
 ) -> Result<Response, ApiError> {
     let is_async = run.is_async;
-    // A stream's retry replays the answer, not the stream (the task id leads to its events).
-    let kind = if is_async { Kind::Async } else { Kind::Sync };
-    if let Some(replay) = claim(state, caller, idem, kind, &run).await? {
-        return Ok(replay);
-    }
     let stream = run.stream;
-    let p = prepare(state, caller, run, target).await?;
-    if stream {
-        // The answer is the run's event stream; the run is queued like any other.
-        let config = state.config();
-        let submitted = state.queue.submit(p.task, false, p.exclusive).await?;
-        let id = submitted.task.id;
-        let guard = CancelOnDrop::new(state.queue.clone(), id, config.cancel_on_disconnect);
-        return Ok(super::events::stream(
-            state.queue.events().log(id),
-            0,
-            Some(guard),
-        ));
-    }
+    // Claiming the key, storing the session and submitting the task happen together on their
+    // own task: a client that goes away in between (hyper drops this future) must not leave a
+    // claim naming a task that was never created. What follows (waiting) may be dropped: the
+    // guard then cancels the run.
+    let started = {
+        let (state, caller, idem) = (state.clone(), caller.clone(), idem.clone());
+        tokio::spawn(async move {
+            // A stream's retry replays the answer, not the stream (the task id leads to its events).
+            let kind = if is_async { Kind::Async } else { Kind::Sync };
+            if let Some(replay) = claim(&state, &caller, &idem, kind, &run).await? {
+                return Ok(Started::Replay(replay));
+            }
+            let p = prepare(&state, &caller, run, target).await?;
+            let waits = !is_async && !stream;
+            let exclusive = p.exclusive && !is_async;
+            let submitted = state
+                .queue
+                .submit(p.task, waits, exclusive)
+                .await
+                .map_err(|e| ApiError::from(e).with_session(p.session_id))?;
+            let guard = (!is_async).then(|| {
+                let armed = state.config().cancel_on_disconnect;
+                CancelOnDrop::new(state.queue.clone(), submitted.task.id, armed)
+            });
+            Ok::<Started, ApiError>(Started::Queued {
+                submitted: Box::new(submitted),
+                guard,
+                session_id: p.session_id,
+                forked_from: p.forked_from,
+            })
+        })
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::InternalError, "The run could not be started."))??
+    };
+    let (submitted, guard, session_id, forked_from) = match started {
+        Started::Replay(response) => return Ok(response),
+        Started::Queued {
+            submitted,
+            guard,
+            session_id,
+            forked_from,
+        } => (*submitted, guard, session_id, forked_from),
+    };
     let forked = |mut body: serde_json::Value| {
-        if let (Some(obj), Some(from)) = (body.as_object_mut(), p.forked_from) {
+        if let (Some(obj), Some(from)) = (body.as_object_mut(), forked_from) {
             obj.insert("forked_from".into(), json!(from));
         }
         body
     };
-    if is_async {
-        let submitted = state.queue.submit(p.task, false, false).await?;
+    let Some(guard) = guard else {
         return Ok((
             StatusCode::ACCEPTED,
             Json(forked(async_answer(&submitted.task))),
         )
             .into_response());
+    };
+    if stream {
+        // The answer is the run's event stream.
+        let log = state.queue.events().log(submitted.task.id);
+        return Ok(super::events::stream(log, 0, Some(guard)));
     }
-    let config = state.config();
-    let finished = run_sync(
-        &state.queue,
-        p.task,
-        config.cancel_on_disconnect,
-        p.exclusive,
-    )
-    .await
-    .map_err(|e| e.with_session(p.session_id))?;
+    let finished = wait_submitted(&state.queue, submitted, guard)
+        .await
+        .map_err(|e| e.with_session(session_id))?;
     if finished.status != TaskStatus::Completed {
         return Err(ApiError::from_task(&finished));
     }

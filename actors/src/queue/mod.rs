@@ -233,7 +233,7 @@ impl Queue {
         if let Some(sid) = session {
             self.shared.session_task_started(sid, exclusive)?;
         }
-        let undo = |shared: &Shared, pending_reserved: bool| {
+        let undo = move |shared: &Shared, pending_reserved: bool| {
             if pending_reserved {
                 shared.pending.fetch_sub(1, Ordering::SeqCst);
             }
@@ -245,31 +245,42 @@ impl Queue {
             undo(&self.shared, false);
             return Err(e);
         }
-        let stored = match self.store.insert_task(task).await {
-            Ok(t) => t,
-            Err(e) => {
-                undo(&self.shared, true);
-                return Err(e.into());
-            }
-        };
         let (done_tx, done_rx) = if wait {
             let (t, r) = oneshot::channel();
             (Some(t), Some(r))
         } else {
             (None, None)
         };
-        let msg = Msg::Enqueue {
-            id: stored.id,
-            priority: stored.priority,
-            seq: stored.seq,
-            session,
-            waiter: done_tx,
-        };
-        if self.tx.send(msg).is_err() {
-            // The supervisor is gone (shutdown): the task stays pending in storage and runs
-            // after the next start.
-            return Err(QueueError::ShuttingDown);
-        }
+        // Storing and queueing must happen together: a caller's future may be dropped at any
+        // await (hyper drops a handler whose client went away), and a task stored but never
+        // queued would wait until the next restart. So both run on their own task.
+        let queue = self.clone();
+        let stored = tokio::spawn(async move {
+            let stored = match queue.store.insert_task(task).await {
+                Ok(t) => t,
+                Err(e) => {
+                    undo(&queue.shared, true);
+                    return Err(QueueError::from(e));
+                }
+            };
+            let msg = Msg::Enqueue {
+                id: stored.id,
+                priority: stored.priority,
+                seq: stored.seq,
+                session,
+                waiter: done_tx,
+            };
+            if queue.tx.send(msg).is_err() {
+                // The supervisor is gone (shutdown): the task stays pending in storage and
+                // runs after the next start.
+                return Err(QueueError::ShuttingDown);
+            }
+            Ok(stored)
+        })
+        .await
+        .map_err(|_| {
+            QueueError::Store(StoreError::Unavailable("the submission task failed".into()))
+        })??;
         Ok(Submitted {
             task: stored,
             done: done_rx,
@@ -318,25 +329,48 @@ impl Queue {
             duration_ms: ran_ms,
         };
         task.finish(&outcome, now);
-        if !self.store.finish_task(&task).await? {
-            let current = self.store.get_task(id).await?.ok_or(QueueError::NotFound)?;
-            return Err(QueueError::AlreadyFinished(current.status.as_str()));
-        }
-        let _ = self.tx.send(Msg::Cancelled {
-            id,
-            task: Box::new(task.clone()),
-        });
-        Ok(task)
+        // Writing `cancelled` and telling the supervisor (which kills the run) must happen
+        // together, even if the caller's future is dropped in between: run them on their own task.
+        let queue = self.clone();
+        tokio::spawn(async move {
+            if !queue.store.finish_task(&task).await? {
+                let current = queue
+                    .store
+                    .get_task(id)
+                    .await?
+                    .ok_or(QueueError::NotFound)?;
+                return Err(QueueError::AlreadyFinished(current.status.as_str()));
+            }
+            let _ = queue.tx.send(Msg::Cancelled {
+                id,
+                task: Box::new(task.clone()),
+            });
+            Ok(task)
+        })
+        .await
+        .map_err(|_| QueueError::Store(StoreError::Unavailable("the cancel task failed".into())))?
     }
 
     /// Change a pending task's priority; it takes its new place at once.
     pub async fn set_priority(&self, id: TaskId, priority: Priority) -> Result<Task, QueueError> {
-        if !self.store.set_priority(id, priority).await? {
-            let task = self.store.get_task(id).await?.ok_or(QueueError::NotFound)?;
+        // The stored priority and the supervisor's order change together (see `cancel`).
+        let queue = self.clone();
+        let changed = tokio::spawn(async move {
+            let changed = queue.store.set_priority(id, priority).await?;
+            if changed {
+                let _ = queue.tx.send(Msg::Reprioritise { id, priority });
+            }
+            Ok::<bool, QueueError>(changed)
+        })
+        .await
+        .map_err(|_| {
+            QueueError::Store(StoreError::Unavailable("the priority change failed".into()))
+        })??;
+        let task = self.store.get_task(id).await?.ok_or(QueueError::NotFound)?;
+        if !changed {
             return Err(QueueError::NotPending(task.status.as_str()));
         }
-        let _ = self.tx.send(Msg::Reprioritise { id, priority });
-        self.store.get_task(id).await?.ok_or(QueueError::NotFound)
+        Ok(task)
     }
 
     /// Tell the listeners (statistics, webhooks, metrics) about the tasks that start-up ended

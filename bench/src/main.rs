@@ -96,6 +96,25 @@ fn say(msg: impl AsRef<str>) {
     eprintln!("[ccs-bench] {}", msg.as_ref());
 }
 
+/// With `CCS_BENCH_PHASES=1`: a phase boundary on stderr, stamped with CLOCK_MONOTONIC (the
+/// clock of `perf record -k CLOCK_MONOTONIC`, so `perf report --time A,B` can cut out a phase).
+fn phase(name: &str) {
+    if std::env::var_os("CCS_BENCH_PHASES").is_none() {
+        return;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    eprintln!(
+        "[ccs-bench] phase {name} at {}.{:06}",
+        ts.tv_sec,
+        ts.tv_nsec / 1000
+    );
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -253,6 +272,7 @@ fn sync_request(base: &str) -> load::MakeRequest {
 /// 1. Sync run latency against direct spawning, at concurrency 1 and N.
 async fn run_overhead(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow::Result<()> {
     let server = Server::start(&ctx.bins, &server_options(ctx, backend))?;
+    phase(&format!("server-pid-{}", server.pid().unwrap_or(0)));
     s.add("startup_ms", backend, server.startup.as_secs_f64() * 1e3);
     let spec = direct_spec(ctx, &server);
     let c = ctx.opts.concurrency as usize;
@@ -262,14 +282,19 @@ async fn run_overhead(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow::Resu
     direct::run_many(&spec, 20, 1).await?;
     load::run_loop(&ctx.client, 20, 1, sync_request(&server.base), false).await?;
 
+    phase("direct-c1");
     let d1 = direct::run_many(&spec, n1, 1).await?;
+    phase("sync-c1");
     let s1 = load::run_loop(&ctx.client, n1, 1, sync_request(&server.base), false)
         .await?
         .latencies;
+    phase("direct-cn");
     let d8 = direct::run_many(&spec, n8, c).await?;
+    phase("sync-cn");
     let s8 = load::run_loop(&ctx.client, n8, c, sync_request(&server.base), false)
         .await?
         .latencies;
+    phase("run-end");
     server.stop()?;
     say(format!(
         "  c=1 server p50 {:.3} ms p99 {:.3} ms {:.0}/s | direct p50 {:.3} ms p99 {:.3} ms {:.0}/s",
@@ -313,6 +338,7 @@ fn queue_field(v: &Value, key: &str) -> u64 {
 /// 2–4. Queue, memory and control plane on one fresh server.
 async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow::Result<()> {
     let server = Server::start(&ctx.bins, &server_options(ctx, backend))?;
+    phase(&format!("server-pid-{}", server.pid().unwrap_or(0)));
     s.add("startup_ms", backend, server.startup.as_secs_f64() * 1e3);
     let client = &ctx.client;
     let c = ctx.opts.concurrency as usize;
@@ -323,7 +349,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     for _ in 0..3 {
         load::get_json(client, &server.url("/health")).await?;
     }
-    let rss_idle = server.rss_mib()?;
+    let rss_idle = server.rss()?;
 
     // Occupy every slot with a run that hangs until cancelled, so that the tasks stay pending.
     let blockers_url = server.url("/api/claude");
@@ -349,6 +375,8 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     .await?;
 
     // Enqueue.
+    phase("enqueue");
+    let cpu_enqueue = server.cpu_seconds()?;
     let url = server.url("/api/claude");
     let enq = load::run_loop(
         client,
@@ -361,6 +389,8 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
         true,
     )
     .await?;
+    phase("enqueued");
+    let cpu_enqueue = server.cpu_seconds()? - cpu_enqueue;
     let ids = task_ids(&enq.bodies)?;
     let enqueue_rate = enq.latencies.rate();
     load::wait_queue(
@@ -371,7 +401,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
         |q| queue_field(q, "pending") == n as u64,
     )
     .await?;
-    let rss_pending = server.rss_mib()?;
+    let rss_pending = server.rss()?;
 
     // Reads and priority changes with n pending.
     let list_url = server.url("/api/tasks?status=pending");
@@ -409,10 +439,12 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
 
     // The physical limit of the drain, while the server sits idle (its runs hang in sleep).
     let spec = direct_spec(ctx, &server);
+    phase("direct-drain");
     let direct = direct::run_many(&spec, n, c).await?;
 
     // Drain: release the slots and time until nothing is pending or running.
     let cpu_before = server.cpu_seconds()?;
+    phase("drain");
     let t0 = Instant::now();
     for id in &blocker_ids {
         let resp = client
@@ -432,6 +464,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     )
     .await?;
     let drain = t0.elapsed();
+    phase("drained");
     let cpu_drain = server.cpu_seconds()? - cpu_before;
 
     // Nothing lost, nothing stuck.
@@ -448,7 +481,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     }
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_drained = server.rss_mib()?;
+    let rss_drained = server.rss()?;
 
     // Control plane, with n finished tasks in storage.
     let mut wrk_row = |name: &str, path: &str| -> anyhow::Result<()> {
@@ -474,22 +507,34 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
         s.add(&format!("ctl.{name}.p99"), backend, r.p99_ms);
         Ok(())
     };
+    phase("wrk-health");
     wrk_row("health", "/health")?;
+    phase("wrk-task");
     wrk_row("task", &format!("/api/tasks/{}", ids[0]))?;
+    phase("wrk-status");
     wrk_row("status", "/api/tasks/queue/status")?;
+    phase("wrk-end");
     server.stop()?;
 
     let drain_rate = n as f64 / drain.as_secs_f64();
     say(format!(
         "  enqueue {enqueue_rate:.0}/s; drain {drain_rate:.0}/s vs direct {:.0}/s; list p50 {:.2} ms; patch p50 {:.2} ms; \
-         RSS {rss_idle:.1} / {rss_pending:.1} / {rss_drained:.1} MiB; server CPU {:.3} ms per task; lost {lost}",
+         RSS {:.1} / {:.1} / {:.1} MiB (anon {:.1} / {:.1} / {:.1}); server CPU {:.3} ms per enqueue, {:.3} ms per run; lost {lost}",
         direct.rate(),
         list.p50(),
         patch.p50(),
+        rss_idle.total,
+        rss_pending.total,
+        rss_drained.total,
+        rss_idle.anon,
+        rss_pending.anon,
+        rss_drained.anon,
+        cpu_enqueue * 1e3 / n as f64,
         cpu_drain * 1e3 / n as f64
     ));
     s.add("q.enqueue.rate", backend, enqueue_rate);
     s.add("q.enqueue.p99", backend, enq.latencies.p99());
+    s.add("q.enqueue.cpu_ms", backend, cpu_enqueue * 1e3 / n as f64);
     s.add("q.drain.rate", backend, drain_rate);
     s.add("q.direct.rate", backend, direct.rate());
     s.add("q.drain.ratio", backend, drain_rate / direct.rate());
@@ -499,10 +544,18 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     s.add("q.patch.p50", backend, patch.p50());
     s.add("q.patch.p99", backend, patch.p99());
     s.add("q.lost", backend, lost as f64);
-    s.add("mem.idle", backend, rss_idle);
-    s.add("mem.pending", backend, rss_pending);
-    s.add("mem.drained", backend, rss_drained);
-    s.add("mem.drained_ratio", backend, rss_drained / rss_idle);
+    s.add("mem.idle", backend, rss_idle.total);
+    s.add("mem.pending", backend, rss_pending.total);
+    s.add("mem.drained", backend, rss_drained.total);
+    s.add(
+        "mem.drained_ratio",
+        backend,
+        rss_drained.total / rss_idle.total,
+    );
+    s.add("mem.idle.anon", backend, rss_idle.anon);
+    s.add("mem.idle.file", backend, rss_idle.file);
+    s.add("mem.drained.anon", backend, rss_drained.anon);
+    s.add("mem.drained.file", backend, rss_drained.file);
     Ok(())
 }
 
@@ -680,6 +733,19 @@ fn build_rows(opts: &Opts, backends: &[String], s: &Samples) -> Vec<Row> {
                 ),
                 Target::AtMost(1.1).judge(r),
             )
+        },
+    );
+    row(
+        "RSS anon / file-backed: idle → after the drain".into(),
+        "—",
+        &|b| {
+            Cell::info(format!(
+                "{} / {} → {} / {} MiB",
+                num(m("mem.idle.anon", b)),
+                num(m("mem.idle.file", b)),
+                num(m("mem.drained.anon", b)),
+                num(m("mem.drained.file", b))
+            ))
         },
     );
     rows

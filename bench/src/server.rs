@@ -29,6 +29,15 @@ pub struct ServerOptions {
     pub log_filter: Option<String>,
 }
 
+/// Resident memory, in MiB: the total (VmRSS) and its anonymous (heap, stacks) and
+/// file-backed (the binary's pages touched so far, shared libraries) parts.
+#[derive(Debug, Clone, Copy)]
+pub struct Rss {
+    pub total: f64,
+    pub anon: f64,
+    pub file: f64,
+}
+
 /// A running server; SIGKILLed if dropped without [`Server::stop`].
 pub struct Server {
     child: Option<Child>,
@@ -167,17 +176,24 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
-    /// VmRSS of the server process, in MiB.
-    pub fn rss_mib(&self) -> anyhow::Result<f64> {
+    /// Resident memory of the server process (`/proc/<pid>/status`), in MiB.
+    pub fn rss(&self) -> anyhow::Result<Rss> {
         let pid = self.pid().context("the server is not running")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS in /proc/<pid>/status")?;
-        Ok(kib / 1024.0)
+        let field = |name: &str| -> anyhow::Result<f64> {
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {name} in /proc/<pid>/status"))?;
+            Ok(kib / 1024.0)
+        };
+        Ok(Rss {
+            total: field("VmRSS:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
+        })
     }
 
     /// CPU time (user + system) the server has used so far, in seconds.

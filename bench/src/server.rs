@@ -1,0 +1,256 @@
+//! The server under test: the release binary as a child process with a temp config.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// The binaries the benchmark runs (built by `cargo build --release --bins`).
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub server: PathBuf,
+    pub fake: PathBuf,
+}
+
+/// What a server is started with.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `storageType`: memory, sqlite (redis: add `redisUrl` below when it exists).
+    pub storage: String,
+    pub concurrency: u32,
+    /// Extra `claudeEnv` entries (e.g. `FAKE_CLAUDE_LOG` for the argv probe).
+    pub claude_env: Vec<(String, String)>,
+    /// `CCS_LOG` for the server (None: its default, `info`).
+    pub log_filter: Option<String>,
+}
+
+/// Resident memory, in MiB: the total (VmRSS) and its anonymous (heap, stacks) and
+/// file-backed (the binary's pages touched so far, shared libraries) parts.
+#[derive(Debug, Clone, Copy)]
+pub struct Rss {
+    pub total: f64,
+    pub anon: f64,
+    pub file: f64,
+}
+
+/// A running server; SIGKILLed if dropped without [`Server::stop`].
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    _dir: TempDir,
+    pub root: PathBuf,
+    pub project: PathBuf,
+    /// From spawn to the first 200 on `/health`.
+    pub startup: Duration,
+}
+
+/// The config of a benchmark server: the fake CLI, no rate limit, statistics on, room for
+/// 20,000 pending tasks, everything under `root`.
+pub fn config_json(bins: &Bins, opts: &ServerOptions, root: &Path, port: u16) -> Value {
+    let project = root.join("project");
+    let mut claude_env = serde_json::Map::new();
+    claude_env.insert(
+        "CLAUDE_CONFIG_DIR".into(),
+        json!(root.join("claude-home").display().to_string()),
+    );
+    for (k, v) in &opts.claude_env {
+        claude_env.insert(k.clone(), json!(v));
+    }
+    json!({
+        "port": port,
+        "host": "127.0.0.1",
+        "claudePath": bins.fake.display().to_string(),
+        "claudeEnv": claude_env,
+        "defaultProjectPath": project.display().to_string(),
+        "allowedProjectRoots": [root.display().to_string()],
+        "logFile": root.join("server.log").display().to_string(),
+        "pidFile": root.join("server.pid").display().to_string(),
+        "dataDir": root.join("data").display().to_string(),
+        "storageType": opts.storage,
+        "taskQueue": {"concurrency": opts.concurrency, "maxPending": 20000},
+        "rateLimit": {"enabled": false},
+        "statistics": {"enabled": true},
+        "shutdownGraceMs": 2000,
+    })
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One `GET /health` over a fresh connection: the status code, or `None` if it could not be
+/// had (not listening yet).
+fn health_status(port: u16) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = [0u8; 16];
+    let mut got = 0;
+    while got < 12 {
+        match s.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
+    }
+    // "HTTP/1.1 200 "
+    std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()
+}
+
+impl Server {
+    /// Write the config, spawn the server and wait (polling every 1 ms, 10 s at most) for
+    /// the first 200 on `/health`.
+    pub fn start(bins: &Bins, opts: &ServerOptions) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new().prefix("ccs-bench-").tempdir()?;
+        let root = dir.path().canonicalize()?;
+        let project = root.join("project");
+        std::fs::create_dir_all(&project)?;
+        let port = free_port()?;
+        let config = config_json(bins, opts, &root, port);
+        let config_path = root.join("config.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        let stderr = std::fs::File::create(root.join("stderr.log"))?;
+        let mut cmd = Command::new(&bins.server);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(&root)
+            .env("HOME", &root)
+            .env_remove("PORT")
+            .env_remove("HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        match &opts.log_filter {
+            Some(f) => cmd.env("CCS_LOG", f),
+            None => cmd.env_remove("CCS_LOG"),
+        };
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bins.server.display()))?;
+        let mut server = Server {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+            root,
+            project,
+            startup: Duration::ZERO,
+        };
+        let deadline = started + Duration::from_secs(10);
+        loop {
+            if health_status(port) == Some(200) {
+                server.startup = started.elapsed();
+                return Ok(server);
+            }
+            if let Some(c) = server.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "the server exited during start-up ({status}): {}",
+                        server.stderr_tail()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the server did not answer 200 on /health within 10 s: {}",
+                    server.stderr_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Resident memory of the server process (`/proc/<pid>/status`), in MiB.
+    pub fn rss(&self) -> anyhow::Result<Rss> {
+        let pid = self.pid().context("the server is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> anyhow::Result<f64> {
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {name} in /proc/<pid>/status"))?;
+            Ok(kib / 1024.0)
+        };
+        Ok(Rss {
+            total: field("VmRSS:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
+        })
+    }
+
+    /// CPU time (user + system) the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let pid = self.pid().context("the server is not running")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may contain spaces) start after the last ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+        let ticks: f64 = f
+            .get(11)
+            .zip(f.get(12))
+            .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?))
+            .context("cannot parse /proc/<pid>/stat")?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks / hz)
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.root.join("stderr.log")).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        text.get(start..).unwrap_or("").to_string()
+    }
+
+    /// SIGTERM, then wait (15 s at most, then SIGKILL).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = i32::try_from(child.id())?;
+        // SAFETY: kill with a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("the server exited with {status}: {}", self.stderr_tail());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the server did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

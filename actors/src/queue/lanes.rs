@@ -52,7 +52,21 @@ impl Schedule {
     /// Take the next task to run. A session task stays its lane's active task until
     /// [`Schedule::finished`].
     pub fn pop(&mut self) -> Option<TaskId> {
-        self.order.pop()
+        let id = self.order.pop();
+        self.shrink_when_idle();
+        id
+    }
+
+    /// Hash maps keep the capacity of their largest size: after a burst of 10,000 pending
+    /// tasks, give that memory back once nothing is pending.
+    fn shrink_when_idle(&mut self) {
+        if self.order.is_empty() {
+            self.order.shrink_to_fit();
+        }
+        if self.lanes.is_empty() {
+            self.lanes.shrink_to_fit();
+            self.session_of.shrink_to_fit();
+        }
     }
 
     /// Whether the task is pending here (eligible or waiting).
@@ -112,6 +126,7 @@ impl Schedule {
             }
             None => {
                 self.lanes.remove(&sid);
+                self.shrink_when_idle();
             }
         }
     }

@@ -54,6 +54,11 @@ impl PendingOrder {
         }
     }
 
+    /// Give back the capacity a burst left behind (the set's nodes are freed as it empties).
+    pub fn shrink_to_fit(&mut self) {
+        self.keys.shrink_to_fit();
+    }
+
     /// Take the task that runs next.
     pub fn pop(&mut self) -> Option<TaskId> {
         let first = self.order.pop_first()?;

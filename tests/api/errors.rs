@@ -172,23 +172,8 @@ async fn project_path_rules() {
 
 #[tokio::test]
 async fn a_non_loopback_host_without_keys_refuses_to_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.json");
-    std::fs::write(
-        &config,
-        json!({"host": "0.0.0.0", "port": 0, "storageType": "memory"}).to_string(),
-    )
-    .expect("write");
-    let result = claude_code_server::app::Application::build(claude_code_server::app::Options {
-        config_path: config,
-        env: Some(actors::config::load::Environment {
-            home: Some(dir.path().to_path_buf()),
-            cwd: dir.path().to_path_buf(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await;
+    let result =
+        build_with_config(json!({"host": "0.0.0.0", "port": 0, "storageType": "memory"})).await;
     let err = result.err().expect("refuses to start").to_string();
     assert!(
         err.contains("auth.apiKeys") && err.contains("allowAnonymous"),
@@ -198,15 +183,20 @@ async fn a_non_loopback_host_without_keys_refuses_to_start() {
 
 #[tokio::test]
 async fn an_invalid_config_names_the_key() {
+    let result = build_with_config(json!({"taskQueue": {"concurrency": "three"}})).await;
+    let err = format!("{:#}", result.err().expect("refuses to start"));
+    assert!(err.contains("taskQueue.concurrency"), "{err}");
+}
+
+/// Build (not run) the application on a config file holding `config`, in a clean environment.
+async fn build_with_config(
+    config: serde_json::Value,
+) -> anyhow::Result<claude_code_server::app::Application> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.json");
-    std::fs::write(
-        &config,
-        json!({"taskQueue": {"concurrency": "three"}}).to_string(),
-    )
-    .expect("write");
-    let result = claude_code_server::app::Application::build(claude_code_server::app::Options {
-        config_path: config,
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).expect("write");
+    claude_code_server::app::Application::build(claude_code_server::app::Options {
+        config_path: path,
         env: Some(actors::config::load::Environment {
             home: Some(dir.path().to_path_buf()),
             cwd: dir.path().to_path_buf(),
@@ -214,7 +204,5 @@ async fn an_invalid_config_names_the_key() {
         }),
         ..Default::default()
     })
-    .await;
-    let err = format!("{:#}", result.err().expect("refuses to start"));
-    assert!(err.contains("taskQueue.concurrency"), "{err}");
+    .await
 }

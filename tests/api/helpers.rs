@@ -201,6 +201,40 @@ impl TestApp {
     }
 }
 
+/// The argv a logged fake run was called with.
+pub fn argv(call: &Value) -> Vec<String> {
+    call["argv"]
+        .as_array()
+        .expect("argv array")
+        .iter()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect()
+}
+
+/// The most runs alive at once, from the fake's logged start and end times (RFC 3339 UTC
+/// strings compare in time order).
+pub fn most_alive_at_once(calls: &[Value]) -> usize {
+    let spans: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["started_at"].as_str().expect("started_at"),
+                c["ended_at"].as_str().expect("ended_at"),
+            )
+        })
+        .collect();
+    spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn read_log(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

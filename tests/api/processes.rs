@@ -148,22 +148,8 @@ async fn runs_never_exceed_the_concurrency_limit() {
     let calls = app.calls();
     assert_eq!(calls.len(), 6);
     // At any start time, at most 2 runs are alive.
-    let spans: Vec<(String, String)> = calls
-        .iter()
-        .map(|c| {
-            (
-                c["started_at"].as_str().expect("started_at").to_string(),
-                c["ended_at"].as_str().expect("ended_at").to_string(),
-            )
-        })
-        .collect();
-    for (start, _) in &spans {
-        let alive = spans
-            .iter()
-            .filter(|(s, e)| s <= start && start < e)
-            .count();
-        assert!(alive <= 2, "{alive} runs alive at {start}: {spans:?}");
-    }
+    let most = most_alive_at_once(&calls);
+    assert!(most <= 2, "{most} runs alive at once: {calls:?}");
     app.shutdown().await;
 }
 

@@ -4,15 +4,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn argv(call: &Value) -> Vec<String> {
-    call["argv"]
-        .as_array()
-        .expect("argv array")
-        .iter()
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_sync_run_answers_with_the_result_and_calls_the_cli_correctly() {
     let app = spawn_app().await;

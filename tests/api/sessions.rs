@@ -4,17 +4,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn argv(call: &Value) -> Vec<String> {
-    call["argv"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn continue_turn(app: &TestApp, sid: &str, body: Value) -> (u16, Value) {
     json_body(
         app.post_json(&format!("/api/sessions/{sid}/continue"), &body)

@@ -209,22 +209,8 @@ async fn batch_answers_in_order_and_never_exceeds_the_concurrency_limit() {
     assert_eq!(b["summary"]["successful"], 4);
     assert_eq!(b["summary"]["failed"], 1);
     let calls = app.calls();
-    let spans: Vec<(String, String)> = calls
-        .iter()
-        .map(|c| {
-            (
-                c["started_at"].as_str().unwrap_or("").into(),
-                c["ended_at"].as_str().unwrap_or("").into(),
-            )
-        })
-        .collect();
-    for (start, _) in &spans {
-        let alive = spans
-            .iter()
-            .filter(|(s, e)| s <= start && start < e)
-            .count();
-        assert!(alive <= 2, "{alive} batch runs at once: {spans:?}");
-    }
+    let most = most_alive_at_once(&calls);
+    assert!(most <= 2, "{most} batch runs at once: {calls:?}");
 
     let (s, b) = json_body(
         app.post_json(

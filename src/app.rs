@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 
 use actors::claude::process::cli_version;
+use actors::cluster::Cluster;
 use actors::config::load::{load, Environment};
 use actors::config::{Config, StorageType};
 use actors::events::EventHub;
@@ -70,9 +71,9 @@ impl Application {
         check_bind_policy(&config)?;
         let config = Arc::new(config);
 
-        let store = open_store(&config).await?;
+        let (store, cluster) = open_store(&config).await?;
         let events = Arc::new(EventHub::new(Arc::new(crate::http::events::final_event)));
-        let queue = Queue::start(store.clone(), config.clone(), events)
+        let queue = Queue::start(store.clone(), config.clone(), events, cluster.clone())
             .await
             .context("cannot recover the task queue from storage")?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
@@ -86,7 +87,14 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
-        let state = AppState::new(config_tx, queue, store, stats, opts.config_path.clone());
+        let state = AppState::new(
+            config_tx,
+            queue,
+            store,
+            cluster,
+            stats,
+            opts.config_path.clone(),
+        );
         state
             .reload
             .init(loaded.file_doc, env, opts.host, opts.port)
@@ -235,16 +243,15 @@ fn is_loopback(host: &str) -> bool {
         .unwrap_or(false)
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// The store, and with Redis storage this instance's place in the cluster sharing it.
+async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Cluster>>)> {
     Ok(match config.storage_type {
-        StorageType::Memory => Arc::new(MemoryStore::new()),
+        StorageType::Memory => (Arc::new(MemoryStore::new()), None),
         StorageType::Sqlite => {
             let path = Path::new(&config.data_dir).join("claude-code-server.db");
-            Arc::new(
-                SqliteStore::open(&path).with_context(|| {
-                    format!("cannot open the SQLite database {}", path.display())
-                })?,
-            )
+            let store = SqliteStore::open(&path)
+                .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
+            (Arc::new(store), None)
         }
         StorageType::Redis => {
             // `validate` makes redisUrl required for this storage type.
@@ -257,7 +264,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                         config.redis_namespace
                     )
                 })?;
-            Arc::new(store)
+            let cluster = Cluster::join(url, &store).map_err(anyhow::Error::msg)?;
+            (Arc::new(store), Some(cluster))
         }
     })
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use actors::cluster::Cluster;
 use actors::config::Config;
 use actors::metrics::Metrics;
 use actors::queue::Queue;
@@ -30,6 +31,8 @@ pub struct Inner {
     config: watch::Sender<Arc<Config>>,
     pub queue: Queue,
     pub store: Arc<dyn Store>,
+    /// With Redis storage: this instance among the others sharing it.
+    pub cluster: Option<Arc<Cluster>>,
     pub stats: StatsHandle,
     pub rate_limiter: RateLimiter,
     pub started: Instant,
@@ -53,6 +56,7 @@ impl AppState {
         config: watch::Sender<Arc<Config>>,
         queue: Queue,
         store: Arc<dyn Store>,
+        cluster: Option<Arc<Cluster>>,
         stats: StatsHandle,
         config_path: PathBuf,
     ) -> AppState {
@@ -60,6 +64,7 @@ impl AppState {
             config,
             queue,
             store,
+            cluster,
             stats,
             rate_limiter: RateLimiter::default(),
             started: Instant::now(),

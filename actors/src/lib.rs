@@ -6,13 +6,15 @@
 //! * [`claude`]  — the Claude CLI as a child process: argv, stream-json parsing, classification,
 //!   process-group supervision.
 //! * [`queue`]   — the QueueSupervisor (priority, concurrency, cancel, timeouts) and its workers.
-//! * [`store`]   — storage behind one async trait: memory and SQLite.
+//! * [`store`]   — storage behind one async trait: memory, SQLite and Redis.
+//! * [`cluster`] — several instances on one Redis: instance ids and the control channel.
 //! * [`stats`]   — the StatsActor: figures per day, model and key; daily budgets.
 //! * [`rate_limit`] — GCRA per API key (or client IP) and its sharded limiter.
 //! * [`webhook`] — the WebhookActor and its pure parts: payload, signing, retries, SSRF policy.
 //! * [`metrics`] — counters and histograms for `GET /metrics`, and the MetricsActor.
 
 pub mod claude;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod events;

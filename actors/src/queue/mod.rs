@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::events::EventHub;
@@ -149,6 +150,8 @@ pub struct Queue {
     store: Arc<dyn Store>,
     shared: Arc<Shared>,
     events: Arc<EventHub>,
+    /// With Redis storage: the instances sharing the queue.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Queue {
@@ -158,6 +161,7 @@ impl Queue {
         store: Arc<dyn Store>,
         config: Arc<Config>,
         events: Arc<EventHub>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Result<Queue, StoreError> {
         let interrupted = store.interrupt_processing(Utc::now()).await?;
         if !interrupted.is_empty() {
@@ -199,6 +203,7 @@ impl Queue {
             store: store.clone(),
             shared: shared.clone(),
             events: events.clone(),
+            cluster,
         };
         let sup =
             supervisor::Supervisor::new(store, config, shared, queue.tx.clone(), pending, events);
@@ -208,6 +213,11 @@ impl Queue {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// With Redis storage: this instance among those sharing the queue.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The live events of runs.

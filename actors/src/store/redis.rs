@@ -142,6 +142,16 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// A handle on the managed connection (for the [`cluster`](crate::cluster), which shares it).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `"<namespace>:"`, the start of every key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }

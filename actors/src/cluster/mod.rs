@@ -1,0 +1,251 @@
+//! Several instances on one Redis behaving as one service (`storageType: "redis"`).
+//!
+//! Redis is the distributed engine; this module adds no consensus of its own. What instances
+//! share, and how:
+//!
+//! * the data (tasks, sessions, statistics, ...): the [`RedisStore`](crate::store::redis), under
+//!   one namespace;
+//! * a control channel ([`Control`], Redis pub/sub on `<ns>:ctl`): "a task was queued", "cancel
+//!   this task", "this task ended". Pub/sub is fire-and-forget, so every message is only a
+//!   shortcut: each part that reacts to one also finds the same fact by polling Redis (claims,
+//!   lease renewals, waiting on a task's final record), so a message lost in an outage only
+//!   delays things.
+//!
+//! Each process has an [`InstanceId`], unique per start, that owns the leases of the tasks it
+//! runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::model::TaskId;
+use crate::store::redis::RedisStore;
+
+/// Messages kept for a slow control listener before it starts missing some (it then polls).
+const CONTROL_BACKLOG: usize = 1024;
+/// Pause before re-subscribing after the control connection failed (doubles up to the max).
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
+
+/// Names this process among the instances: `<host>-<pid>-<random>`, new at every start, so a
+/// restarted instance never mistakes the leases of its previous life for its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub fn generate() -> InstanceId {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        InstanceId(format!(
+            "{}-{}-{}",
+            hostname(),
+            std::process::id(),
+            &random[..8]
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    // Keep it usable inside Redis member names and log lines.
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "host".into()
+    } else {
+        clean
+    }
+}
+
+/// What instances tell each other on the control channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Control {
+    /// A task was queued: instances with a free slot try to claim one.
+    Enqueued,
+    /// A task's final record is `cancelled`: the instance running it kills its process group.
+    Cancel { task: TaskId },
+    /// A task reached its final record: instances with a caller waiting for it read it.
+    Finished { task: TaskId },
+}
+
+/// This instance's handle on the cluster: its id, the shared connection and the control
+/// channel. Cheap to share behind an `Arc`.
+pub struct Cluster {
+    instance: InstanceId,
+    conn: ConnectionManager,
+    prefix: String,
+    client: ::redis::Client,
+    control: broadcast::Sender<Control>,
+}
+
+impl Cluster {
+    /// Join the cluster whose data `store` holds (same server, same namespace) and start
+    /// listening on the control channel. `url` is the store's `redisUrl`; the control channel
+    /// needs a connection of its own (a subscribed connection can do nothing else).
+    pub fn join(url: &str, store: &RedisStore) -> Result<Arc<Cluster>, String> {
+        let client = ::redis::Client::open(url).map_err(|e| format!("invalid redisUrl: {e}"))?;
+        let (tx, _) = broadcast::channel(CONTROL_BACKLOG);
+        let cluster = Arc::new(Cluster {
+            instance: InstanceId::generate(),
+            conn: store.connection(),
+            prefix: store.prefix().to_string(),
+            client,
+            control: tx,
+        });
+        tokio::spawn(listen(Arc::downgrade(&cluster)));
+        tracing::info!(instance = %cluster.instance, namespace = %cluster.prefix.trim_end_matches(':'), "joined the cluster");
+        Ok(cluster)
+    }
+
+    pub fn instance(&self) -> &InstanceId {
+        &self.instance
+    }
+
+    /// `"<namespace>:"`, the start of every key of this cluster.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key `<namespace>:<suffix>`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// A handle on the shared, reconnecting connection (for non-blocking commands only: a
+    /// blocking read would hold up everyone's commands behind it; use [`Cluster::client`]).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The client, to open a dedicated connection (blocking reads such as `XREAD BLOCK`).
+    pub fn client(&self) -> &::redis::Client {
+        &self.client
+    }
+
+    /// Tell every instance (this one included, through Redis) about `msg`. Best effort: a
+    /// failure is logged, and the receivers find the fact by polling.
+    pub async fn publish(&self, msg: &Control) {
+        let Ok(text) = serde_json::to_string(msg) else {
+            return;
+        };
+        let result: Result<i64, _> = ::redis::cmd("PUBLISH")
+            .arg(self.control_channel())
+            .arg(text)
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot publish on the control channel");
+        }
+    }
+
+    /// Every control message from now on (including this instance's own).
+    pub fn subscribe(&self) -> broadcast::Receiver<Control> {
+        self.control.subscribe()
+    }
+
+    fn control_channel(&self) -> String {
+        self.key("ctl")
+    }
+}
+
+/// Forward the control channel to the local subscribers, re-subscribing after failures.
+/// Holds the cluster weakly: it stops once the instance has dropped its handle.
+async fn listen(weak: std::sync::Weak<Cluster>) {
+    let mut pause = RESUBSCRIBE_MIN;
+    loop {
+        let Some(cluster) = weak.upgrade() else {
+            return;
+        };
+        match cluster.client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if let Err(e) = pubsub.subscribe(cluster.control_channel()).await {
+                    tracing::debug!(error = %e, "cannot subscribe to the control channel");
+                } else {
+                    pause = RESUBSCRIBE_MIN;
+                    // Something may have happened while we were not listening.
+                    let _ = cluster.control.send(Control::Enqueued);
+                    let mut messages = pubsub.into_on_message();
+                    drop(cluster);
+                    while let Some(m) = messages.next().await {
+                        let Some(cluster) = weak.upgrade() else {
+                            return;
+                        };
+                        let Ok(text) = m.get_payload::<String>() else {
+                            continue;
+                        };
+                        match serde_json::from_str::<Control>(&text) {
+                            Ok(msg) => {
+                                let _ = cluster.control.send(msg);
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "unreadable control message")
+                            }
+                        }
+                    }
+                    tracing::debug!("the control channel closed; subscribing again");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot open the control channel"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RESUBSCRIBE_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_are_new_at_every_start_and_safe_in_keys() {
+        let a = InstanceId::generate();
+        let b = InstanceId::generate();
+        assert_ne!(a, b);
+        assert!(a
+            .as_str()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')));
+    }
+
+    #[test]
+    fn control_messages_read_back_as_written() {
+        let id = uuid::Uuid::new_v4();
+        for msg in [
+            Control::Enqueued,
+            Control::Cancel { task: id },
+            Control::Finished { task: id },
+        ] {
+            let text = serde_json::to_string(&msg).expect("encode");
+            assert_eq!(serde_json::from_str::<Control>(&text).expect("decode"), msg);
+        }
+        assert_eq!(
+            serde_json::to_string(&Control::Enqueued).expect("encode"),
+            r#"{"kind":"enqueued"}"#
+        );
+    }
+}

@@ -205,8 +205,15 @@ impl Queue {
             events: events.clone(),
             cluster,
         };
-        let sup =
-            supervisor::Supervisor::new(store, config, shared, queue.tx.clone(), pending, events);
+        let sup = supervisor::Supervisor::new(
+            store,
+            config,
+            shared,
+            queue.tx.clone(),
+            pending,
+            events,
+            queue.cluster.clone(),
+        );
         tokio::spawn(sup.run(rx));
         Ok(queue)
     }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::lanes::Schedule;
 use super::{worker, Shared};
 use crate::claude::StopReason;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::model::{Priority, SessionId, Task, TaskId};
@@ -75,6 +76,7 @@ pub(crate) struct Supervisor {
     finished: Vec<mpsc::UnboundedSender<Arc<Task>>>,
     events: Arc<EventHub>,
     shutdown: Option<ShutdownState>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Supervisor {
@@ -85,6 +87,7 @@ impl Supervisor {
         tx: mpsc::UnboundedSender<Msg>,
         recovered: Vec<Task>,
         events: Arc<EventHub>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Supervisor {
         // Lanes need each session's turns in submission order.
         let mut recovered = recovered;
@@ -104,6 +107,7 @@ impl Supervisor {
             finished: Vec::new(),
             events,
             shutdown: None,
+            cluster,
         }
     }
 
@@ -232,6 +236,7 @@ impl Supervisor {
                 stop_rx,
                 self.tx.clone(),
                 self.events.clone(),
+                self.cluster.clone(),
             ));
         }
         self.shared

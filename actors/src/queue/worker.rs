@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::supervisor::Msg;
 use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::events::{init_data, EventHub};
 use crate::model::{SessionMode, Task, TaskId};
@@ -40,8 +41,9 @@ pub(crate) async fn run_task(
     stop: watch::Receiver<Option<StopReason>>,
     tx: mpsc::UnboundedSender<Msg>,
     events: Arc<EventHub>,
+    cluster: Option<Arc<Cluster>>,
 ) {
-    let task = execute(id, &store, &config, stop, &events)
+    let task = execute(id, &store, &config, stop, &events, cluster.as_deref())
         .await
         .map(Box::new);
     let _ = tx.send(Msg::Finished { id, task });
@@ -53,7 +55,9 @@ async fn execute(
     config: &Config,
     stop: watch::Receiver<Option<StopReason>>,
     events: &EventHub,
+    cluster: Option<&Cluster>,
 ) -> Option<Task> {
+    let _ = cluster;
     let started = retry("start task", &stop, || store.start_task(id, Utc::now())).await?;
     let Some(task) = started else {
         // Cancelled before it started: it never runs.

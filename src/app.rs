@@ -264,8 +264,9 @@ async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<A
                         config.redis_namespace
                     )
                 })?;
-            let cluster = Cluster::join(url, &store).map_err(anyhow::Error::msg)?;
-            (Arc::new(store), Some(cluster))
+            let store = Arc::new(store);
+            let cluster = Cluster::join(url, store.clone()).map_err(anyhow::Error::msg)?;
+            (store, Some(cluster))
         }
     })
 }

@@ -11,19 +11,24 @@ use crate::helpers::*;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_claude-code-server");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
 }
 
-struct Daemon {
-    child: Child,
-    base: String,
+/// The daemon binary as a child process (to kill it with SIGKILL).
+pub(crate) struct Daemon {
+    pub child: Child,
+    pub base: String,
 }
 
-async fn start_daemon(config: &std::path::Path, home: &std::path::Path, port: u16) -> Daemon {
+pub(crate) async fn start_daemon(
+    config: &std::path::Path,
+    home: &std::path::Path,
+    port: u16,
+) -> Daemon {
     let child = Command::new(SERVER)
         .args(["serve", "--config"])
         .arg(config)

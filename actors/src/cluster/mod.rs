@@ -99,6 +99,8 @@ pub struct Cluster {
     instance: InstanceId,
     conn: ConnectionManager,
     prefix: String,
+    /// The shared queue's operations live on the store (they share its task scripts).
+    store: Arc<RedisStore>,
     client: ::redis::Client,
     control: broadcast::Sender<Control>,
 }
@@ -107,13 +109,14 @@ impl Cluster {
     /// Join the cluster whose data `store` holds (same server, same namespace) and start
     /// listening on the control channel. `url` is the store's `redisUrl`; the control channel
     /// needs a connection of its own (a subscribed connection can do nothing else).
-    pub fn join(url: &str, store: &RedisStore) -> Result<Arc<Cluster>, String> {
+    pub fn join(url: &str, store: Arc<RedisStore>) -> Result<Arc<Cluster>, String> {
         let client = ::redis::Client::open(url).map_err(|e| format!("invalid redisUrl: {e}"))?;
         let (tx, _) = broadcast::channel(CONTROL_BACKLOG);
         let cluster = Arc::new(Cluster {
             instance: InstanceId::generate(),
             conn: store.connection(),
             prefix: store.prefix().to_string(),
+            store,
             client,
             control: tx,
         });
@@ -124,6 +127,11 @@ impl Cluster {
 
     pub fn instance(&self) -> &InstanceId {
         &self.instance
+    }
+
+    /// The Redis store, for the shared queue's operations (claims, leases, reaping).
+    pub fn store(&self) -> &Arc<RedisStore> {
+        &self.store
     }
 
     /// `"<namespace>:"`, the start of every key of this cluster.

@@ -354,7 +354,8 @@ mod tests {
                 idle_timeout: 0,
                 kill_grace_ms: 5000,
                 max_pending: 10_000,
-                global_concurrency: None
+                global_concurrency: None,
+                lease_ms: 15_000,
             }
         );
         assert_eq!(

@@ -124,6 +124,8 @@ pub struct TaskQueueConfig {
     pub kill_grace_ms: u64,
     pub max_pending: u64,
     pub global_concurrency: Option<u32>,
+    /// With Redis: how long a claimed task stays an instance's without renewal.
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +274,13 @@ impl Config {
         at_least("taskQueue.maxPending", q.max_pending, 1)?;
         if let Some(g) = q.global_concurrency {
             at_least("taskQueue.globalConcurrency", g.into(), 1)?;
+        }
+        at_least("taskQueue.leaseMs", q.lease_ms, 500)?;
+        if q.lease_ms > 600_000 {
+            return Err(ConfigError::new(
+                "taskQueue.leaseMs",
+                "must be at most 600000 (10 minutes)",
+            ));
         }
         if self.storage_type == StorageType::Redis && self.redis_url.is_none() {
             return Err(ConfigError::new(

@@ -17,13 +17,15 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Control};
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::events::EventHub;
 use crate::model::{Priority, RunOutcome, SessionId, Task, TaskError, TaskId, TaskStatus};
+use crate::store::redis::Refused;
 use crate::store::{Store, StoreError};
 
+mod claims;
 pub mod lanes;
 pub mod order;
 pub mod supervisor;
@@ -163,6 +165,9 @@ impl Queue {
         events: Arc<EventHub>,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<Queue, StoreError> {
+        if let Some(cluster) = cluster {
+            return Ok(Queue::start_shared(store, config, events, cluster));
+        }
         let interrupted = store.interrupt_processing(Utc::now()).await?;
         if !interrupted.is_empty() {
             tracing::warn!(
@@ -212,10 +217,51 @@ impl Queue {
             queue.tx.clone(),
             pending,
             events,
-            queue.cluster.clone(),
+            None,
         );
         tokio::spawn(sup.run(rx));
         Ok(queue)
+    }
+
+    /// With Redis storage: the queue is shared by every instance on the namespace. Nothing is
+    /// recovered at start-up: pending tasks wait in Redis for any instance to claim them, and a
+    /// run left by a dead instance is ended by whichever instance reaps its expired lease.
+    fn start_shared(
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        events: Arc<EventHub>,
+        cluster: Arc<Cluster>,
+    ) -> Queue {
+        let shared = Arc::new(Shared {
+            pending: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
+            max_pending: AtomicU64::new(config.task_queue.max_pending),
+            accepting: AtomicBool::new(true),
+            session_tasks: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Queue {
+            tx,
+            interrupted: Arc::new(Mutex::new(Vec::new())),
+            store: store.clone(),
+            shared: shared.clone(),
+            events: events.clone(),
+            cluster: Some(cluster.clone()),
+        };
+        let lease_ms = config.task_queue.lease_ms;
+        let sup = supervisor::Supervisor::new(
+            store,
+            config,
+            shared,
+            queue.tx.clone(),
+            Vec::new(),
+            events,
+            Some(cluster.clone()),
+        );
+        tokio::spawn(sup.run(rx));
+        claims::start(cluster, queue.tx.clone(), lease_ms);
+        queue
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -245,6 +291,11 @@ impl Queue {
     ) -> Result<Submitted, QueueError> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(QueueError::ShuttingDown);
+        }
+        if let Some(cluster) = &self.cluster {
+            return self
+                .submit_shared(cluster.clone(), task, wait, exclusive)
+                .await;
         }
         let session = task.session_id;
         if let Some(sid) = session {
@@ -292,6 +343,55 @@ impl Queue {
                 // runs after the next start.
                 return Err(QueueError::ShuttingDown);
             }
+            Ok(stored)
+        })
+        .await
+        .map_err(|_| {
+            QueueError::Store(StoreError::Unavailable("the submission task failed".into()))
+        })??;
+        Ok(Submitted {
+            task: stored,
+            done: done_rx,
+        })
+    }
+
+    /// [`Queue::submit`] on the shared queue: Redis checks the session and `maxPending` and
+    /// stores the task in one script; any instance may then claim it.
+    async fn submit_shared(
+        &self,
+        cluster: Arc<Cluster>,
+        task: Task,
+        wait: bool,
+        exclusive: bool,
+    ) -> Result<Submitted, QueueError> {
+        let max_pending = self.shared.max_pending.load(Ordering::SeqCst);
+        let (done_tx, done_rx) = if wait {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        // As in `submit`: storing and announcing happen together even if the caller goes away.
+        let queue = self.clone();
+        let stored = tokio::spawn(async move {
+            let stored = match cluster
+                .store()
+                .insert_checked(task, exclusive, max_pending)
+                .await?
+            {
+                Ok(t) => t,
+                Err(Refused::SessionBusy) => return Err(QueueError::SessionBusy),
+                Err(Refused::QueueFull(n)) => return Err(QueueError::QueueFull(n)),
+            };
+            queue.shared.pending.fetch_add(1, Ordering::SeqCst);
+            if let Some(waiter) = done_tx {
+                let _ = queue.tx.send(Msg::Watch {
+                    id: stored.id,
+                    waiter,
+                });
+            }
+            let _ = queue.tx.send(Msg::Wake);
+            cluster.publish(&Control::Enqueued).await;
             Ok(stored)
         })
         .await
@@ -362,6 +462,10 @@ impl Queue {
                 id,
                 task: Box::new(task.clone()),
             });
+            if let Some(cluster) = &queue.cluster {
+                // The instance running it kills it; callers waiting elsewhere wake.
+                cluster.publish(&Control::Cancel { task: id }).await;
+            }
             Ok(task)
         })
         .await

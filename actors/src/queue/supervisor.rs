@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::lanes::Schedule;
-use super::{worker, Shared};
+use super::{claims, worker, Shared};
 use crate::claude::StopReason;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Control};
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::model::{Priority, SessionId, Task, TaskId};
@@ -42,10 +42,12 @@ pub(crate) enum Msg {
         priority: Priority,
     },
     Reconfigure(Arc<Config>),
-    /// A worker is done and its process is gone. `task` is the final record when readable.
+    /// A worker is done and its process is gone. `task` is the final record when readable;
+    /// `wrote`: this worker wrote it (else a canceller or a reaper did, and told the listeners).
     Finished {
         id: TaskId,
         task: Option<Box<Task>>,
+        wrote: bool,
     },
     Shutdown {
         grace: Duration,
@@ -53,9 +55,25 @@ pub(crate) enum Msg {
     },
     /// Send every final record from now on to this listener.
     Subscribe(mpsc::UnboundedSender<Arc<Task>>),
-    /// A task that ended before this process ran it (interrupted at start-up): tell the
-    /// listeners and close its event log, nothing else (it holds no slot, lane or count).
+    /// A task that ended without a run of this process (interrupted at start-up, or reaped
+    /// from a dead instance): tell the listeners, wake its waiters and close its event log,
+    /// nothing else (it holds no slot, lane or count).
     Announce(Box<Task>),
+    /// Shared queue: a claim came back with these tasks, leased to this instance.
+    Claimed {
+        asked: usize,
+        ids: Vec<TaskId>,
+    },
+    /// Shared queue: there may be work to claim (a task was queued somewhere, a slot freed on
+    /// another instance, or the periodic check).
+    Wake,
+    /// Shared queue: `id` ended elsewhere, or this instance lost its lease: stop its run if it
+    /// is here, and wake its waiters once its final record is read.
+    EndedElsewhere(TaskId),
+    /// Shared queue: a task some local caller waits for was read final.
+    Read(Box<Task>),
+    /// Shared queue: the tasks this instance holds leases on (its runs), and the config.
+    Leases(oneshot::Sender<(Vec<TaskId>, Arc<Config>)>),
 }
 
 struct ShutdownState {
@@ -76,7 +94,17 @@ pub(crate) struct Supervisor {
     finished: Vec<mpsc::UnboundedSender<Arc<Task>>>,
     events: Arc<EventHub>,
     shutdown: Option<ShutdownState>,
-    cluster: Option<Arc<Cluster>>,
+    /// With Redis: the shared queue, which replaces `pending` as the source of work.
+    shared_queue: Option<SharedQueue>,
+}
+
+/// The supervisor's view of the shared queue.
+struct SharedQueue {
+    cluster: Arc<Cluster>,
+    /// One claim at a time, so this instance never claims more than its free slots.
+    claiming: bool,
+    /// Something happened since the last claim that may have made work claimable.
+    wanted: bool,
 }
 
 impl Supervisor {
@@ -107,7 +135,11 @@ impl Supervisor {
             finished: Vec::new(),
             events,
             shutdown: None,
-            cluster,
+            shared_queue: cluster.map(|cluster| SharedQueue {
+                cluster,
+                claiming: false,
+                wanted: true,
+            }),
         }
     }
 
@@ -148,10 +180,25 @@ impl Supervisor {
                 self.pending.push(id, priority, seq, session);
             }
             Msg::Watch { id, waiter } => {
-                // Only tasks still tracked here can end later; for others the sender is dropped
-                // and the caller reads the store.
-                if self.pending.is_pending(id) || self.running.contains_key(&id) {
+                if self.shared_queue.is_some() {
+                    // Any instance may run it: wait, and read it now in case it already ended.
                     self.waiters.entry(id).or_default().push(waiter);
+                    self.read_waited(vec![id]);
+                } else if self.pending.is_pending(id) || self.running.contains_key(&id) {
+                    // Only tasks still tracked here can end later; for others the sender is
+                    // dropped and the caller reads the store.
+                    self.waiters.entry(id).or_default().push(waiter);
+                }
+            }
+            Msg::Cancelled { id, task } if self.shared_queue.is_some() => {
+                // This instance wrote `cancelled`: it tells the listeners. The instance running
+                // it (told on the control channel) kills it.
+                self.tell_listeners(&task);
+                match self.running.get(&id) {
+                    Some(stop) => {
+                        let _ = stop.send(Some(StopReason::Cancelled));
+                    }
+                    None => self.wake_waiters(id, &task),
                 }
             }
             Msg::Cancelled { id, task } => {
@@ -172,12 +219,32 @@ impl Supervisor {
                     .store(config.task_queue.concurrency.into(), Ordering::SeqCst);
                 self.config = config;
             }
-            Msg::Finished { id, task } => {
+            Msg::Finished { id, task, wrote } => {
                 self.running.remove(&id);
                 self.pending.finished(id);
                 self.shared
                     .running
                     .store(self.running.len() as u64, Ordering::SeqCst);
+                if let Some(sq) = self.shared_queue.as_mut() {
+                    sq.wanted = true;
+                    let cluster = sq.cluster.clone();
+                    claims::release(cluster.clone(), id);
+                    match task {
+                        Some(task) if wrote => {
+                            self.notify(id, &task);
+                            claims::publish(cluster, Control::Finished { task: id });
+                        }
+                        Some(task) => {
+                            self.events.finish(&task);
+                            self.wake_waiters(id, &task);
+                        }
+                        // Unreadable (storage gone): its waiters read the store.
+                        None => {
+                            self.waiters.remove(&id);
+                        }
+                    }
+                    return;
+                }
                 match task {
                     Some(task) => self.notify(id, &task),
                     None => {
@@ -196,25 +263,100 @@ impl Supervisor {
             Msg::Subscribe(listener) => self.finished.push(listener),
             Msg::Announce(task) => {
                 self.events.finish(&task);
-                let shared = Arc::new(*task);
-                self.finished.retain(|l| l.send(shared.clone()).is_ok());
+                self.wake_waiters(task.id, &task);
+                self.tell_listeners(&task);
+            }
+            Msg::Claimed { asked, ids } => {
+                let Some(sq) = self.shared_queue.as_mut() else {
+                    return;
+                };
+                sq.claiming = false;
+                if self.shutdown.is_some() {
+                    // Too late to start anything: back to the queue for the other instances.
+                    for id in ids {
+                        claims::release(sq.cluster.clone(), id);
+                    }
+                    return;
+                }
+                // A full claim may have left more behind; a short one emptied what was ready.
+                sq.wanted = ids.len() >= asked && asked > 0;
+                for id in ids {
+                    self.spawn_worker(id);
+                }
+            }
+            Msg::Wake => {
+                if let Some(sq) = self.shared_queue.as_mut() {
+                    sq.wanted = true;
+                }
+                // Also the moment to look again at tasks local callers wait for (a "finished"
+                // message from another instance may have been lost).
+                let waited: Vec<TaskId> = self
+                    .waiters
+                    .keys()
+                    .filter(|id| !self.running.contains_key(id))
+                    .copied()
+                    .collect();
+                self.read_waited(waited);
+            }
+            Msg::EndedElsewhere(id) => match self.running.get(&id) {
+                Some(stop) => {
+                    let _ = stop.send(Some(StopReason::Cancelled));
+                }
+                None if self.waiters.contains_key(&id) => self.read_waited(vec![id]),
+                None => {}
+            },
+            Msg::Leases(reply) => {
+                let _ = reply.send((self.running.keys().copied().collect(), self.config.clone()));
+            }
+            Msg::Read(task) => {
+                if task.status.is_final() && !self.running.contains_key(&task.id) {
+                    self.wake_waiters(task.id, &task);
+                }
             }
         }
+    }
+
+    /// Wake the callers waiting for `id` with its final record.
+    fn wake_waiters(&mut self, id: TaskId, task: &Task) {
+        for w in self.waiters.remove(&id).unwrap_or_default() {
+            let _ = w.send(task.clone());
+        }
+    }
+
+    /// Tell the listeners (statistics, webhooks, metrics) about a final record.
+    fn tell_listeners(&mut self, task: &Task) {
+        let shared = Arc::new(task.clone());
+        self.finished.retain(|l| l.send(shared.clone()).is_ok());
+    }
+
+    /// Shared queue: read these tasks and report the final ones (`Msg::Read`).
+    fn read_waited(&self, ids: Vec<TaskId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            for id in ids {
+                if let Ok(Some(task)) = store.get_task(id).await {
+                    if task.status.is_final() {
+                        let _ = tx.send(Msg::Read(Box::new(task)));
+                    }
+                }
+            }
+        });
     }
 
     /// A task reached its final record: wake its waiters and tell the listeners (once per
     /// task: this runs when the pending task is dropped or its worker is done).
     fn notify(&mut self, id: TaskId, task: &Task) {
-        for w in self.waiters.remove(&id).unwrap_or_default() {
-            let _ = w.send(task.clone());
-        }
+        self.wake_waiters(id, task);
         if task.status.is_final() {
             self.events.finish(task);
             if let Some(sid) = task.session_id {
                 self.shared.session_task_ended(sid);
             }
-            let shared = Arc::new(task.clone());
-            self.finished.retain(|l| l.send(shared.clone()).is_ok());
+            self.tell_listeners(task);
         }
     }
 
@@ -224,21 +366,40 @@ impl Supervisor {
             return;
         }
         let limit = self.config.task_queue.concurrency as usize;
+        if let Some(sq) = self.shared_queue.as_mut() {
+            let free = limit.saturating_sub(self.running.len());
+            if free > 0 && sq.wanted && !sq.claiming {
+                sq.claiming = true;
+                sq.wanted = false;
+                claims::claim(
+                    sq.cluster.clone(),
+                    self.config.clone(),
+                    free,
+                    self.shared.clone(),
+                    self.tx.clone(),
+                );
+            }
+            return;
+        }
         while self.running.len() < limit {
             let Some(id) = self.pending.pop() else { break };
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            let (stop_tx, stop_rx) = watch::channel(None);
-            self.running.insert(id, stop_tx);
-            tokio::spawn(worker::run_task(
-                id,
-                self.store.clone(),
-                self.config.clone(),
-                stop_rx,
-                self.tx.clone(),
-                self.events.clone(),
-                self.cluster.clone(),
-            ));
+            self.spawn_worker(id);
         }
+    }
+
+    fn spawn_worker(&mut self, id: TaskId) {
+        let (stop_tx, stop_rx) = watch::channel(None);
+        self.running.insert(id, stop_tx);
+        tokio::spawn(worker::run_task(
+            id,
+            self.store.clone(),
+            self.config.clone(),
+            stop_rx,
+            self.tx.clone(),
+            self.events.clone(),
+            sq_cluster(&self.shared_queue),
+        ));
         self.shared
             .running
             .store(self.running.len() as u64, Ordering::SeqCst);
@@ -260,7 +421,10 @@ impl Supervisor {
     }
 
     fn shutdown_complete(&mut self) -> bool {
-        let done = self.shutdown.is_some() && self.running.is_empty();
+        // A claim still in flight would come back to nobody and its tasks wait for their leases
+        // to expire: wait for it (it is released on arrival).
+        let claiming = self.shared_queue.as_ref().is_some_and(|sq| sq.claiming);
+        let done = self.shutdown.is_some() && self.running.is_empty() && !claiming;
         if done {
             if let Some(s) = self.shutdown.take() {
                 for d in s.done {
@@ -270,6 +434,10 @@ impl Supervisor {
         }
         done
     }
+}
+
+fn sq_cluster(sq: &Option<SharedQueue>) -> Option<Arc<Cluster>> {
+    sq.as_ref().map(|s| s.cluster.clone())
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

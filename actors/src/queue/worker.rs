@@ -43,10 +43,21 @@ pub(crate) async fn run_task(
     events: Arc<EventHub>,
     cluster: Option<Arc<Cluster>>,
 ) {
-    let task = execute(id, &store, &config, stop, &events, cluster.as_deref())
-        .await
-        .map(Box::new);
-    let _ = tx.send(Msg::Finished { id, task });
+    let (task, wrote) = match execute(id, &store, &config, stop, &events, cluster.as_deref()).await
+    {
+        Ended::Wrote(t) => (Some(Box::new(t)), true),
+        Ended::Read(t) => (t.map(Box::new), false),
+    };
+    let _ = tx.send(Msg::Finished { id, task, wrote });
+}
+
+/// How a run ended, as far as the final record goes.
+enum Ended {
+    /// This worker wrote the final record.
+    Wrote(Task),
+    /// Someone else did (a cancel, a reaper), or the task never started; the record as read
+    /// (`None`: unreadable).
+    Read(Option<Task>),
 }
 
 async fn execute(
@@ -56,16 +67,20 @@ async fn execute(
     stop: watch::Receiver<Option<StopReason>>,
     events: &EventHub,
     cluster: Option<&Cluster>,
-) -> Option<Task> {
+) -> Ended {
     let _ = cluster;
-    let started = retry("start task", &stop, || store.start_task(id, Utc::now())).await?;
+    let read = || async { Ended::Read(store.get_task(id).await.ok().flatten()) };
+    let Some(started) = retry("start task", &stop, || store.start_task(id, Utc::now())).await
+    else {
+        return Ended::Read(None);
+    };
     let Some(task) = started else {
         // Cancelled before it started: it never runs.
-        return store.get_task(id).await.ok().flatten();
+        return read().await;
     };
     if stop.borrow().is_some() {
         // Cancelled between dispatch and start; the canceller wrote the final record.
-        return store.get_task(id).await.ok().flatten();
+        return read().await;
     }
     tracing::info!(task_id = %id, "run started");
     tracing::debug!(task_id = %id, prompt = %task.spec.prompt, "run prompt");
@@ -108,11 +123,15 @@ async fn execute(
     let (never_stop_tx, never_stop) = watch::channel(None);
     let written = retry("finish task", &never_stop, || store.finish_task(&task)).await;
     drop(never_stop_tx);
-    let final_task = match written {
-        Some(true) => Some(task),
-        _ => store.get_task(id).await.ok().flatten(),
+    let ended = match written {
+        Some(true) => Ended::Wrote(task),
+        _ => read().await,
     };
-    if let (Some(mut s), Some(t)) = (session, final_task.as_ref()) {
+    let final_task = match &ended {
+        Ended::Wrote(t) => Some(t),
+        Ended::Read(t) => t.as_ref(),
+    };
+    if let (Some(mut s), Some(t)) = (session, final_task) {
         apply_turn(
             &mut s,
             t,
@@ -125,7 +144,7 @@ async fn execute(
             tracing::error!(session_id = %s.id, error = %e, "cannot record the turn on its session");
         }
     }
-    final_task
+    ended
 }
 
 /// The first turn of a session creates it (`--session-id`); if its transcript already exists

@@ -1,10 +1,10 @@
 //! [`RedisStore`]: storage on a Redis server, so that the data outlives any one process and
 //! several deployments can share one server (each under its own namespace).
 //!
-//! # What is supported today
-//! One instance of the service on Redis storage. The store's writes are already safe when two
-//! instances share a namespace (every check-then-write is one Lua script), but the queue is
-//! still per process: several instances sharing one queue is a later step.
+//! # Several instances
+//! Any number of instances may share a namespace and behave as one service: every
+//! check-then-write is one Lua script, and the queue itself lives here ([`queue`]: claims,
+//! leases, reaping). Deployments that must not share anything use different namespaces.
 //!
 //! # Data model
 //! Every key starts with the namespace prefix `<ns>:` (`redisNamespace`, default `ccs`). `seq`,
@@ -16,6 +16,9 @@
 //! | `t:<id>` | hash | `doc` (the task as JSON; its own `seq` is ignored), `seq`, `rev` (bumped by every write), and copies of the indexed fields: `status`, `prio`, `sess`, `owner` (absent: anonymous), `costn`, `fin` |
 //! | `t-all` | zset | every task, score seq (newest first: `ZREVRANGE`) |
 //! | `t-run` | zset | pending tasks in run order, score `(10 - priority) * 2^49 + seq` |
+//! | `q-ready` | zset | pending tasks an instance may claim now (not claimed; a session's only if it is the session's earliest live turn), run-order score |
+//! | `t-lane:<session>` | zset | a session's live (pending or processing) turns, score seq |
+//! | `q-lease` + `q-owner` | zset + hash | claimed tasks: lease expiry (ms, Redis's clock), and the instance holding each |
 //! | `t-status:<status>` | zset | tasks of one status, score seq (counts: `ZCARD`) |
 //! | `t-session:<id>`, `t-owner:<name>`, `t-anon` | zset | tasks of a session / an API key / anonymous, score seq |
 //! | `t-finished` | zset | final tasks, score finished at (retention) |
@@ -72,12 +75,16 @@ use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilte
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
 use crate::webhook::{WebhookAttempt, WebhookJob};
 
+pub use queue::{Claimed, Refused};
+
+mod queue;
 mod scripts;
 #[cfg(test)]
 pub(crate) mod test_server;
 
 /// The version of the data model above. Bump it (and migrate) when the layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the shared queue's sets (`q-ready`, `t-lane:<session>`, `q-lease`, `q-owner`).
+pub const SCHEMA_VERSION: u32 = 2;
 /// Records a retention script deletes at most per call.
 pub const DELETE_BATCH: u32 = 1000;
 /// Reads and compare-and-set attempts before a change to a task that keeps changing gives up.
@@ -160,7 +167,8 @@ impl RedisStore {
         self.key(&format!("t:{id}"))
     }
 
-    /// Mark a new namespace with this build's version; refuse one written by a newer build.
+    /// Mark a new namespace with this build's version; bring an older one up to it; refuse one
+    /// written by a newer build.
     async fn check_schema(&self) -> StoreResult<()> {
         let key = self.key("schema");
         let (stored,): (Option<String>,) = ::redis::pipe()
@@ -177,6 +185,13 @@ impl RedisStore {
             .map_err(redis_err)?;
         let stored = stored.unwrap_or_default();
         match stored.parse::<u32>() {
+            Ok(1) => {
+                let mut inv = scripts::MIGRATE_QUEUE.prepare_invoke();
+                inv.arg(&self.prefix).arg(SCHEMA_VERSION);
+                let _: i64 = self.run(&inv).await?;
+                tracing::info!(namespace = %self.prefix.trim_end_matches(':'), "Redis data model upgraded to version {SCHEMA_VERSION} (shared queue)");
+                Ok(())
+            }
             Ok(v) if v <= SCHEMA_VERSION => Ok(()),
             Ok(v) => Err(StoreError::Unavailable(format!(
                 "the Redis data has schema version {v}, newer than this build's {SCHEMA_VERSION}"
@@ -260,6 +275,42 @@ impl RedisStore {
                     .unwrap_or_default(),
             );
         Ok(())
+    }
+
+    /// Insert a task, with the shared queue's admission checks: with `exclusive`, refuse a
+    /// session turn while the session has a live turn; with `max_pending > 0`, refuse when that
+    /// many tasks are pending. Both checks and the insert are one script, so two instances
+    /// admitting at once cannot both pass.
+    pub(crate) async fn insert_checked(
+        &self,
+        mut task: Task,
+        exclusive: bool,
+        max_pending: u64,
+    ) -> StoreResult<Result<Task, Refused>> {
+        rules::normalize_task(&mut task);
+        let mut inv = scripts::INSERT_TASK.prepare_invoke();
+        self.task_args(&mut inv, &task, "")?;
+        inv.arg(if exclusive { "1" } else { "" }).arg(max_pending);
+        let reply: String = self.run(&inv).await?;
+        match reply.as_str() {
+            "exists" => Err(StoreError::Corrupt(format!(
+                "task {} already exists",
+                task.id
+            ))),
+            "exhausted" => Err(StoreError::Unavailable(
+                "no task seq left below 2^49 in this namespace".into(),
+            )),
+            "busy" => Ok(Err(Refused::SessionBusy)),
+            other => {
+                if let Some(n) = other.strip_prefix("full:") {
+                    return Ok(Err(Refused::QueueFull(n.parse().unwrap_or(max_pending))));
+                }
+                task.seq = other
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("insert answered {other:?}")))?;
+                Ok(Ok(task))
+            }
+        }
     }
 
     /// Write `new` over the version read at `rev`. `false`: it changed meanwhile.
@@ -525,25 +576,12 @@ impl Store for RedisStore {
         }
     }
 
-    async fn insert_task(&self, mut task: Task) -> StoreResult<Task> {
-        rules::normalize_task(&mut task);
-        let mut inv = scripts::INSERT_TASK.prepare_invoke();
-        self.task_args(&mut inv, &task, "")?;
-        let reply: String = self.run(&inv).await?;
-        match reply.as_str() {
-            "exists" => Err(StoreError::Corrupt(format!(
-                "task {} already exists",
-                task.id
+    async fn insert_task(&self, task: Task) -> StoreResult<Task> {
+        match self.insert_checked(task, false, 0).await? {
+            Ok(task) => Ok(task),
+            Err(refused) => Err(StoreError::Corrupt(format!(
+                "insert without admission checks was refused: {refused:?}"
             ))),
-            "exhausted" => Err(StoreError::Unavailable(
-                "no task seq left below 2^49 in this namespace".into(),
-            )),
-            seq => {
-                task.seq = seq
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("insert answered {seq:?}")))?;
-                Ok(task)
-            }
         }
     }
 

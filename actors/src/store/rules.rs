@@ -58,6 +58,11 @@ pub(super) fn merge_final(stored: &Task, new: &Task) -> Task {
 
 /// Turn a task left `processing` by a previous process into `failed` / `interrupted`.
 pub(super) fn interrupt(t: &mut Task, at: DateTime<Utc>) {
+    interrupt_with(t, at, "The server stopped while the task was running.");
+}
+
+/// Turn a `processing` task whose run was lost into `failed` / `interrupted`, saying why.
+pub(super) fn interrupt_with(t: &mut Task, at: DateTime<Utc>, why: &str) {
     t.status = TaskStatus::Failed;
     t.completed_at = Some(trunc(at));
     if t.duration_ms.is_none() {
@@ -65,10 +70,7 @@ pub(super) fn interrupt(t: &mut Task, at: DateTime<Utc>) {
             .started_at
             .map(|s| u64::try_from((at - s).num_milliseconds()).unwrap_or(0));
     }
-    t.error = Some(TaskError::new(
-        ErrorCode::Interrupted,
-        "The server stopped while the task was running.",
-    ));
+    t.error = Some(TaskError::new(ErrorCode::Interrupted, why));
 }
 
 /// Milliseconds since the epoch: the precision every backend compares times at.

@@ -38,7 +38,34 @@ local function given(seq, rev)
   if ARGV[11] ~= '' then f.fin = ARGV[11] end
   return f
 end
+-- The shared queue (see the store's data model): `q-ready` holds the tasks an instance may
+-- claim now, `t-lane:<session>` a session's live (pending or processing) turns by seq, and
+-- `q-lease` the claimed tasks by lease expiry. A session's turns run one at a time in
+-- submission order, so only its earliest live turn can be ready, and only while pending and
+-- not claimed.
+local function run_score(prio, seq)
+  return int((10 - tonumber(prio)) * BAND + tonumber(seq))
+end
+local function leased(id)
+  return redis.call('ZSCORE', P .. 'q-lease', id) ~= false
+end
+local function relane(sess)
+  local head = redis.call('ZRANGE', P .. 't-lane:' .. sess, 0, 0)[1]
+  if not head then return end
+  local h = redis.call('HMGET', P .. 't:' .. head, 'status', 'prio', 'seq')
+  if h[1] == 'pending' and not leased(head) then
+    redis.call('ZADD', P .. 'q-ready', run_score(h[2], h[3]), head)
+  end
+end
+-- A pending task back in the queue (its claim was released or expired before it started).
+local function requeue(id)
+  local h = redis.call('HMGET', P .. 't:' .. id, 'status', 'prio', 'seq', 'sess')
+  if h[1] ~= 'pending' then return end
+  if h[4] then relane(h[4]) else redis.call('ZADD', P .. 'q-ready', run_score(h[2], h[3]), id) end
+end
 local function unindex(id, f)
+  redis.call('ZREM', P .. 'q-ready', id)
+  if f.sess then redis.call('ZREM', P .. 't-lane:' .. f.sess, id) end
   redis.call('ZREM', P .. 't-all', id)
   redis.call('ZREM', P .. 't-status:' .. f.status, id)
   redis.call('ZREM', P .. 't-run', id)
@@ -60,8 +87,16 @@ local function put(id, key, f)
   redis.call('ZADD', owner_key(f.owner), f.seq, id)
   if f.sess then redis.call('ZADD', P .. 't-session:' .. f.sess, f.seq, id) end
   if f.status == 'pending' then
-    local score = (10 - tonumber(f.prio)) * BAND + tonumber(f.seq)
-    redis.call('ZADD', P .. 't-run', int(score), id)
+    redis.call('ZADD', P .. 't-run', run_score(f.prio, f.seq), id)
+    if not f.sess and not leased(id) then
+      redis.call('ZADD', P .. 'q-ready', run_score(f.prio, f.seq), id)
+    end
+  end
+  if f.sess then
+    if f.status == 'pending' or f.status == 'processing' then
+      redis.call('ZADD', P .. 't-lane:' .. f.sess, f.seq, id)
+    end
+    relane(f.sess)
   end
   if f.fin then redis.call('ZADD', P .. 't-finished', f.fin, id) end
   if f.costn ~= '0' then redis.call('INCRBY', P .. 't-cost', f.costn) end
@@ -69,8 +104,11 @@ end
 "#;
 
 /// Insert a task: refuse an existing id, take the next seq, write the hash and every index.
-/// ARGV: prefix, id, (unused), then the fields of [`TASK_LIB`]'s `given`.
-/// Returns the seq, `"exists"`, or `"exhausted"` (no seq left below the band size).
+/// ARGV: prefix, id, (unused), then the fields of [`TASK_LIB`]'s `given`, then two optional
+/// admission checks of the shared queue: `ARGV[12] = '1'` refuses a session turn while the
+/// session has a live turn, `ARGV[13]` (a number > 0) refuses when that many tasks are pending.
+/// Returns the seq, `"exists"`, `"exhausted"` (no seq left below the band size), `"busy"`, or
+/// `"full:<pending>"`.
 pub(super) static INSERT_TASK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{TASK_LIB}{}",
@@ -78,6 +116,14 @@ pub(super) static INSERT_TASK: LazyLock<Script> = LazyLock::new(|| {
 local id = ARGV[2]
 local key = P .. 't:' .. id
 if redis.call('EXISTS', key) == 1 then return 'exists' end
+if ARGV[12] == '1' and ARGV[7] ~= '' and redis.call('ZCARD', P .. 't-lane:' .. ARGV[7]) > 0 then
+  return 'busy'
+end
+local max_pending = tonumber(ARGV[13] or '0') or 0
+if max_pending > 0 then
+  local pending = redis.call('ZCARD', P .. 't-run')
+  if pending >= max_pending then return 'full:' .. pending end
+end
 local last = tonumber(redis.call('GET', P .. 'seq') or '0')
 if last + 1 >= BAND then return 'exhausted' end
 local seq = int(redis.call('INCR', P .. 'seq'))
@@ -374,4 +420,153 @@ end
 return #m
 "#,
     )
+});
+
+/// The shared queue's lease helpers: Redis's clock (`TIME`), so that the instances' clocks
+/// never decide whose lease has expired.
+const LEASE_LIB: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function take_lease(id, instance, until_ms)
+  redis.call('ZADD', P .. 'q-lease', int(until_ms), id)
+  redis.call('HSET', P .. 'q-owner', id, instance)
+end
+local function drop_lease(id)
+  redis.call('ZREM', P .. 'q-lease', id)
+  redis.call('HDEL', P .. 'q-owner', id)
+end
+"#;
+
+/// Claim up to `ARGV[5]` ready tasks for instance `ARGV[2]`, each with a lease of `ARGV[3]` ms,
+/// while fewer than `ARGV[4]` tasks are leased across all instances (0: no global cap). The
+/// claimed tasks are still `pending`; the claimant starts them (`start_task`) or releases them.
+/// Returns {pending tasks in the namespace, id, id, ...} in run order.
+pub(super) static CLAIM_TASKS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{TASK_LIB}{LEASE_LIB}{}",
+        r#"
+local instance, lease, cap, want = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local until_ms = now_ms() + lease
+local out = {redis.call('ZCARD', P .. 't-run')}
+for _ = 1, want do
+  if cap > 0 and redis.call('ZCARD', P .. 'q-lease') >= cap then break end
+  local id = redis.call('ZRANGE', P .. 'q-ready', 0, 0)[1]
+  if not id then break end
+  redis.call('ZREM', P .. 'q-ready', id)
+  take_lease(id, instance, until_ms)
+  out[#out + 1] = id
+end
+return out
+"#
+    ))
+});
+
+/// Renew instance `ARGV[2]`'s leases on the tasks `ARGV[4..]` by `ARGV[3]` ms. Returns the ids
+/// it must stop running: the lease is no longer its own (expired and taken over), or the task
+/// is final or gone (cancelled or ended by another instance).
+pub(super) static RENEW_LEASES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{TASK_LIB}{LEASE_LIB}{}",
+        r#"
+local instance, lease = ARGV[2], tonumber(ARGV[3])
+local until_ms = now_ms() + lease
+local stop = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local status = redis.call('HGET', P .. 't:' .. id, 'status')
+  if redis.call('HGET', P .. 'q-owner', id) ~= instance then
+    stop[#stop + 1] = id
+  else
+    redis.call('ZADD', P .. 'q-lease', 'XX', int(until_ms), id)
+    if status ~= 'pending' and status ~= 'processing' then stop[#stop + 1] = id end
+  end
+end
+return stop
+"#
+    ))
+});
+
+/// Instance `ARGV[2]` is done with task `ARGV[3]`: drop its lease (only its own), and put the
+/// task back in the queue if it never started. Returns 1 when the lease was its own.
+pub(super) static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{TASK_LIB}{LEASE_LIB}{}",
+        r#"
+local instance, id = ARGV[2], ARGV[3]
+if redis.call('HGET', P .. 'q-owner', id) ~= instance then return 0 end
+drop_lease(id)
+requeue(id)
+return 1
+"#
+    ))
+});
+
+/// Take over up to `ARGV[4]` leases that expired (their instance stopped renewing them) for
+/// instance `ARGV[2]`, each for `ARGV[3]` ms. A task that never started goes back to the queue
+/// (it never ran, so running it elsewhere runs it once); the others stay leased by the caller,
+/// which ends a `processing` one `failed`/`interrupted` and then releases it.
+/// Also takes over `processing` tasks without a lease (left by a build without the shared queue).
+/// Returns {id, status, id, status, ...} of the leases taken over.
+pub(super) static REAP_LEASES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{TASK_LIB}{LEASE_LIB}{}",
+        r#"
+local instance, lease, batch = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', P .. 'q-lease', '-inf', int(now), 'LIMIT', 0, batch)
+local out = {}
+for _, id in ipairs(expired) do
+  local status = redis.call('HGET', P .. 't:' .. id, 'status')
+  if status == 'pending' then
+    drop_lease(id)
+    requeue(id)
+  elseif not status then
+    drop_lease(id)
+  else
+    take_lease(id, instance, now + lease)
+    out[#out + 1] = id
+    out[#out + 1] = status
+  end
+end
+-- A task running without any lease was left by a build without the shared queue (or its
+-- lease was lost): no instance renews it, so it is taken over the same way.
+for _, id in ipairs(redis.call('ZRANGE', P .. 't-status:processing', 0, batch - 1)) do
+  if not leased(id) then
+    take_lease(id, instance, now + lease)
+    out[#out + 1] = id
+    out[#out + 1] = 'processing'
+  end
+end
+return out
+"#
+    ))
+});
+
+/// Schema 1 → 2: build the shared queue's sets (`q-ready`, `t-lane:<session>`) from the
+/// pending and processing tasks. Idempotent; runs once per namespace, atomically.
+pub(super) static MIGRATE_QUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{TASK_LIB}{}",
+        r#"
+local sessions = {}
+for _, status in ipairs({'pending', 'processing'}) do
+  for _, id in ipairs(redis.call('ZRANGE', P .. 't-status:' .. status, 0, -1)) do
+    local f = stored(P .. 't:' .. id)
+    if f then
+      if f.sess then
+        redis.call('ZADD', P .. 't-lane:' .. f.sess, f.seq, id)
+        sessions[f.sess] = true
+      elseif status == 'pending' and not leased(id) then
+        redis.call('ZADD', P .. 'q-ready', run_score(f.prio, f.seq), id)
+      end
+    end
+  end
+end
+for sess in pairs(sessions) do relane(sess) end
+redis.call('SET', P .. 'schema', ARGV[2])
+return 1
+"#
+    ))
 });

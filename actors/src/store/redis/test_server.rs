@@ -23,6 +23,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -41,10 +42,21 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start a server on a free loopback port, without persistence, and wait until it answers.
     pub fn start() -> Result<RedisServer, String> {
+        Self::start_with(None)
+    }
+
+    /// Start a server that writes every change to an append-only file in `dir` before it
+    /// answers (`appendfsync always`), so one started again on the same `dir` finds everything.
+    #[allow(dead_code)] // used by the HTTP tests (tests/api includes this file)
+    pub fn start_persistent(dir: &Path) -> Result<RedisServer, String> {
+        Self::start_with(Some(dir))
+    }
+
+    fn start_with(persist: Option<&Path>) -> Result<RedisServer, String> {
         let mut last = String::new();
         for _ in 0..PORT_TRIES {
             let port = free_port()?;
-            match spawn(port) {
+            match spawn(port, persist) {
                 Ok(server) => return Ok(server),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(e)) => last = e,
@@ -57,7 +69,17 @@ impl RedisServer {
 
     /// Start a server on `port` (e.g. again where a killed one was).
     pub fn start_on(port: u16) -> Result<RedisServer, String> {
-        match spawn(port) {
+        Self::start_on_with(port, None)
+    }
+
+    /// [`RedisServer::start_persistent`] on `port` (again where a killed one was, same `dir`).
+    #[allow(dead_code)] // used by the HTTP tests (tests/api includes this file)
+    pub fn start_on_persistent(port: u16, dir: &Path) -> Result<RedisServer, String> {
+        Self::start_on_with(port, Some(dir))
+    }
+
+    fn start_on_with(port: u16, persist: Option<&Path>) -> Result<RedisServer, String> {
+        match spawn(port, persist) {
             Ok(server) => Ok(server),
             Err(Failure::Fatal(e) | Failure::Retry(e)) => Err(e),
         }
@@ -98,18 +120,29 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
 }
 
-fn spawn(port: u16) -> Result<RedisServer, Failure> {
+fn spawn(port: u16, persist: Option<&Path>) -> Result<RedisServer, Failure> {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
-        .args(["--appendonly", "no"])
         .args(["--daemonize", "no"])
-        .args(["--loglevel", "warning"])
-        // Nothing is saved, but a server must never write into the tests' working directory.
-        .arg("--dir")
-        .arg(std::env::temp_dir())
-        .stdin(Stdio::null())
+        .args(["--loglevel", "warning"]);
+    match persist {
+        Some(dir) => {
+            cmd.args(["--appendonly", "yes"])
+                .args(["--appendfsync", "always"])
+                .arg("--dir")
+                .arg(dir);
+        }
+        None => {
+            // Nothing is saved, but a server must never write into the tests' working
+            // directory.
+            cmd.args(["--appendonly", "no"])
+                .arg("--dir")
+                .arg(std::env::temp_dir());
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let parent = std::process::id();

@@ -1,0 +1,197 @@
+//! The shared queue's background work (Redis storage, any number of instances): claiming
+//! tasks for free slots, keeping this instance's leases alive, reaping the leases of instances
+//! that died, and turning the control channel into supervisor messages.
+//!
+//! The supervisor stays the only owner of the running set; everything here talks to it by
+//! message and never blocks it on Redis.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::supervisor::Msg;
+use super::Shared;
+use crate::cluster::{Cluster, Control};
+use crate::config::Config;
+use crate::model::TaskStatus;
+
+/// How often an idle instance looks for claimable work and for the end of tasks its callers
+/// wait for, should a control message have been lost. Bounded above by a third of the lease.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Expired leases taken over per reaping round.
+const REAP_BATCH: u32 = 100;
+/// Attempts to release a lease before leaving it to expire (it is then reaped harmlessly).
+const RELEASE_TRIES: u32 = 5;
+
+/// Claim up to `want` tasks; the answer comes back as [`Msg::Claimed`].
+pub(super) fn claim(
+    cluster: Arc<Cluster>,
+    config: Arc<Config>,
+    want: usize,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    tokio::spawn(async move {
+        let q = &config.task_queue;
+        let claimed = cluster
+            .store()
+            .claim(
+                cluster.instance().as_str(),
+                q.lease_ms,
+                q.global_concurrency.unwrap_or(0),
+                want,
+            )
+            .await;
+        let ids = match claimed {
+            Ok(c) => {
+                let left = c.pending.saturating_sub(c.ids.len() as u64);
+                shared.pending.store(left, Ordering::SeqCst);
+                c.ids
+            }
+            Err(e) => {
+                // The periodic wake tries again; meanwhile nothing is claimed.
+                tracing::warn!(error = %e, "cannot claim tasks from the shared queue");
+                Vec::new()
+            }
+        };
+        let _ = tx.send(Msg::Claimed { asked: want, ids });
+    });
+}
+
+/// Drop this instance's lease on `id` (a task that never started goes back to the queue).
+pub(super) fn release(cluster: Arc<Cluster>, id: crate::model::TaskId) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..RELEASE_TRIES {
+            match cluster
+                .store()
+                .release(cluster.instance().as_str(), id)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(task_id = %id, error = %e, "cannot release a lease; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+        tracing::warn!(task_id = %id, "could not release the lease; it will expire and be reaped");
+    });
+}
+
+/// Tell the other instances, without holding up the caller.
+pub(super) fn publish(cluster: Arc<Cluster>, msg: Control) {
+    tokio::spawn(async move { cluster.publish(&msg).await });
+}
+
+/// Start the background tasks of the shared queue for this instance's supervisor.
+pub(super) fn start(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>, lease_ms: u64) {
+    tokio::spawn(forward_control(cluster.subscribe(), tx.clone()));
+    tokio::spawn(poll(tx.clone(), lease_ms));
+    tokio::spawn(keep_leases(cluster, tx));
+}
+
+/// Control messages become supervisor messages.
+async fn forward_control(mut rx: broadcast::Receiver<Control>, tx: mpsc::UnboundedSender<Msg>) {
+    loop {
+        let msg = match rx.recv().await {
+            Ok(Control::Enqueued) => Msg::Wake,
+            Ok(Control::Cancel { task } | Control::Finished { task }) => Msg::EndedElsewhere(task),
+            // Missed some: look at everything again.
+            Err(broadcast::error::RecvError::Lagged(_)) => Msg::Wake,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// The periodic wake: claims work and re-reads awaited tasks whatever messages were lost.
+async fn poll(tx: mpsc::UnboundedSender<Msg>, lease_ms: u64) {
+    let every = POLL_EVERY.min(Duration::from_millis(lease_ms / 3).max(Duration::from_millis(100)));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if tx.send(Msg::Wake).is_err() {
+            return;
+        }
+    }
+}
+
+/// Renew this instance's leases every third of the lease, and reap expired ones.
+///
+/// Reaping waits until this instance has reached Redis without a failure for a whole lease:
+/// after an outage every live instance renews within a third of a lease, so a lease that is
+/// still expired after a whole one belongs to an instance that is really gone, not to one that
+/// was cut off from Redis as we were.
+async fn keep_leases(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>) {
+    let instance = cluster.instance().as_str().to_string();
+    let mut connected_since = Some(Instant::now());
+    let mut last_reap = Instant::now();
+    loop {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if tx.send(Msg::Leases(reply_tx)).is_err() {
+            return;
+        }
+        let Ok((ids, config)) = reply_rx.await else {
+            return;
+        };
+        let lease_ms = config.task_queue.lease_ms;
+        let lease = Duration::from_millis(lease_ms);
+        match cluster.store().renew(&instance, lease_ms, &ids).await {
+            Ok(stop) => {
+                connected_since.get_or_insert_with(Instant::now);
+                for id in stop {
+                    tracing::warn!(task_id = %id, "the task ended elsewhere or its lease was lost: stopping its run");
+                    let _ = tx.send(Msg::EndedElsewhere(id));
+                }
+            }
+            Err(e) => {
+                connected_since = None;
+                tracing::warn!(error = %e, "cannot renew the leases of running tasks");
+            }
+        }
+        let steady = connected_since.is_some_and(|since| since.elapsed() >= lease);
+        if steady && last_reap.elapsed() >= lease / 2 {
+            last_reap = Instant::now();
+            if let Err(e) = reap(&cluster, &tx, lease_ms).await {
+                connected_since = None;
+                tracing::warn!(error = %e, "cannot reap expired leases");
+            }
+        }
+        tokio::time::sleep(lease / 3).await;
+    }
+}
+
+/// Take over expired leases: a run whose instance is gone ends `failed`/`interrupted` and is
+/// announced here (statistics, webhooks, waiters); then the lease is dropped.
+async fn reap(
+    cluster: &Arc<Cluster>,
+    tx: &mpsc::UnboundedSender<Msg>,
+    lease_ms: u64,
+) -> Result<(), crate::store::StoreError> {
+    let store = cluster.store();
+    let instance = cluster.instance().as_str();
+    let taken = store.reap(instance, lease_ms, REAP_BATCH).await?;
+    for (id, status) in taken {
+        if status == Some(TaskStatus::Processing) {
+            if let Some(task) = store.interrupt_lost(id, Utc::now()).await? {
+                tracing::warn!(task_id = %id, "the instance running this task is gone: it ends failed/interrupted");
+                // Its processes may be on this machine (an instance restarted here).
+                crate::claude::marker::signal_all(&HashSet::from([id.to_string()]), libc::SIGKILL);
+                let _ = tx.send(Msg::Announce(Box::new(task)));
+                cluster.publish(&Control::Finished { task: id }).await;
+            }
+        }
+        store.release(instance, id).await?;
+    }
+    Ok(())
+}

@@ -17,6 +17,16 @@ pub fn marked_processes(markers: &HashSet<String>) -> Vec<(i32, String)> {
     if markers.is_empty() {
         return Vec::new();
     }
+    scan(|m| markers.contains(m))
+}
+
+/// Every live process carrying any run marker, with its marker (to find the orphans of runs
+/// whose ids this process does not know: those of a dead instance on this machine).
+pub fn all_marked_processes() -> Vec<(i32, String)> {
+    scan(|_| true)
+}
+
+fn scan(wanted: impl Fn(&str) -> bool) -> Vec<(i32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -42,7 +52,7 @@ pub fn marked_processes(markers: &HashSet<String>) -> Vec<(i32, String)> {
             .split(|b| *b == 0)
             .filter_map(|var| std::str::from_utf8(var).ok())
             .find_map(|var| var.strip_prefix(prefix.as_str()));
-        if let Some(m) = marker.filter(|m| markers.contains(*m)) {
+        if let Some(m) = marker.filter(|m| wanted(m)) {
             if !is_zombie(pid) {
                 found.push((pid, m.to_string()));
             }

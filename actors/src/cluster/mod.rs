@@ -50,6 +50,38 @@ impl InstanceId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `other` names an instance on this machine that is no longer running: same host,
+    /// and its pid is dead or is ours (a container restarts its daemon with the same pid).
+    /// Instances on other machines are never judged from here.
+    pub fn is_dead_neighbour(&self, other: &str, pid_alive: impl Fn(i32) -> bool) -> bool {
+        if other == self.0 {
+            return false;
+        }
+        let (Some(mine), Some(theirs)) = (split_id(&self.0), split_id(other)) else {
+            return false;
+        };
+        mine.0 == theirs.0 && (theirs.1 == mine.1 || !pid_alive(theirs.1))
+    }
+}
+
+/// `<host>-<pid>-<random>` → (host, pid); the host may itself contain '-'.
+fn split_id(id: &str) -> Option<(&str, i32)> {
+    let mut parts = id.rsplitn(3, '-');
+    let _random = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    let host = parts.next()?;
+    Some((host, pid))
+}
+
+/// Whether a process with this pid exists (on this machine, in this pid namespace).
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl std::fmt::Display for InstanceId {
@@ -238,6 +270,20 @@ mod tests {
             .as_str()
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')));
+    }
+
+    #[test]
+    fn only_dead_instances_on_this_machine_are_judged_dead() {
+        let me = InstanceId("web-1.local-4242-abcd1234".into());
+        let alive = |pid: i32| pid == 4242 || pid == 77;
+        // Myself, a live neighbour, and anything on another host: not dead.
+        assert!(!me.is_dead_neighbour("web-1.local-4242-abcd1234", alive));
+        assert!(!me.is_dead_neighbour("web-1.local-77-ffff0000", alive));
+        assert!(!me.is_dead_neighbour("web-2-99-ffff0000", alive));
+        assert!(!me.is_dead_neighbour("garbage", alive));
+        // A neighbour whose pid is gone, or a previous life with my pid: dead.
+        assert!(me.is_dead_neighbour("web-1.local-99-ffff0000", alive));
+        assert!(me.is_dead_neighbour("web-1.local-4242-00000000", alive));
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::model::TaskStatus;
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Expired leases taken over per reaping round.
 const REAP_BATCH: u32 = 100;
+/// How often this machine's processes are checked for orphans of dead runs (at least a lease).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Attempts to release a lease before leaving it to expire (it is then reaped harmlessly).
 const RELEASE_TRIES: u32 = 5;
 
@@ -136,6 +138,8 @@ async fn keep_leases(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>) {
     let instance = cluster.instance().as_str().to_string();
     let mut connected_since = Some(Instant::now());
     let mut last_reap = Instant::now();
+    // At start-up first: a previous life of this instance may have left processes behind.
+    let mut last_sweep: Option<Instant> = None;
     loop {
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx.send(Msg::Leases(reply_tx)).is_err() {
@@ -159,6 +163,12 @@ async fn keep_leases(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>) {
                 tracing::warn!(error = %e, "cannot renew the leases of running tasks");
             }
         }
+        if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY.max(lease)) {
+            last_sweep = Some(Instant::now());
+            if let Err(e) = sweep_orphans(&cluster, &ids).await {
+                tracing::debug!(error = %e, "cannot look for orphaned run processes");
+            }
+        }
         let steady = connected_since.is_some_and(|since| since.elapsed() >= lease);
         if steady && last_reap.elapsed() >= lease / 2 {
             last_reap = Instant::now();
@@ -169,6 +179,47 @@ async fn keep_leases(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>) {
         }
         tokio::time::sleep(lease / 3).await;
     }
+}
+
+/// Kill the processes on this machine of runs that no live instance here is running: the task
+/// (of this namespace) ended a while ago, or the instance holding it was on this machine and is dead (this one's
+/// previous life after a crash, whose CLI's tools outlived it). Runs of this instance (`ours`)
+/// and of instances on other machines are left alone.
+async fn sweep_orphans(
+    cluster: &Arc<Cluster>,
+    ours: &[crate::model::TaskId],
+) -> Result<(), crate::store::StoreError> {
+    let procs = tokio::task::spawn_blocking(crate::claude::marker::all_marked_processes)
+        .await
+        .unwrap_or_default();
+    let mut markers: HashSet<String> = procs.into_iter().map(|(_, m)| m).collect();
+    markers.retain(|m| !ours.iter().any(|id| id.to_string() == *m));
+    let store = cluster.store();
+    for marker in markers {
+        let Ok(id) = marker.parse::<crate::model::TaskId>() else {
+            continue;
+        };
+        let task = crate::store::Store::get_task(store.as_ref(), id).await?;
+        let orphan = match task {
+            // Not a task of this namespace: another deployment's run on this machine.
+            None => false,
+            // Not at once: the instance that runs it may be killing it gracefully right now.
+            Some(t) if t.status.is_final() => t.completed_at.is_some_and(|at| {
+                Utc::now() - at > chrono::Duration::from_std(SWEEP_EVERY).unwrap_or_default()
+            }),
+            Some(_) => match store.lease_owner(id).await? {
+                Some(owner) => cluster
+                    .instance()
+                    .is_dead_neighbour(&owner, crate::cluster::pid_alive),
+                None => false,
+            },
+        };
+        if orphan {
+            let n = crate::claude::marker::signal_all(&HashSet::from([marker]), libc::SIGKILL);
+            tracing::warn!(task_id = %id, count = n, "killed processes left by a run that no live instance here runs");
+        }
+    }
+    Ok(())
 }
 
 /// Take over expired leases: a run whose instance is gone ends `failed`/`interrupted` and is

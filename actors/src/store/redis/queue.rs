@@ -133,6 +133,16 @@ impl RedisStore {
         .await
     }
 
+    /// The instance holding a lease on `id`, if any.
+    pub async fn lease_owner(&self, id: TaskId) -> StoreResult<Option<String>> {
+        ::redis::cmd("HGET")
+            .arg(self.key("q-owner"))
+            .arg(id.to_string())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
     /// Tasks leased across the instances (claimed and not yet released).
     pub async fn leased_count(&self) -> StoreResult<u64> {
         ::redis::cmd("ZCARD")

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use actors::claude::transcript;
+use actors::cluster::transcripts;
 use actors::error::ErrorCode;
 use actors::model::{rfc3339, Session, SessionId, SessionStatus, TaskStatus};
 use actors::store::{SessionFilter, TaskFilter};
@@ -318,7 +319,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(get, path = "/api/sessions/{id}/messages", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
-    responses((status = 200, description = "The conversation, from the CLI's transcript", body = crate::http::schema::Messages), crate::http::schema::CommonErrors),
+    responses((status = 200, description = "The conversation, from the CLI's transcript (on Redis storage, its copy in Redis when this instance's file is missing or behind)", body = crate::http::schema::Messages), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn messages(
     State(state): State<AppState>,
@@ -326,10 +327,14 @@ pub async fn messages(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = visible_session_raw(&state, &caller, &id).await?;
-    let text = transcript::config_dir(&state.config().claude_env)
-        .map(|dir| transcript::path(&dir, &session.project_path, &session.id.to_string()))
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
+    // With several instances the local file may be missing or behind: the stored copy counts.
+    let text = transcripts::read(
+        state.cluster.as_deref(),
+        &state.config(),
+        &session.project_path,
+        session.id,
+    )
+    .await?;
     let messages = transcript::read_messages(&text);
     Ok(Json(
         json!({"success": true, "session_id": session.id, "count": messages.len(), "messages": messages}),

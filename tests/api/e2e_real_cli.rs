@@ -14,7 +14,7 @@ use crate::mock_anthropic::*;
 const CLI_VERSION: &str = "2.1.197";
 
 /// The real CLI: `CCS_REAL_CLAUDE`, else the cache `./scripts/test.sh` fills. Never skips.
-fn real_claude() -> PathBuf {
+pub fn real_claude() -> PathBuf {
     if let Some(path) = std::env::var_os("CCS_REAL_CLAUDE") {
         let path = PathBuf::from(path);
         assert!(
@@ -37,7 +37,7 @@ fn real_claude() -> PathBuf {
 }
 
 /// What keeps the real CLI offline, quick and pointed at the mock.
-fn cli_env(mock: &MockAnthropic) -> Vec<(&'static str, String)> {
+pub fn cli_env(mock: &MockAnthropic) -> Vec<(&'static str, String)> {
     vec![
         ("ANTHROPIC_BASE_URL", mock.base_url()),
         ("ANTHROPIC_API_KEY", "sk-ant-mock-e2e".to_string()),

@@ -10,6 +10,7 @@ mod redis_server;
 
 mod auth;
 mod cluster;
+mod cluster_sessions;
 mod config_patch;
 mod daemon;
 mod deploy;

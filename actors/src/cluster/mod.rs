@@ -14,6 +14,8 @@
 //! Each process has an [`InstanceId`], unique per start, that owns the leases of the tasks it
 //! runs.
 
+pub mod transcripts;
+
 use std::sync::Arc;
 use std::time::Duration;
 

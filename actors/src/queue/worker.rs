@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::supervisor::Msg;
 use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
-use crate::cluster::Cluster;
+use crate::cluster::{transcripts, Cluster};
 use crate::config::Config;
 use crate::events::{init_data, EventHub};
 use crate::model::{SessionMode, Task, TaskId};
@@ -68,7 +68,6 @@ async fn execute(
     events: &EventHub,
     cluster: Option<&Cluster>,
 ) -> Ended {
-    let _ = cluster;
     let read = || async { Ended::Read(store.get_task(id).await.ok().flatten()) };
     let Some(started) = retry("start task", &stop, || store.start_task(id, Utc::now())).await
     else {
@@ -87,9 +86,16 @@ async fn execute(
     let mut settings = runner_settings(config);
     settings.run_marker = Some(id.to_string());
     let mut spec = task.spec.clone();
+    // Portable sessions: the transcript is restored before the mode is resolved (which looks
+    // for it on disk), and stored after the run whatever its outcome.
+    let portable = transcripts::before_turn(cluster, &spec, config, &stop).await;
     spec.session = resolve_session_mode(&spec.session, &spec.project_path, config);
     let mut relay = EventRelay::new(&task, events);
-    let mut outcome = process::run(&spec, &settings, stop.clone(), &mut |e| relay.relay(e)).await;
+    let mut outcome = match portable.failure() {
+        Some(failed) => failed,
+        None => process::run(&spec, &settings, stop.clone(), &mut |e| relay.relay(e)).await,
+    };
+    portable.after_turn(&stop).await;
     tracing::info!(
         task_id = %id,
         status = outcome.status.as_str(),

@@ -26,6 +26,7 @@
 //! | `s:<id>` | hash | `doc` (session JSON), `created`, `updated`, `status`, `path`, `owner`, `search` |
 //! | `s-all`, `s-status:<s>`, `s-path:<path>`, `s-owner:<name>`, `s-anon` | zset | sessions, score created at |
 //! | `s-updated` | zset | sessions, score updated at (idle deletion) |
+//! | `tr:<id>` | hash | the session's CLI transcript ([`cluster::transcripts`](crate::cluster::transcripts)): `data` (absent over the size limit), `sha` (SHA-256, hex), `len`, `by` (instance), `at` (ms); written only while `s:<id>` exists, deleted with it by the session delete scripts |
 //! | `stats` + `stats-days` | hash + zset | day (`YYYY-MM-DD`) → statistics JSON; days scored by day number |
 //! | `idem:<key>` | hash | idempotency claim: `value`, `until` (ms), with a TTL past `until` |
 //! | `wh-jobs` + `wh-jobs-order` | hash + zset | the webhook outbox: id → JSON; ids scored by created at |

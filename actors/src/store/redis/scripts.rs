@@ -164,7 +164,7 @@ for _, id in ipairs(ids) do
   local old = stored(key)
   if old then
     unindex(id, old)
-    redis.call('DEL', key)
+    redis.call('DEL', key, P .. 'tr:' .. id)
     deleted = deleted + 1
   else
     redis.call('ZREM', P .. 't-finished', id)
@@ -305,7 +305,9 @@ return 1
     ))
 });
 
-/// Delete session `ARGV[2]` and its index entries. Returns 1 when it existed.
+/// Delete session `ARGV[2]`, its index entries and its stored CLI transcript (`tr:<id>`, see
+/// `cluster::transcripts`: a deleted conversation must not stay readable, and the transcript
+/// is written only while `s:<id>` exists, so it cannot come back). Returns 1 when it existed.
 pub(super) static DELETE_SESSION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{SESSION_LIB}{}",
@@ -314,13 +316,14 @@ local key = P .. 's:' .. ARGV[2]
 local old = stored(key)
 if not old then return 0 end
 unindex(ARGV[2], old)
-redis.call('DEL', key)
+redis.call('DEL', key, P .. 'tr:' .. ARGV[2])
 return 1
 "#
     ))
 });
 
-/// Delete up to `ARGV[3]` sessions updated before `ARGV[2]` (ms). Returns {looked at, deleted}.
+/// Delete up to `ARGV[3]` sessions updated before `ARGV[2]` (ms), with their stored transcripts
+/// (as [`DELETE_SESSION`]). Returns {looked at, deleted}.
 pub(super) static DELETE_IDLE_SESSIONS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{SESSION_LIB}{}",
@@ -332,7 +335,7 @@ for _, id in ipairs(ids) do
   local old = stored(key)
   if old then
     unindex(id, old)
-    redis.call('DEL', key)
+    redis.call('DEL', key, P .. 'tr:' .. id)
     deleted = deleted + 1
   else
     redis.call('ZREM', P .. 's-updated', id)

@@ -139,9 +139,10 @@ async fn fixture() -> Fixture {
     let store = RedisStore::connect(&url, &test_namespace())
         .await
         .expect("connect");
-    let cluster = Cluster::join(&url, &store).expect("join");
+    let store = Arc::new(store);
+    let cluster = Cluster::join(&url, store.clone()).expect("join");
     Fixture {
-        store: Arc::new(store),
+        store,
         cluster,
         cwd: PathBuf::from("/work/project"),
     }
@@ -464,7 +465,8 @@ async fn an_unreachable_redis_fails_the_restore_instead_of_running_without_histo
     let store = RedisStore::connect(&server.url(), &test_namespace())
         .await
         .expect("connect");
-    let cluster = Cluster::join(&server.url(), &store).expect("join");
+    let store = Arc::new(store);
+    let cluster = Cluster::join(&server.url(), store.clone()).expect("join");
     let a = instance();
     let spec = RunSpec {
         session: SessionMode::Resume {

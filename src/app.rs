@@ -77,9 +77,15 @@ impl Application {
             .await
             .context("cannot recover the task queue from storage")?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
-        let stats = StatsActor::start(store.clone(), queue.subscribe_finished(), config_rx)
-            .await
-            .context("cannot load the statistics from storage")?;
+        // With a cluster, statistics and budgets count the runs of every instance.
+        let stats = StatsActor::start_in(
+            store.clone(),
+            queue.subscribe_finished(),
+            config_rx,
+            cluster.clone(),
+        )
+        .await
+        .context("cannot load the statistics from storage")?;
         // Subscribed before anything else can happen, so no final record is missed.
         let finished = queue.subscribe_finished();
         let metrics_finished = queue.subscribe_finished();

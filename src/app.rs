@@ -24,7 +24,7 @@ use actors::store::memory::MemoryStore;
 use actors::store::redis::RedisStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
-use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle};
+use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle, WebhookOptions};
 
 use crate::reload::{ConfigWatcher, WatcherHandle};
 
@@ -110,11 +110,15 @@ impl Application {
         let counted = state.metrics.clone();
         let observer: DeliveryObserver =
             Arc::new(move |delivered, gave_up| counted.webhook_attempt(delivered, gave_up));
-        let webhooks = WebhookActor::start_observed(
+        let webhooks = WebhookActor::start_with(
             state.store.clone(),
             finished,
             Arc::new(move || live.config()),
-            Some(observer),
+            WebhookOptions {
+                observer: Some(observer),
+                // With a cluster each delivery is made by the one instance holding its claim.
+                claim_as: state.cluster.as_ref().map(|c| c.instance().to_string()),
+            },
         )
         .await;
         let watcher = ConfigWatcher::start(state.clone());

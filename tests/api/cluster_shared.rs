@@ -354,7 +354,7 @@ async fn a_delivery_left_by_a_dead_instance_is_made_once_by_another() {
     let (a, b) = pair(&ns, delivering()).await;
     // Held while the dead instance's claim lasts, then taken over by one instance.
     let hits = receiver.wait_for_hits(1).await;
-    assert_eq!(hits, [job.webhook_id.clone()]);
+    assert_eq!(hits, std::slice::from_ref(&job.webhook_id));
     receiver.assert_no_second_delivery_within_a_sweep().await;
     receiver.open();
     wait_outbox_empty(&store).await;

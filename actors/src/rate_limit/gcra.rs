@@ -148,8 +148,7 @@ impl Grid {
             Decision {
                 allowed: true,
                 limit: self.limit,
-                remaining: u64::try_from((self.window - next) / self.interval)
-                    .unwrap_or(u64::MAX),
+                remaining: u64::try_from((self.window - next) / self.interval).unwrap_or(u64::MAX),
                 reset: self.duration(next),
                 retry_after: None,
             }

@@ -37,7 +37,7 @@ const EXACT_MAX: u128 = 1 << 53;
 /// decides in them. `None` when the numbers would not stay exact in Redis.
 pub fn micro_grid(policy: Policy) -> Option<(u64, Grid)> {
     let window_ns = policy.window.as_nanos();
-    if window_ns % 1000 != 0 {
+    if !window_ns.is_multiple_of(1000) {
         return None;
     }
     let window_us = window_ns / 1000;

@@ -27,6 +27,8 @@
 //! | `idem:<key>` | hash | idempotency claim: `value`, `until` (ms), with a TTL past `until` |
 //! | `wh-jobs` + `wh-jobs-order` | hash + zset | the webhook outbox: id → JSON; ids scored by created at |
 //! | `wh-lock:<id>` | string | the instance delivering outbox job `<id>`, with a TTL it renews while it does (`claim_webhook_job`) |
+//! | `rl:<limiter key>` | string | shared rate limit state `"<TAT µs>:<remainder>:<scale>"`, expiring when the bucket is full ([`crate::rate_limit::shared`]) |
+//! | `stc:<day>`, `stc-seen:<day>`, `stc-days` | hash, set, zset | shared statistics: the day's counters, the tasks counted, the days (scored by day number); expire after retention ([`crate::stats::shared`]) |
 //! | `wh-att-seq`, `wh-att-docs`, `wh-att:<task>`, `wh-att-at` | string, hash, zset, zset | attempts: number → JSON; a task's numbers in recording order; `<task>:<n>` scored by time (retention) |
 //! | `schema` | string | the data model's version ([`SCHEMA_VERSION`]); a newer one is refused |
 //!

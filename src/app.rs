@@ -24,7 +24,7 @@ use actors::store::memory::MemoryStore;
 use actors::store::redis::RedisStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
-use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle};
+use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle, WebhookOptions};
 
 use crate::reload::{ConfigWatcher, WatcherHandle};
 
@@ -77,9 +77,15 @@ impl Application {
             .await
             .context("cannot recover the task queue from storage")?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
-        let stats = StatsActor::start(store.clone(), queue.subscribe_finished(), config_rx)
-            .await
-            .context("cannot load the statistics from storage")?;
+        // With a cluster, statistics and budgets count the runs of every instance.
+        let stats = StatsActor::start_in(
+            store.clone(),
+            queue.subscribe_finished(),
+            config_rx,
+            cluster.clone(),
+        )
+        .await
+        .context("cannot load the statistics from storage")?;
         // Subscribed before anything else can happen, so no final record is missed.
         let finished = queue.subscribe_finished();
         let metrics_finished = queue.subscribe_finished();
@@ -104,11 +110,15 @@ impl Application {
         let counted = state.metrics.clone();
         let observer: DeliveryObserver =
             Arc::new(move |delivered, gave_up| counted.webhook_attempt(delivered, gave_up));
-        let webhooks = WebhookActor::start_observed(
+        let webhooks = WebhookActor::start_with(
             state.store.clone(),
             finished,
             Arc::new(move || live.config()),
-            Some(observer),
+            WebhookOptions {
+                observer: Some(observer),
+                // With a cluster each delivery is made by the one instance holding its claim.
+                claim_as: state.cluster.as_ref().map(|c| c.instance().to_string()),
+            },
         )
         .await;
         let watcher = ConfigWatcher::start(state.clone());

@@ -11,7 +11,7 @@ use actors::cluster::Cluster;
 use actors::config::Config;
 use actors::metrics::Metrics;
 use actors::queue::Queue;
-use actors::rate_limit::RateLimiter;
+use actors::rate_limit::Limiter;
 use actors::stats::StatsHandle;
 use actors::store::Store;
 
@@ -34,7 +34,8 @@ pub struct Inner {
     /// With Redis storage: this instance among the others sharing it.
     pub cluster: Option<Arc<Cluster>>,
     pub stats: StatsHandle,
-    pub rate_limiter: RateLimiter,
+    /// Shared by every instance with a cluster (in Redis), this instance's own otherwise.
+    pub rate_limiter: Limiter,
     pub started: Instant,
     pub claude: RwLock<ClaudeInfo>,
     pub config_path: PathBuf,
@@ -64,9 +65,9 @@ impl AppState {
             config,
             queue,
             store,
+            rate_limiter: Limiter::new(cluster.clone()),
             cluster,
             stats,
-            rate_limiter: RateLimiter::default(),
             started: Instant::now(),
             claude: RwLock::new(ClaudeInfo::default()),
             config_path,

@@ -32,6 +32,8 @@ impl From<BudgetError> for ApiError {
                     "resets_at": rfc3339(&resets_at),
                 }))
             },
+            // Shared statistics (Redis) cannot be read: like any storage outage.
+            BudgetError::Storage(e) => e.into(),
             // The statistics actor stops only after the queue: the server is shutting down.
             BudgetError::Unavailable => ApiError::new(
                 ErrorCode::ShuttingDown,

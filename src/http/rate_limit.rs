@@ -1,6 +1,7 @@
 //! Middleware: rate limiting of `/api/*` and `/v1/*` per API key (per client IP when
 //! anonymous), with the `RateLimit-*` headers on every response of those routes and a 429
-//! `rate_limited` over the limit.
+//! `rate_limited` over the limit. With Redis storage the count is shared by every instance
+//! (see `actors::rate_limit::shared`), so a key has one limit however requests are balanced.
 //!
 //! It needs the [`Caller`] the authentication middleware sets, so it is layered inside it (see
 //! `http::router`): a request is authenticated first, then counted under its key. Requests
@@ -53,7 +54,8 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let decision = state
         .rate_limiter
-        .check(&limiter_key(key_name.as_deref(), ip), policy);
+        .check(&limiter_key(key_name.as_deref(), ip), policy)
+        .await;
     let mut resp = if decision.allowed {
         next.run(req).await
     } else {

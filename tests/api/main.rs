@@ -11,6 +11,7 @@ mod redis_server;
 mod auth;
 mod cluster;
 mod cluster_sessions;
+mod cluster_shared;
 mod config_patch;
 mod daemon;
 mod deploy;

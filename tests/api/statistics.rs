@@ -5,11 +5,11 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const KEY_A: &str = "key-a-0123456789";
-const KEY_B: &str = "key-b-0123456789";
-const KEY_ADMIN: &str = "key-admin-0123456789";
+pub(crate) const KEY_A: &str = "key-a-0123456789";
+pub(crate) const KEY_B: &str = "key-b-0123456789";
+pub(crate) const KEY_ADMIN: &str = "key-admin-0123456789";
 
-fn keys() -> Value {
+pub(crate) fn keys() -> Value {
     json!({"auth": {"apiKeys": [
         {"name": "a", "key": KEY_A},
         {"name": "b", "key": KEY_B},
@@ -17,7 +17,7 @@ fn keys() -> Value {
     ]}})
 }
 
-async fn get(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
+pub(crate) async fn get(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
     let resp = app
         .client
         .get(app.url(path))
@@ -28,7 +28,7 @@ async fn get(app: &TestApp, path: &str, key: &str) -> (u16, Value) {
     json_body(resp).await
 }
 
-async fn run(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn run(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
     let resp = app
         .client
         .post(app.url("/api/claude"))
@@ -46,6 +46,11 @@ fn today() -> String {
 
 /// Five runs: three complete, one API error (no cost), one stopped at max turns (billed).
 async fn five_runs(app: &TestApp) {
+    five_runs_across(&[app]).await;
+}
+
+/// [`five_runs`], sent to `apps` in turn (instances of one cluster).
+pub(crate) async fn five_runs_across(apps: &[&TestApp]) {
     let runs = [
         (
             KEY_A,
@@ -73,14 +78,14 @@ async fn five_runs(app: &TestApp) {
             422,
         ),
     ];
-    for (key, body, want) in runs {
-        let (s, b) = run(app, key, body).await;
+    for (i, (key, body, want)) in runs.into_iter().enumerate() {
+        let (s, b) = run(apps[i % apps.len()], key, body).await;
         assert_eq!(s, want, "{b}");
     }
 }
 
 /// The admin's view after [`five_runs`].
-fn assert_admin_summary(s: &Value) {
+pub(crate) fn assert_admin_summary(s: &Value) {
     assert_eq!(s["requests"]["total"], 5, "{s}");
     assert_eq!(s["requests"]["successful"], 3);
     assert_eq!(s["requests"]["failed"], 2);

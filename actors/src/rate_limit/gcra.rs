@@ -100,48 +100,74 @@ fn ceil_secs(d: Duration) -> u64 {
     u64::try_from(ns.div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
 }
 
-fn nanos(scaled: u128, scale: u64) -> Duration {
-    let ns = scaled.div_ceil(u128::from(scale));
-    Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
-}
-
 /// Decide one request at `now` (time since the limiter's epoch) for a key in state `tat`
 /// (`None`: never seen or idle). Returns the decision and the key's new state.
 pub fn check(tat: Option<Tat>, policy: Policy, now: Duration) -> (Decision, Option<Tat>) {
     let scale = policy.limit;
     let s = u128::from(scale);
     let now_s = now.as_nanos() * s;
-    let t = policy.window_ns(); // the emission interval, in scaled units
-    let window_s = policy.window_ns() * s;
     let start = tat.map_or(now_s, |x| x.rescaled(scale).max(now_s));
-    let next = start + t;
-    if next - now_s <= window_s {
-        let remaining = (window_s - (next - now_s)) / t;
-        let decision = Decision {
-            allowed: true,
-            limit: policy.limit,
-            remaining: u64::try_from(remaining).unwrap_or(u64::MAX),
-            reset: nanos(next - now_s, scale),
-            retry_after: None,
-        };
-        (
-            decision,
-            Some(Tat {
-                scaled: next,
-                scale,
-            }),
-        )
-    } else {
-        // Allowed again once `start + t - later ≤ window`.
-        let wait = next - now_s - window_s;
-        let decision = Decision {
-            allowed: false,
-            limit: policy.limit,
-            remaining: 0,
-            reset: nanos(start - now_s, scale),
-            retry_after: Some(nanos(wait, scale)),
-        };
-        (decision, tat)
+    let grid = Grid {
+        interval: policy.window_ns(), // the emission interval, in scaled units
+        window: policy.window_ns() * s,
+        limit: policy.limit,
+        nanos_per_unit: 1,
+        units_per_nano: s,
+    };
+    let decision = grid.decide(start - now_s);
+    let next = decision.allowed.then_some(Tat {
+        scaled: start + grid.interval,
+        scale,
+    });
+    (decision, next.or(tat))
+}
+
+/// The GCRA maths in units of the caller's choosing, from the one number that matters: the
+/// key's backlog, how far its TAT lies ahead of now (0 for an idle key). The local limiter
+/// uses `1/limit` ns; the shared one (Redis, [`super::shared`]) µs split finely enough that the
+/// interval is a whole number. Both decide and render headers here, so they answer alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    /// `T`, the emission interval (window / limit), in units.
+    pub interval: u128,
+    /// The window, in units.
+    pub window: u128,
+    pub limit: u64,
+    /// One unit is `nanos_per_unit / units_per_nano` ns.
+    pub nanos_per_unit: u128,
+    pub units_per_nano: u128,
+}
+
+impl Grid {
+    /// The answer for a request that finds `backlog` units ahead. It is allowed when the
+    /// backlog plus one interval still fits in the window; the key's TAT then moves one
+    /// interval (to `now + backlog + interval`); a refused request changes nothing.
+    pub fn decide(&self, backlog: u128) -> Decision {
+        let next = backlog + self.interval;
+        if next <= self.window {
+            Decision {
+                allowed: true,
+                limit: self.limit,
+                remaining: u64::try_from((self.window - next) / self.interval).unwrap_or(u64::MAX),
+                reset: self.duration(next),
+                retry_after: None,
+            }
+        } else {
+            // Allowed again once `backlog + interval - elapsed ≤ window`.
+            Decision {
+                allowed: false,
+                limit: self.limit,
+                remaining: 0,
+                reset: self.duration(backlog),
+                retry_after: Some(self.duration(next - self.window)),
+            }
+        }
+    }
+
+    /// `units` as a duration, rounded up to the ns.
+    fn duration(&self, units: u128) -> Duration {
+        let ns = (units * self.nanos_per_unit).div_ceil(self.units_per_nano.max(1));
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 }
 

@@ -10,8 +10,17 @@
 //! sends a task's record to its subscribers in the same step that wakes its sync caller, so a
 //! client that got its answer and then asks for statistics (or starts another run against a
 //! budget) always sees that run counted.
+//!
+//! With a cluster (Redis storage) the figures are shared by every instance instead
+//! ([`super::shared`]): each final record is added at once to the day's counters in Redis, and
+//! queries and budget checks read those counters, so they count the runs of every instance as
+//! soon as they ended. Records that could not be added (Redis unavailable) wait in memory, are
+//! counted in this instance's answers meanwhile, and are added when Redis answers again
+//! (retried every [`SHARED_RETRY`]); only a stop before that loses them. Queries fail with
+//! [`StoreError::Unavailable`] while Redis is away. `collectionInterval` does not apply.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +28,12 @@ use chrono::{Days, NaiveDate, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::aggregate::{day_of, DayStats, Rollup, Scope};
+use super::aggregate::{day_of, key_bucket, DayStats, Rollup, Scope};
 use super::budget::{self, BudgetError};
+use super::shared::SharedStats;
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::model::Task;
+use crate::model::{Task, TaskId};
 use crate::store::{Store, StoreError};
 
 /// Days kept: today and the 365 before it.
@@ -33,6 +44,10 @@ pub const RETENTION_DAYS: u64 = 365;
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 const MAILBOX: usize = 256;
+
+/// With a cluster: how soon records that could not be added to the shared counters are tried
+/// again.
+pub const SHARED_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum StatsError {
@@ -58,16 +73,16 @@ enum Msg {
     Rollup {
         days: DaySelection,
         scope: Scope,
-        reply: oneshot::Sender<Rollup>,
+        reply: oneshot::Sender<Result<Rollup, StoreError>>,
     },
     Daily {
         days: DaySelection,
         scope: Scope,
-        reply: oneshot::Sender<Vec<(NaiveDate, Rollup)>>,
+        reply: oneshot::Sender<Result<Vec<(NaiveDate, Rollup)>, StoreError>>,
     },
     SpentToday {
         owner: Option<String>,
-        reply: oneshot::Sender<f64>,
+        reply: oneshot::Sender<Result<f64, StoreError>>,
     },
     Flush {
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -93,7 +108,9 @@ impl StatsHandle {
 
     /// The figures of the selected days that `scope` may see, summed.
     pub async fn rollup(&self, days: DaySelection, scope: Scope) -> Result<Rollup, StatsError> {
-        self.ask(|reply| Msg::Rollup { days, scope, reply }).await
+        Ok(self
+            .ask(|reply| Msg::Rollup { days, scope, reply })
+            .await??)
     }
 
     /// Per day (ascending), only days with requests that `scope` may see.
@@ -102,13 +119,15 @@ impl StatsHandle {
         days: DaySelection,
         scope: Scope,
     ) -> Result<Vec<(NaiveDate, Rollup)>, StatsError> {
-        self.ask(|reply| Msg::Daily { days, scope, reply }).await
+        Ok(self
+            .ask(|reply| Msg::Daily { days, scope, reply })
+            .await??)
     }
 
     /// What runs of `owner` (`None`: anonymous) cost today (UTC), failed runs included.
     pub async fn spent_today(&self, owner: Option<&str>) -> Result<f64, StatsError> {
         let owner = owner.map(str::to_string);
-        self.ask(|reply| Msg::SpentToday { owner, reply }).await
+        Ok(self.ask(|reply| Msg::SpentToday { owner, reply }).await??)
     }
 
     /// Before accepting a run: refuse it when the key's spend today has reached its
@@ -121,10 +140,10 @@ impl StatsHandle {
         let Some(limit) = budget::daily_budget(config, owner) else {
             return Ok(());
         };
-        let spent = self
-            .spent_today(owner)
-            .await
-            .map_err(|_| BudgetError::Unavailable)?;
+        let spent = self.spent_today(owner).await.map_err(|e| match e {
+            StatsError::Stopped => BudgetError::Unavailable,
+            StatsError::Store(e) => BudgetError::Storage(e),
+        })?;
         budget::decide(limit, spent, Utc::now())
     }
 
@@ -145,6 +164,23 @@ pub struct StatsActor {
     last_write: Instant,
     /// The day retention was last applied for.
     pruned_for: NaiveDate,
+    /// With a cluster: the shared counters (then `days` stays empty).
+    shared: Option<Shared>,
+}
+
+/// The shared counters and this instance's records not yet added to them.
+struct Shared {
+    stats: SharedStats,
+    pending: VecDeque<Pending>,
+    /// Set while Redis fails: when to try again.
+    retry_at: Option<Instant>,
+}
+
+/// One run's figures, to add to its day.
+struct Pending {
+    task: TaskId,
+    day: NaiveDate,
+    delta: DayStats,
 }
 
 impl StatsActor {
@@ -157,10 +193,39 @@ impl StatsActor {
         finished: mpsc::UnboundedReceiver<Arc<Task>>,
         config: watch::Receiver<Arc<Config>>,
     ) -> Result<StatsHandle, StoreError> {
+        Self::start_in(store, finished, config, None).await
+    }
+
+    /// [`StatsActor::start`]; with `cluster`, on the counters every instance shares (nothing
+    /// is loaded: queries read Redis).
+    pub async fn start_in(
+        store: Arc<dyn Store>,
+        finished: mpsc::UnboundedReceiver<Arc<Task>>,
+        config: watch::Receiver<Arc<Config>>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<StatsHandle, StoreError> {
         let today = Utc::now().date_naive();
+        if let Some(cluster) = cluster {
+            let (tx, rx) = mpsc::channel(MAILBOX);
+            let actor = StatsActor {
+                store,
+                config,
+                finished: Some(finished),
+                days: BTreeMap::new(),
+                dirty: BTreeSet::new(),
+                last_write: Instant::now(),
+                pruned_for: today,
+                shared: Some(Shared {
+                    stats: SharedStats::new(cluster, RETENTION_DAYS),
+                    pending: VecDeque::new(),
+                    retry_at: None,
+                }),
+            };
+            tokio::spawn(actor.run(rx));
+            return Ok(StatsHandle { tx });
+        }
         let oldest = oldest_kept(today);
-        // A day or two ahead, in case the clock was set back since they were written.
-        let newest = today.checked_add_days(Days::new(2)).unwrap_or(today);
+        let newest = newest_kept(today);
         let mut days = BTreeMap::new();
         for (day, doc) in store.load_stats_days(oldest, newest).await? {
             match serde_json::from_value::<DayStats>(doc) {
@@ -182,12 +247,16 @@ impl StatsActor {
             dirty: BTreeSet::new(),
             last_write: Instant::now(),
             pruned_for: today,
+            shared: None,
         };
         tokio::spawn(actor.run(rx));
         Ok(StatsHandle { tx })
     }
 
     fn interval(&self) -> Duration {
+        if self.shared.is_some() {
+            return SHARED_RETRY;
+        }
         Duration::from_millis(self.config.borrow().statistics.collection_interval).max(MIN_INTERVAL)
     }
 
@@ -198,7 +267,10 @@ impl StatsActor {
                 // Records first: a query that arrives together with them must see them.
                 biased;
                 task = recv_or_pending(&mut self.finished) => match task {
-                    Some(task) => self.record(&task),
+                    Some(task) => {
+                        self.record(&task);
+                        let _ = self.add_shared(false).await;
+                    }
                     None => self.finished = None,
                 },
                 msg = rx.recv() => match msg {
@@ -218,29 +290,30 @@ impl StatsActor {
 
     async fn handle(&mut self, msg: Msg) {
         self.take_waiting_records();
+        // Added first, so the answer comes from Redis rather than from what waits here.
+        let _ = self.add_shared(false).await;
         match msg {
             Msg::Rollup { days, scope, reply } => {
-                let mut r = Rollup::default();
-                for (_, day) in self.select(days, &scope) {
-                    r.add_day(day, &scope);
-                }
+                let r = self.view(days).await.map(|view| {
+                    let mut r = Rollup::default();
+                    for (_, day) in select(&view, days, &scope) {
+                        r.add_day(day, &scope);
+                    }
+                    r
+                });
                 let _ = reply.send(r);
             }
             Msg::Daily { days, scope, reply } => {
-                let v = self
-                    .select(days, &scope)
-                    .into_iter()
-                    .map(|(d, day)| (d, Rollup::of_day(day, &scope)))
-                    .collect();
+                let v = self.view(days).await.map(|view| {
+                    select(&view, days, &scope)
+                        .into_iter()
+                        .map(|(d, day)| (d, Rollup::of_day(day, &scope)))
+                        .collect()
+                });
                 let _ = reply.send(v);
             }
             Msg::SpentToday { owner, reply } => {
-                let today = Utc::now().date_naive();
-                let spent = self
-                    .days
-                    .get(&today)
-                    .map_or(0.0, |d| d.spent(owner.as_deref()));
-                let _ = reply.send(spent);
+                let _ = reply.send(self.spent_today(owner.as_deref()).await);
             }
             Msg::Flush { reply } => {
                 let _ = reply.send(self.write().await);
@@ -248,36 +321,85 @@ impl StatsActor {
         }
     }
 
-    /// The selected days (ascending) that hold requests `scope` may see.
-    fn select(&self, days: DaySelection, scope: &Scope) -> Vec<(NaiveDate, &DayStats)> {
-        let visible = |d: &DayStats| d.visible(scope).has_requests();
-        match days {
-            DaySelection::All => self
-                .days
-                .iter()
-                .filter(|(_, d)| visible(d))
-                .map(|(k, d)| (*k, d))
-                .collect(),
-            DaySelection::Range { from, to } if from <= to => self
-                .days
-                .range(from..=to)
-                .filter(|(_, d)| visible(d))
-                .map(|(k, d)| (*k, d))
-                .collect(),
-            DaySelection::Range { .. } => Vec::new(),
-            DaySelection::Latest { limit } => {
-                let mut v: Vec<_> = self
-                    .days
-                    .iter()
-                    .rev()
-                    .filter(|(_, d)| visible(d))
-                    .take(limit)
-                    .map(|(k, d)| (*k, d))
-                    .collect();
-                v.reverse();
-                v
+    /// The days a query may need: this instance's, or the shared ones (with this instance's
+    /// records not yet added to them).
+    async fn view(
+        &self,
+        days: DaySelection,
+    ) -> Result<Cow<'_, BTreeMap<NaiveDate, DayStats>>, StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(Cow::Borrowed(&self.days));
+        };
+        let today = Utc::now().date_naive();
+        let (from, to) = match days {
+            DaySelection::Range { from, to } => (from.max(oldest_kept(today)), to),
+            DaySelection::All | DaySelection::Latest { .. } => {
+                (oldest_kept(today), newest_kept(today))
+            }
+        };
+        let mut loaded = if from <= to {
+            shared.stats.load(from, to).await?
+        } else {
+            BTreeMap::new()
+        };
+        for p in &shared.pending {
+            if (from..=to).contains(&p.day) {
+                loaded.entry(p.day).or_default().merge(&p.delta);
             }
         }
+        Ok(Cow::Owned(loaded))
+    }
+
+    async fn spent_today(&self, owner: Option<&str>) -> Result<f64, StoreError> {
+        let today = Utc::now().date_naive();
+        let Some(shared) = &self.shared else {
+            return Ok(self.days.get(&today).map_or(0.0, |d| d.spent(owner)));
+        };
+        let stored = shared.stats.spent(today, key_bucket(owner)).await?;
+        let waiting: f64 = shared
+            .pending
+            .iter()
+            .filter(|p| p.day == today)
+            .map(|p| p.delta.spent(owner))
+            .sum();
+        Ok(stored + waiting)
+    }
+
+    /// Add the records waiting for the shared counters, oldest first, stopping at the first
+    /// failure. Unless `now`, does nothing while a retry is not yet due (so a Redis outage
+    /// does not hold up every record and query with a failing call).
+    async fn add_shared(&mut self, now: bool) -> Result<(), StoreError> {
+        let Some(shared) = self.shared.as_mut() else {
+            return Ok(());
+        };
+        if !now && shared.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        while let Some(p) = shared.pending.front() {
+            match shared.stats.add(p.task, p.day, &p.delta).await {
+                Ok(_) => {
+                    shared.pending.pop_front();
+                }
+                Err(StoreError::Corrupt(e)) => {
+                    // Trying again would fail again and hold up every record behind it.
+                    tracing::error!(task_id = %p.task, day = %p.day, error = %e, "a run could not be added to the shared statistics; it is left out");
+                    shared.pending.pop_front();
+                }
+                Err(e) => {
+                    if shared.retry_at.is_none() {
+                        tracing::warn!(error = %e, waiting = shared.pending.len(), "statistics cannot be shared now; runs are kept here and added when Redis answers");
+                    }
+                    shared.retry_at = Some(Instant::now() + SHARED_RETRY);
+                    return Err(e);
+                }
+            }
+        }
+        if shared.retry_at.take().is_some() {
+            tracing::info!(
+                "the runs kept during the Redis outage were added to the shared statistics"
+            );
+        }
+        Ok(())
     }
 
     /// Take in every record the queue has already sent.
@@ -297,6 +419,18 @@ impl StatsActor {
         // Read the live config for each record: turning statistics off applies at once.
         let enabled = self.config.borrow().statistics.enabled;
         let day = day_of(task, Utc::now());
+        if let Some(shared) = self.shared.as_mut() {
+            let mut delta = DayStats::default();
+            delta.record(task, enabled);
+            if !delta.is_empty() {
+                shared.pending.push_back(Pending {
+                    task: task.id,
+                    day,
+                    delta,
+                });
+            }
+            return;
+        }
         self.days.entry(day).or_default().record(task, enabled);
         // Disabled statistics change only the spend ledger, and only when the run cost money.
         if enabled || task.cost_usd.is_some_and(|c| c > 0.0) {
@@ -308,6 +442,10 @@ impl StatsActor {
     /// fails to write stays changed and is tried again next time.
     async fn write(&mut self) -> Result<(), StoreError> {
         self.last_write = Instant::now();
+        if self.shared.is_some() {
+            // Shared counters are written as records come; this only retries what failed.
+            return self.add_shared(true).await;
+        }
         let today = Utc::now().date_naive();
         if today != self.pruned_for {
             let oldest = oldest_kept(today);
@@ -335,11 +473,50 @@ impl StatsActor {
     }
 }
 
+/// The selected days (ascending) that hold requests `scope` may see.
+fn select<'a>(
+    stored: &'a BTreeMap<NaiveDate, DayStats>,
+    days: DaySelection,
+    scope: &Scope,
+) -> Vec<(NaiveDate, &'a DayStats)> {
+    let visible = |d: &DayStats| d.visible(scope).has_requests();
+    match days {
+        DaySelection::All => stored
+            .iter()
+            .filter(|(_, d)| visible(d))
+            .map(|(k, d)| (*k, d))
+            .collect(),
+        DaySelection::Range { from, to } if from <= to => stored
+            .range(from..=to)
+            .filter(|(_, d)| visible(d))
+            .map(|(k, d)| (*k, d))
+            .collect(),
+        DaySelection::Range { .. } => Vec::new(),
+        DaySelection::Latest { limit } => {
+            let mut v: Vec<_> = stored
+                .iter()
+                .rev()
+                .filter(|(_, d)| visible(d))
+                .take(limit)
+                .map(|(k, d)| (*k, d))
+                .collect();
+            v.reverse();
+            v
+        }
+    }
+}
+
 /// The oldest day kept for `today`.
 fn oldest_kept(today: NaiveDate) -> NaiveDate {
     today
         .checked_sub_days(Days::new(RETENTION_DAYS))
         .unwrap_or(NaiveDate::MIN)
+}
+
+/// The newest day read for `today`: a day or two ahead, in case the clock was set back since
+/// they were written.
+fn newest_kept(today: NaiveDate) -> NaiveDate {
+    today.checked_add_days(Days::new(2)).unwrap_or(today)
 }
 
 async fn prune_store(store: &Arc<dyn Store>, oldest: NaiveDate) {
@@ -612,5 +789,145 @@ mod tests {
             .await
             .expect("load")
             .is_empty());
+    }
+
+    // ---- shared statistics (Redis)
+
+    async fn cluster_on(url: &str, ns: &str) -> Arc<Cluster> {
+        let store = crate::store::redis::RedisStore::connect(url, ns)
+            .await
+            .expect("connect");
+        Cluster::join(url, Arc::new(store)).expect("join")
+    }
+
+    async fn start_shared(cluster: Arc<Cluster>, cfg: Arc<Config>) -> Fixture {
+        let (feed, finished) = mpsc::unbounded_channel();
+        let (config, config_rx) = watch::channel(cfg);
+        let stats = StatsActor::start_in(
+            Arc::new(MemoryStore::new()),
+            finished,
+            config_rx,
+            Some(cluster),
+        )
+        .await
+        .expect("start");
+        Fixture {
+            feed,
+            config,
+            stats,
+        }
+    }
+
+    #[tokio::test]
+    async fn instances_of_a_cluster_count_each_others_runs_at_once() {
+        let url = crate::store::redis::test_server::shared_url().unwrap_or_else(|e| panic!("{e}"));
+        let ns = crate::store::redis::test_server::test_namespace();
+        let cfg = config(true, 3_600_000);
+        let a = start_shared(cluster_on(&url, &ns).await, cfg.clone()).await;
+        let b = start_shared(cluster_on(&url, &ns).await, cfg.clone()).await;
+
+        a.feed
+            .send(task(Some("a"), "m1", TaskStatus::Completed, 0.25))
+            .expect("feed");
+        let yesterday = Utc::now() - chrono::Duration::days(1);
+        let old = task_at(Some("b"), "m2", TaskStatus::Failed, 0.125, yesterday);
+        b.feed.send(old.clone()).expect("feed");
+        // The same end announced twice (a retry, or two instances) counts once.
+        a.feed.send(old).expect("feed");
+        // Taken in by each actor's next query; then both see everything.
+        a.stats.flush().await.expect("flush");
+        b.stats.flush().await.expect("flush");
+        for f in [&a, &b] {
+            let r = f
+                .stats
+                .rollup(DaySelection::All, Scope::All)
+                .await
+                .expect("rollup");
+            assert_eq!((r.total.requests, r.total.failed), (2, 1));
+            assert_eq!(r.total.cost_usd, 0.25);
+            assert_eq!(r.total.failed_cost_usd, 0.125);
+            assert_eq!(r.by_model["m1"].p50_duration_ms(), 10);
+            let days = f
+                .stats
+                .daily(
+                    DaySelection::Latest { limit: 1 },
+                    Scope::Key(Some("b".into())),
+                )
+                .await
+                .expect("daily");
+            assert_eq!(days.len(), 1);
+            assert_eq!(days[0].0, yesterday.date_naive());
+        }
+
+        // A budget spent on A refuses on B.
+        assert_eq!(b.stats.check_budget(Some("a"), &cfg).await, Ok(()));
+        a.feed
+            .send(task(Some("a"), "m1", TaskStatus::Completed, 0.25))
+            .expect("feed");
+        assert_eq!(a.stats.spent_today(Some("a")).await.expect("spent"), 0.5);
+        assert!(matches!(
+            b.stats.check_budget(Some("a"), &cfg).await,
+            Err(BudgetError::Exceeded { spent_usd, .. }) if spent_usd == 0.5
+        ));
+    }
+
+    #[tokio::test]
+    async fn runs_ended_during_a_redis_outage_are_added_when_it_is_back() {
+        let mut server = crate::store::redis::test_server::RedisServer::start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = server.port();
+        let cfg = config(true, 3_600_000);
+        let a = start_shared(cluster_on(&server.url(), "st").await, cfg.clone()).await;
+        a.feed
+            .send(task(Some("a"), "m", TaskStatus::Completed, 0.125))
+            .expect("feed");
+        a.stats.flush().await.expect("flush");
+
+        server.kill();
+        a.feed
+            .send(task(Some("a"), "m", TaskStatus::Completed, 0.25))
+            .expect("feed");
+        assert!(matches!(
+            a.stats.rollup(DaySelection::All, Scope::All).await,
+            Err(StatsError::Store(StoreError::Unavailable(_)))
+        ));
+        assert!(matches!(
+            a.stats.check_budget(Some("a"), &cfg).await,
+            Err(BudgetError::Storage(_))
+        ));
+
+        // Same port, empty server (no persistence): the run kept here is added by the retry
+        // (the one before the outage is gone with the old server's memory).
+        let _again = crate::store::redis::test_server::RedisServer::start_on(port)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = a.stats.rollup(DaySelection::All, Scope::All).await {
+                assert_eq!(r.total.requests, 1);
+                assert_eq!(r.total.cost_usd, 0.25);
+                break;
+            }
+            assert!(Instant::now() < deadline, "Redis did not come back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Written to Redis, not only answered from memory: another instance sees it.
+        let b = start_shared(
+            cluster_on(&format!("redis://127.0.0.1:{port}/"), "st").await,
+            cfg,
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = b
+                .stats
+                .rollup(DaySelection::All, Scope::All)
+                .await
+                .expect("rollup");
+            if r.total.requests == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the kept run was not added");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -281,6 +281,25 @@ impl DayStats {
         }
     }
 
+    /// Add `other`'s figures to these (days of several sources: the shared counters and the
+    /// records not yet written to them).
+    pub fn merge(&mut self, other: &DayStats) {
+        for (key, models) in &other.cells {
+            let mine = self.cells.entry(key.clone()).or_default();
+            for (model, c) in models {
+                mine.entry(model.clone()).or_default().merge(c);
+            }
+        }
+        for (key, usd) in &other.spend_usd {
+            *self.spend_usd.entry(key.clone()).or_insert(0.0) += usd;
+        }
+    }
+
+    /// Nothing counted at all (not even spend).
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty() && self.spend_usd.is_empty()
+    }
+
     /// A copy holding only what `scope` may see (the spend ledger is left out: it is not a
     /// statistic, and budgets read it through [`DayStats::spent`]).
     pub fn visible(&self, scope: &Scope) -> DayStats {

@@ -22,6 +22,9 @@ pub enum BudgetError {
     /// The spend could not be read (the statistics actor is gone: shutting down).
     #[error("the spend of this key could not be checked")]
     Unavailable,
+    /// The spend could not be read from the shared statistics (Redis unavailable).
+    #[error("the spend of this key could not be read: {0}")]
+    Storage(crate::store::StoreError),
 }
 
 /// The daily budget of the key named `owner`, if it has one (anonymous callers have none).

@@ -4,11 +4,16 @@
 //! * [`sketch`]    — a mergeable log-bucket sketch for duration percentiles (pure).
 //! * [`aggregate`] — counters, one day's cells and their rollups; what counts and where (pure).
 //! * [`budget`]    — the daily budget decision (pure).
-//! * [`actor`]     — the StatsActor: folds the queue's final records, persists days, answers.
+//! * [`counters`]  — a day as flat counters that instances add to concurrently (pure).
+//! * [`shared`]    — those counters in Redis: the statistics of a cluster.
+//! * [`actor`]     — the StatsActor: folds the queue's final records, persists days (or adds
+//!   them to the shared counters), answers.
 
 pub mod actor;
 pub mod aggregate;
 pub mod budget;
+pub mod counters;
+pub mod shared;
 pub mod sketch;
 
 pub use actor::{DaySelection, StatsActor, StatsError, StatsHandle};

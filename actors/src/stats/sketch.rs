@@ -84,6 +84,38 @@ impl DurationSketch {
         }
     }
 
+    /// What the sketch is made of, for storage as separate counters (shared statistics, see
+    /// [`super::counters`]): the zero count, the non-empty buckets, and the extremes (`None`
+    /// when empty).
+    pub fn parts(&self) -> (u64, &BTreeMap<u16, u64>, Option<(u64, u64)>) {
+        let extremes = (self.count > 0).then_some((self.min, self.max));
+        (self.zeros, &self.buckets, extremes)
+    }
+
+    /// The sketch [`DurationSketch::parts`] describe. The count is the sum of the counts, so
+    /// parts summed separately (merged) give the merged sketch.
+    pub fn from_parts(
+        zeros: u64,
+        buckets: BTreeMap<u16, u64>,
+        extremes: Option<(u64, u64)>,
+    ) -> DurationSketch {
+        let buckets: BTreeMap<u16, u64> = buckets.into_iter().filter(|(_, n)| *n > 0).collect();
+        let count = zeros.saturating_add(buckets.values().fold(0u64, |a, n| a.saturating_add(*n)));
+        let (min, max) = match extremes {
+            _ if count == 0 => (0, 0),
+            Some(x) => x,
+            // Counts without extremes (a partial record): clamp nothing rather than to 0.
+            None => (0, u64::MAX),
+        };
+        DurationSketch {
+            zeros,
+            buckets,
+            count,
+            min,
+            max,
+        }
+    }
+
     /// The `q`-quantile (0 < q ≤ 1) by nearest rank: the value with rank `ceil(q·n)`, within
     /// [`RELATIVE_ACCURACY`] (then rounded to whole ms). `None` for an empty sketch.
     pub fn quantile(&self, q: f64) -> Option<u64> {

@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
             webhook_outbox,
             webhook_attempts_in_order,
             webhook_attempts_pruned,
+            webhook_claims,
         ]);
     };
     (@each $name:ident, $make:expr, [$($check:ident),* $(,)?]) => {
@@ -1152,5 +1153,59 @@ pub(crate) mod checks {
             .await
             .expect("read")
             .is_empty());
+    }
+
+    /// What every backend grants: a claim on a stored delivery (by its owner, again and again)
+    /// returns the delivery as stored now; a delivery that is not (or no longer) in the outbox
+    /// cannot be claimed. Exclusivity between owners is the shared backend's (Redis) and is
+    /// tested with it.
+    pub async fn webhook_claims(s: S) {
+        let ttl = std::time::Duration::from_secs(30);
+        assert_eq!(
+            s.claim_webhook_job("msg_unknown", "i1", ttl)
+                .await
+                .expect("claim"),
+            None
+        );
+        let job = webhook_job(uuid::Uuid::new_v4(), 1_000);
+        s.save_webhook_job(&job).await.expect("save");
+        let got = s
+            .claim_webhook_job(&job.webhook_id, "i1", ttl)
+            .await
+            .expect("claim")
+            .expect("granted");
+        assert_eq!(got.webhook_id, job.webhook_id);
+        assert_eq!(got.attempts, 0);
+        // Renewed by its owner; it sees the latest version saved.
+        let mut retried = job.clone();
+        retried.attempts = 1;
+        s.save_webhook_job(&retried).await.expect("update");
+        let got = s
+            .claim_webhook_job(&job.webhook_id, "i1", ttl)
+            .await
+            .expect("renew")
+            .expect("granted");
+        assert_eq!(got.attempts, 1);
+        s.release_webhook_job(&job.webhook_id, "i1")
+            .await
+            .expect("release");
+        s.release_webhook_job("msg_unknown", "i1")
+            .await
+            .expect("release of nothing");
+        assert!(s
+            .claim_webhook_job(&job.webhook_id, "i2", ttl)
+            .await
+            .expect("claim after release")
+            .is_some());
+        // Delivered (deleted): nothing left to claim, for anyone.
+        assert!(s.delete_webhook_job(&job.webhook_id).await.expect("delete"));
+        for owner in ["i1", "i2"] {
+            assert_eq!(
+                s.claim_webhook_job(&job.webhook_id, owner, ttl)
+                    .await
+                    .expect("claim"),
+                None
+            );
+        }
     }
 }

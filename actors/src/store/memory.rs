@@ -483,6 +483,20 @@ impl Store for MemoryStore {
         Ok(jobs)
     }
 
+    async fn claim_webhook_job(
+        &self,
+        webhook_id: &str,
+        _owner: &str,
+        _ttl: std::time::Duration,
+    ) -> StoreResult<Option<WebhookJob>> {
+        // One process owns this store: nobody else could hold a claim.
+        Ok(self.lock().webhook_jobs.get(webhook_id).cloned())
+    }
+
+    async fn release_webhook_job(&self, _webhook_id: &str, _owner: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> StoreResult<()> {
         let mut attempt = attempt.clone();
         rules::normalize_webhook_attempt(&mut attempt);

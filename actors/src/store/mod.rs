@@ -146,6 +146,21 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_webhook_job(&self, webhook_id: &str) -> StoreResult<bool>;
     /// Every delivery in the outbox, oldest first (`created_at`, then `webhook_id`).
     async fn pending_webhook_jobs(&self) -> StoreResult<Vec<WebhookJob>>;
+    /// Claim the delivery `webhook_id` for `owner` (an instance) until `ttl` from now, or renew
+    /// the claim `owner` holds, atomically. Returns the delivery as stored now; `None` when it
+    /// is no longer in the outbox or another owner holds a live claim. Instances that share a
+    /// store make a delivery only under its claim, so one of them makes it, and a claim not
+    /// renewed (its instance died) lets another take the delivery over. Backends one process
+    /// owns alone (memory, SQLite) have no other owner: every stored delivery is granted.
+    async fn claim_webhook_job(
+        &self,
+        webhook_id: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<Option<WebhookJob>>;
+    /// End `owner`'s claim on `webhook_id` (nothing when another owner holds it), so another
+    /// instance can take the delivery at once.
+    async fn release_webhook_job(&self, webhook_id: &str, owner: &str) -> StoreResult<()>;
     /// Append one attempt to a task's delivery history.
     async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> StoreResult<()>;
     /// A task's attempts, in the order they were recorded.

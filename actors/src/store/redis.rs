@@ -30,6 +30,9 @@
 //! | `stats` + `stats-days` | hash + zset | day (`YYYY-MM-DD`) → statistics JSON; days scored by day number |
 //! | `idem:<key>` | hash | idempotency claim: `value`, `until` (ms), with a TTL past `until` |
 //! | `wh-jobs` + `wh-jobs-order` | hash + zset | the webhook outbox: id → JSON; ids scored by created at |
+//! | `wh-lock:<id>` | string | the instance delivering outbox job `<id>`, with a TTL it renews while it does (`claim_webhook_job`) |
+//! | `rl:<limiter key>` | string | shared rate limit state `"<TAT µs>:<remainder>:<scale>"`, expiring when the bucket is full ([`crate::rate_limit::shared`]) |
+//! | `stc:<day>`, `stc-seen:<day>`, `stc-days` | hash, set, zset | shared statistics: the day's counters, the tasks counted, the days (scored by day number); expire after retention ([`crate::stats::shared`]) |
 //! | `wh-att-seq`, `wh-att-docs`, `wh-att:<task>`, `wh-att-at` | string, hash, zset, zset | attempts: number → JSON; a task's numbers in recording order; `<task>:<n>` scored by time (retention) |
 //! | `schema` | string | the data model's version ([`SCHEMA_VERSION`]); a newer one is refused |
 //!
@@ -918,6 +921,31 @@ impl Store for RedisStore {
         .collect()
     }
 
+    async fn claim_webhook_job(
+        &self,
+        webhook_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<WebhookJob>> {
+        let mut inv = scripts::CLAIM_WEBHOOK.prepare_invoke();
+        inv.key(self.key(&format!("wh-lock:{webhook_id}")))
+            .key(self.key("wh-jobs"))
+            .arg(owner)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(webhook_id);
+        let doc: Option<String> = self.run(&inv).await?;
+        doc.as_deref()
+            .map(|d| decode("webhook delivery", d))
+            .transpose()
+    }
+
+    async fn release_webhook_job(&self, webhook_id: &str, owner: &str) -> StoreResult<()> {
+        let mut inv = scripts::RELEASE_WEBHOOK.prepare_invoke();
+        inv.key(self.key(&format!("wh-lock:{webhook_id}")))
+            .arg(owner);
+        self.run::<i64>(&inv).await.map(|_| ())
+    }
+
     async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> StoreResult<()> {
         let mut attempt = attempt.clone();
         rules::normalize_webhook_attempt(&mut attempt);
@@ -1295,5 +1323,68 @@ mod tests {
         let t0 = Instant::now();
         store.task_counts().await.expect("counts");
         println!("task_counts: {:.2} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    #[tokio::test]
+    async fn one_instance_at_a_time_holds_a_webhook_delivery_until_its_claim_expires() {
+        let (store, _) = fresh().await;
+        let job = crate::store::conformance::fixtures::webhook_job(uuid::Uuid::new_v4(), 0);
+        store.save_webhook_job(&job).await.expect("save");
+        let id = job.webhook_id.as_str();
+        let long = Duration::from_secs(30);
+        assert!(store
+            .claim_webhook_job(id, "a", long)
+            .await
+            .expect("claim")
+            .is_some());
+        assert!(store
+            .claim_webhook_job(id, "b", long)
+            .await
+            .expect("claim")
+            .is_none());
+        // Releasing someone else's claim does nothing.
+        store.release_webhook_job(id, "b").await.expect("release");
+        assert!(store
+            .claim_webhook_job(id, "b", long)
+            .await
+            .expect("claim")
+            .is_none());
+        store.release_webhook_job(id, "a").await.expect("release");
+        // Released: b takes it, briefly; a renewal keeps it b's; once b stops renewing, the
+        // claim expires and a can take it over.
+        let short = Duration::from_millis(200);
+        assert!(store
+            .claim_webhook_job(id, "b", short)
+            .await
+            .expect("claim")
+            .is_some());
+        assert!(store
+            .claim_webhook_job(id, "b", short)
+            .await
+            .expect("renew")
+            .is_some());
+        assert!(store
+            .claim_webhook_job(id, "a", long)
+            .await
+            .expect("claim")
+            .is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if store
+                .claim_webhook_job(id, "a", long)
+                .await
+                .expect("claim")
+                .is_some()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the claim never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(store
+            .claim_webhook_job(id, "b", long)
+            .await
+            .expect("claim")
+            .is_none());
     }
 }

@@ -1152,6 +1152,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn claim_webhook_job(
+        &self,
+        webhook_id: &str,
+        _owner: &str,
+        _ttl: std::time::Duration,
+    ) -> StoreResult<Option<WebhookJob>> {
+        // One process owns the database file: nobody else could hold a claim.
+        let id = webhook_id.to_string();
+        self.read(move |c| {
+            query_docs(
+                c,
+                "SELECT doc FROM webhook_jobs WHERE webhook_id = ?1",
+                &[Value::from(id)],
+            )?
+            .first()
+            .map(|d| decode_doc("webhook delivery", d))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn release_webhook_job(&self, _webhook_id: &str, _owner: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> StoreResult<()> {
         let mut attempt = attempt.clone();
         rules::normalize_webhook_attempt(&mut attempt);

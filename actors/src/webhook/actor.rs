@@ -12,7 +12,25 @@
 //! * At start the outbox is loaded and every delivery resumes where it stopped.
 //! * On shutdown, final records still in the mailbox are stored (not sent), running deliveries
 //!   are stopped; all of them resume after the next start.
+//!
+//! # Several instances on one outbox (Redis storage)
+//! The outbox is shared, so every instance sees every delivery; each is made by the one
+//! instance that holds its claim ([`Store::claim_webhook_job`], an atomic `SET NX PX`):
+//! * a new delivery is stored, then claimed by the instance that ended the task, which renews
+//!   the claim every [`RENEW_EVERY`] while the delivery lasts (retries and backoff included) and
+//!   releases it when the delivery is done;
+//! * every [`SWEEP_EVERY`] (and at start) each instance claims the deliveries of the outbox that
+//!   nobody holds: those of an instance that died (its claims expire [`CLAIM_TTL`] after its last
+//!   renewal) or stopped (it releases its claims on shutdown). A claim hands over the delivery
+//!   as stored, with its attempt count and next attempt time;
+//! * a delivery whose claim is lost (Redis answered that another instance holds it) stops.
+//!
+//! So one instance makes each delivery; the at-least-once caveat stays (an instance that dies
+//! after the receiver answered but before the outbox was updated leaves the delivery to be
+//! made again by another). Without a cluster there are no claims and no sweep: the process
+//! owns the outbox alone.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +54,24 @@ pub type ConfigSource = Arc<dyn Fn() -> Arc<Config> + Send + Sync>;
 /// Told the outcome of every attempt (for metrics): `delivered`, and whether a failed attempt
 /// was the last one (`gave_up`). Called from the delivery's task; it must not block.
 pub type DeliveryObserver = Arc<dyn Fn(bool, bool) + Send + Sync>;
+
+/// With a cluster: how long a delivery's claim lasts unless its instance renews it, i.e. how
+/// long a dead instance's deliveries wait before another instance takes them over.
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
+/// How often an instance renews the claims of the deliveries it is making (a third of the
+/// TTL: two renewals can fail before the claim lapses).
+pub const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How often an instance looks for deliveries in the outbox that nobody holds.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How the actor runs besides its store, records and config.
+#[derive(Clone, Default)]
+pub struct WebhookOptions {
+    pub observer: Option<DeliveryObserver>,
+    /// With a cluster: the name this instance claims deliveries under (its instance id).
+    /// `None`: the process owns the outbox alone (no claims, no sweep).
+    pub claim_as: Option<String>,
+}
 
 /// Stops the actor. Dropping it stops the actor too (like a shutdown without the draining).
 pub struct WebhookHandle {
@@ -63,6 +99,11 @@ pub struct WebhookActor {
     finished: mpsc::UnboundedReceiver<Arc<Task>>,
     deliveries: JoinSet<()>,
     observer: Option<DeliveryObserver>,
+    claim_as: Option<Arc<str>>,
+    /// The deliveries this instance is making, by webhook id and by their task, so a sweep
+    /// does not start one twice.
+    in_flight: HashSet<String>,
+    by_task: HashMap<tokio::task::Id, String>,
 }
 
 impl WebhookActor {
@@ -83,26 +124,31 @@ impl WebhookActor {
         config: ConfigSource,
         observer: Option<DeliveryObserver>,
     ) -> WebhookHandle {
+        let options = WebhookOptions {
+            observer,
+            claim_as: None,
+        };
+        Self::start_with(store, finished, config, options).await
+    }
+
+    /// [`WebhookActor::start`] with every option.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        finished: mpsc::UnboundedReceiver<Arc<Task>>,
+        config: ConfigSource,
+        options: WebhookOptions,
+    ) -> WebhookHandle {
         let mut actor = WebhookActor {
             store,
             config,
             finished,
             deliveries: JoinSet::new(),
-            observer,
+            observer: options.observer,
+            claim_as: options.claim_as.map(Arc::from),
+            in_flight: HashSet::new(),
+            by_task: HashMap::new(),
         };
-        match actor.store.pending_webhook_jobs().await {
-            Ok(jobs) => {
-                if !jobs.is_empty() {
-                    tracing::info!(count = jobs.len(), "resuming webhook deliveries");
-                }
-                for job in jobs {
-                    actor.spawn(job);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the webhook outbox; stored deliveries are not resumed")
-            }
-        }
+        actor.resume(true).await;
         let (stop_tx, stop_rx) = oneshot::channel();
         let done = tokio::spawn(actor.run(stop_rx));
         WebhookHandle {
@@ -113,53 +159,191 @@ impl WebhookActor {
 
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut listening = true;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.reset(); // the start-up pass was the first
         loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
                 msg = self.finished.recv(), if listening => match msg {
                     Some(task) => {
-                        if let Some(job) = self.enqueue(&task).await {
-                            self.spawn(job);
+                        if let Some((job, stored)) = self.enqueue(&task).await {
+                            self.start_delivery(job, stored).await;
                         }
                     }
                     // The queue has stopped; deliveries in flight go on until `shutdown`.
                     None => listening = false,
                 },
-                Some(joined) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
-                    if let Err(e) = joined {
-                        if e.is_panic() {
-                            tracing::error!("a webhook delivery task panicked");
+                Some(joined) = self.deliveries.join_next_with_id(), if !self.deliveries.is_empty() => {
+                    let id = match joined {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            if e.is_panic() {
+                                tracing::error!("a webhook delivery task panicked");
+                            }
+                            e.id()
                         }
+                    };
+                    if let Some(webhook_id) = self.by_task.remove(&id) {
+                        self.in_flight.remove(&webhook_id);
                     }
                 }
+                _ = sweep.tick(), if self.claim_as.is_some() => self.resume(false).await,
             }
         }
-        // Records the queue handed over before stopping: stored now, sent after the restart.
+        // Records the queue handed over before stopping: stored now, sent after the restart
+        // (or by another instance, which finds them unclaimed).
         while let Ok(task) = self.finished.try_recv() {
             self.enqueue(&task).await;
         }
         self.deliveries.shutdown().await;
+        // Handed over at once rather than when the claims expire.
+        if let Some(owner) = &self.claim_as {
+            for webhook_id in &self.in_flight {
+                if let Err(e) = self.store.release_webhook_job(webhook_id, owner).await {
+                    tracing::debug!(webhook_id, error = %e, "cannot release the webhook delivery; its claim will expire");
+                }
+            }
+        }
     }
 
-    /// Store the delivery a final record calls for, if any, and return it.
-    async fn enqueue(&self, task: &Task) -> Option<WebhookJob> {
+    /// Start the deliveries of the outbox this instance may make: every one without a
+    /// cluster (at start), the ones nobody holds with one (at start and every sweep).
+    async fn resume(&mut self, at_start: bool) {
+        let jobs = match self.store.pending_webhook_jobs().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                if at_start {
+                    tracing::error!(error = %e, "cannot read the webhook outbox; stored deliveries are not resumed now");
+                } else {
+                    tracing::debug!(error = %e, "cannot read the webhook outbox; trying again at the next sweep");
+                }
+                return;
+            }
+        };
+        let mut resumed = 0usize;
+        for job in jobs {
+            if self.in_flight.contains(&job.webhook_id) {
+                continue;
+            }
+            let job = match &self.claim_as {
+                None => job,
+                Some(owner) => {
+                    match self
+                        .store
+                        .claim_webhook_job(&job.webhook_id, owner, CLAIM_TTL)
+                        .await
+                    {
+                        // As stored now (another instance may have made attempts since the
+                        // list was read).
+                        Ok(Some(current)) => current,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot claim webhook deliveries now");
+                            break;
+                        }
+                    }
+                }
+            };
+            resumed += 1;
+            self.spawn(job, true);
+        }
+        if resumed > 0 {
+            tracing::info!(count = resumed, "resuming webhook deliveries");
+        }
+    }
+
+    /// Store the delivery a final record calls for, if any, and return it with whether it
+    /// was stored.
+    async fn enqueue(&self, task: &Task) -> Option<(WebhookJob, bool)> {
         let config = (self.config)();
         let job = new_job(task, &config.webhook, Utc::now())?;
-        if let Err(e) = self.store.save_webhook_job(&job).await {
-            // Still attempted now; only a restart before it succeeds would lose it.
-            tracing::error!(task_id = %task.id, webhook_id = %job.webhook_id, error = %e, "cannot store the webhook delivery");
-        }
-        Some(job)
+        let stored = match self.store.save_webhook_job(&job).await {
+            Ok(()) => true,
+            Err(e) => {
+                // Still attempted now; only a restart before it succeeds would lose it.
+                tracing::error!(task_id = %task.id, webhook_id = %job.webhook_id, error = %e, "cannot store the webhook delivery");
+                false
+            }
+        };
+        Some((job, stored))
     }
 
-    fn spawn(&mut self, job: WebhookJob) {
-        self.deliveries.spawn(run_delivery(
+    /// Make a new delivery: under its claim with a cluster, once it is stored.
+    async fn start_delivery(&mut self, job: WebhookJob, stored: bool) {
+        if let (Some(owner), true) = (&self.claim_as, stored) {
+            match self
+                .store
+                .claim_webhook_job(&job.webhook_id, owner, CLAIM_TTL)
+                .await
+            {
+                Ok(Some(_)) => {}
+                // Another instance's sweep claimed it between the save and here: it is theirs.
+                Ok(None) => return,
+                // Redis failed just now: deliver; the renewals claim it when Redis is back,
+                // unless another instance has by then (then this one stops).
+                Err(e) => {
+                    tracing::debug!(webhook_id = %job.webhook_id, error = %e, "cannot claim the new webhook delivery yet")
+                }
+            }
+        }
+        // Not stored: no other instance can see it, so no claim is needed.
+        self.spawn(job, stored);
+    }
+
+    fn spawn(&mut self, job: WebhookJob, claimed: bool) {
+        let owner = if claimed { self.claim_as.clone() } else { None };
+        let webhook_id = job.webhook_id.clone();
+        let handle = self.deliveries.spawn(run_claimed(
             job,
             self.store.clone(),
             self.config.clone(),
             self.observer.clone(),
+            owner,
         ));
+        self.by_task.insert(handle.id(), webhook_id.clone());
+        self.in_flight.insert(webhook_id);
+    }
+}
+
+/// Make a delivery; with an `owner`, only while its claim is this instance's: renewed every
+/// [`RENEW_EVERY`], released when done.
+async fn run_claimed(
+    job: WebhookJob,
+    store: Arc<dyn Store>,
+    config: ConfigSource,
+    observer: Option<DeliveryObserver>,
+    owner: Option<Arc<str>>,
+) {
+    let Some(owner) = owner else {
+        run_delivery(job, store, config, observer).await;
+        return;
+    };
+    let webhook_id = job.webhook_id.clone();
+    tokio::select! {
+        () = run_delivery(job, store.clone(), config, observer) => {}
+        () = hold_claim(&store, &webhook_id, &owner) => {
+            tracing::warn!(webhook_id, "the claim on this webhook delivery is lost (another instance holds it, or it left the outbox); stopping it here");
+        }
+    }
+    if let Err(e) = store.release_webhook_job(&webhook_id, &owner).await {
+        tracing::debug!(webhook_id, error = %e, "cannot release the webhook delivery; its claim will expire");
+    }
+}
+
+/// Renew the claim until it is lost (returns then). A failed renewal (Redis away) is tried
+/// again at the next interval: the delivery goes on meanwhile.
+async fn hold_claim(store: &Arc<dyn Store>, webhook_id: &str, owner: &str) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        match store.claim_webhook_job(webhook_id, owner, CLAIM_TTL).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(webhook_id, error = %e, "cannot renew the claim on the webhook delivery")
+            }
+        }
     }
 }
 

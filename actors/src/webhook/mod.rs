@@ -11,6 +11,8 @@
 //! Delivery is at-least-once: a delivery is stored before its first attempt and deleted only
 //! after it succeeded or ran out of retries, so a restart resumes it; a receiver may see the
 //! same `webhook-id` twice (e.g. the process stopped mid-request) and should deduplicate on it.
+//! With several instances on one Redis, each delivery is made by one instance at a time (a
+//! claim with expiry; see [`actor`]), and a dead instance's deliveries are taken over.
 
 pub mod actor;
 pub mod deliver;
@@ -20,5 +22,5 @@ pub mod record;
 pub mod schedule;
 pub mod sign;
 
-pub use actor::{ConfigSource, DeliveryObserver, WebhookActor, WebhookHandle};
+pub use actor::{ConfigSource, DeliveryObserver, WebhookActor, WebhookHandle, WebhookOptions};
 pub use record::{WebhookAttempt, WebhookJob};

@@ -45,11 +45,15 @@ fn scope_of(caller: &Caller) -> Scope {
     }
 }
 
-fn unavailable(_: StatsError) -> ApiError {
-    ApiError::new(
-        actors::error::ErrorCode::ShuttingDown,
-        "Statistics are not available: the server is shutting down.",
-    )
+fn unavailable(e: StatsError) -> ApiError {
+    match e {
+        // Shared statistics (Redis storage) cannot be read: a storage outage.
+        StatsError::Store(e) => e.into(),
+        StatsError::Stopped => ApiError::new(
+            actors::error::ErrorCode::ShuttingDown,
+            "Statistics are not available: the server is shutting down.",
+        ),
+    }
 }
 
 /// What every answer starts with.

@@ -573,3 +573,30 @@ return 1
 "#
     ))
 });
+
+/// Claim (or renew) a webhook delivery for an instance. KEYS: the claim, the outbox hash.
+/// ARGV: owner, TTL (ms), webhook id. Returns the stored delivery when the claim is the
+/// owner's now; nil when the delivery left the outbox or another owner's claim is live.
+pub(super) static CLAIM_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local doc = redis.call('HGET', KEYS[2], ARGV[3])
+if not doc then return false end
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return doc
+"#,
+    )
+});
+
+/// End an instance's claim on a webhook delivery. KEYS[1]: the claim; ARGV[1]: owner.
+/// Returns 1 when a claim was removed.
+pub(super) static RELEASE_WEBHOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});

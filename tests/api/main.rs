@@ -9,6 +9,7 @@ mod mock_anthropic;
 mod redis_server;
 
 mod auth;
+mod cluster_events;
 mod config_patch;
 mod daemon;
 mod deploy;

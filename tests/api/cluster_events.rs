@@ -128,3 +128,43 @@ async fn a_client_reconnecting_to_another_instance_mid_run_gets_only_the_later_e
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn another_instance_streams_a_run_live_and_its_end_after_a_cancel() {
+    let url = shared_url().unwrap_or_else(|e| panic!("{e}"));
+    let ns = test_namespace();
+    let (a, b) = (instance(&url, &ns).await, instance(&url, &ns).await);
+    // The run prints its init and a first text delta, then waits until it is stopped: what B
+    // sends before the cancel below was streamed live, not read after the end.
+    let id = submit(&a, "[[fake:hang_after_partial]] [[fake:chunks=3]] hold on").await;
+    let seen = first_events(events_from(&b, &id, None).await, 2).await;
+    assert_eq!(kinds(&seen), vec!["init", "text"]);
+    assert_eq!(ids(&seen), vec![1, 2]);
+    let (s, t) = json_body(b.get(&format!("/api/tasks/{id}")).await).await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["task"]["status"], "processing", "{t}");
+
+    // A client that saw event 1 comes back to B, then the run is cancelled on A.
+    let resumed = events_from(&b, &id, Some(1)).await;
+    let (_, resumed) = tokio::join!(
+        async {
+            let resp = a
+                .client
+                .delete(a.url(&format!("/api/tasks/{id}")))
+                .send()
+                .await
+                .expect("cancel");
+            let (s, body) = json_body(resp).await;
+            assert_eq!(s, 200, "{body}");
+        },
+        read_stream(resumed)
+    );
+    assert_eq!(kinds(&resumed), vec!["text", "error"], "{resumed:?}");
+    assert_eq!(ids(&resumed), vec![2, 3]);
+    assert_eq!(resumed[0], seen[1], "the same event on every read");
+    assert_eq!(resumed[1].data["code"], "cancelled", "{:?}", resumed[1]);
+    let on_a = read_stream(events_from(&a, &id, None).await).await;
+    assert_eq!(on_a[1..].to_vec(), resumed, "A, which ran it, has the same log");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -425,12 +425,12 @@ impl RemoteLog {
             }
         };
         // BLOCK 0 would wait forever: at least a millisecond.
-        let ms = block.as_millis().clamp(1, FOLLOW_BLOCK.as_millis()) as u64;
+        let block_ms = block.as_millis().clamp(1, FOLLOW_BLOCK.as_millis()) as u64;
         let reply: Option<StreamReadReply> = ::redis::cmd("XREAD")
             .arg("COUNT")
             .arg(READ_BATCH)
             .arg("BLOCK")
-            .arg(ms)
+            .arg(block_ms)
             .arg("STREAMS")
             .arg(&self.key)
             .arg(format!("{ms}-{seq}"))
@@ -627,12 +627,31 @@ mod redis_tests {
         let (a, b) = (instance(&url, &redis), instance(&url, &redis));
         let store: Arc<dyn Store> = Arc::new(redis);
         let task = started_task(&store).await;
-        // B follows before anything happened.
-        let source = b.hub.source(&task, &store);
+        // B follows before anything happened, and gets the events while the run goes on.
+        let mut source = b.hub.source(&task, &store);
         assert!(matches!(source, EventSource::Remote(_)));
-        let reader = tokio::spawn(read_all(source, 0));
         a.hub.publish(task.id, "init", serde_json::json!({"n": 1}));
         a.hub.publish(task.id, "text", serde_json::json!({"text": "a"}));
+        let mut live = Vec::new();
+        while live.len() < 2 {
+            let events = tokio::time::timeout(FOLLOW_BLOCK, source.next_after(live.len() as u64))
+                .await
+                .expect("an event in less than one blocking read")
+                .expect("not the end");
+            live.extend(events.iter().map(|e| (e.id, e.kind, e.data.clone())));
+        }
+        assert_eq!(
+            live,
+            vec![
+                (1, "init", serde_json::json!({"n": 1})),
+                (2, "text", serde_json::json!({"text": "a"}))
+            ]
+        );
+        let reader = tokio::spawn(async move {
+            let mut seen = vec![(1, "init"), (2, "text")];
+            seen.extend(read_all(source, 2).await);
+            seen
+        });
         a.hub.publish(task.id, "text", serde_json::json!({"text": "b"}));
         store.interrupt_processing(Utc::now()).await.expect("end");
         let ended = store.get_task(task.id).await.expect("get").expect("task");

@@ -88,7 +88,13 @@ impl TaskLog {
 
     /// Append an event (nothing once closed). `copy` sees it under the log's lock, so copies
     /// (the cluster mirror) are made in id order whoever appends.
-    fn append(&self, kind: &'static str, data: Value, how: Append, copy: impl FnOnce(&Arc<TaskEvent>)) {
+    fn append(
+        &self,
+        kind: &'static str,
+        data: Value,
+        how: Append,
+        copy: impl FnOnce(&Arc<TaskEvent>),
+    ) {
         let mut st = self.lock();
         if st.closed_at.is_some() {
             return;

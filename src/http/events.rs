@@ -42,6 +42,9 @@ pub fn final_event(task: &Task) -> (&'static str, Value) {
 }
 
 /// `GET /api/tasks/:id/events`.
+///
+/// With Redis storage, any instance sharing the namespace streams any run, with the same event
+/// ids (so `Last-Event-ID` works on whichever instance the client reconnects to).
 #[utoipa::path(get, path = "/api/tasks/{id}/events", tag = "tasks",
     params(("id" = String, Path, description = "Task id (UUID)"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
     responses((status = 200, description = "Server-Sent Events: init, text, tool_use, tool_result, then result or error", content_type = "text/event-stream", body = crate::http::schema::SseEvent), crate::http::schema::CommonErrors),

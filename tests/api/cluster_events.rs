@@ -20,7 +20,11 @@ async fn instance(url: &str, namespace: &str) -> TestApp {
 }
 
 async fn submit(app: &TestApp, prompt: &str) -> String {
-    let (s, b) = json_body(app.post_claude(json!({"prompt": prompt, "async": true})).await).await;
+    let (s, b) = json_body(
+        app.post_claude(json!({"prompt": prompt, "async": true}))
+            .await,
+    )
+    .await;
     assert_eq!(s, 202, "{b}");
     b["task_id"].as_str().expect("task id").to_string()
 }
@@ -117,7 +121,11 @@ async fn a_client_reconnecting_to_another_instance_mid_run_gets_only_the_later_e
     // The client went away after event 3 and comes back to B.
     let rest = read_stream(events_from(&b, &id, Some(3)).await).await;
     let on_a = read_stream(on_a).await;
-    assert_eq!(rest, on_a[3..].to_vec(), "only what followed event 3, as A sent it");
+    assert_eq!(
+        rest,
+        on_a[3..].to_vec(),
+        "only what followed event 3, as A sent it"
+    );
     assert_eq!(seen, on_a[..3].to_vec());
     assert_eq!(kinds(&rest).last(), Some(&"result"), "{rest:?}");
     let end: &Value = &rest.last().expect("result").data;
@@ -164,7 +172,11 @@ async fn another_instance_streams_a_run_live_and_its_end_after_a_cancel() {
     assert_eq!(resumed[0], seen[1], "the same event on every read");
     assert_eq!(resumed[1].data["code"], "cancelled", "{:?}", resumed[1]);
     let on_a = read_stream(events_from(&a, &id, None).await).await;
-    assert_eq!(on_a[1..].to_vec(), resumed, "A, which ran it, has the same log");
+    assert_eq!(
+        on_a[1..].to_vec(),
+        resumed,
+        "A, which ran it, has the same log"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

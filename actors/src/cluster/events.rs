@@ -58,6 +58,7 @@ pub const FOLLOW_BLOCK: Duration = Duration::from_secs(2);
 pub const FINAL_GRACE: Duration = Duration::from_secs(2);
 /// Entries read per command at most.
 const READ_BATCH: usize = 500;
+const _: () = assert!(READ_BATCH <= STREAM_MAX_LEN);
 /// A reply slower than this (beyond the blocking time asked for) is an outage.
 const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -147,33 +148,7 @@ async fn write_loop(
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
         for c in &batch {
-            let key = stream_key(&prefix, c.task);
-            let data = serde_json::to_string(&c.event.data).unwrap_or_else(|_| "null".into());
-            let xadd = pipe
-                .cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_MAX_LEN)
-                .arg(entry_id(c.event.id))
-                .arg("kind")
-                .arg(c.event.kind)
-                .arg("data")
-                .arg(data);
-            if c.last {
-                xadd.arg("final").arg(1);
-            }
-            let ttl = if c.last {
-                CLOSED_STREAM_TTL
-            } else {
-                LIVE_STREAM_TTL
-            };
-            // Also when the XADD is refused: the stream was written further by an instance
-            // that is gone, and this final event's expiry is the one that should apply.
-            pipe.cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl.as_millis() as u64)
-                .ignore();
+            append_copy(&mut pipe, &prefix, c);
         }
         let results: RedisResult<Vec<RedisResult<RedisValue>>> = pipe.query_async(&mut conn).await;
         match results {
@@ -188,12 +163,45 @@ async fn write_loop(
                 }
             }
             Err(e) => {
-                let n = dropped.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
+                let n =
+                    dropped.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
                 tracing::debug!(error = %e, events = batch.len(), dropped = n, "cannot copy events to Redis; they are dropped");
             }
         }
         batch.clear();
     }
+}
+
+/// The commands that store one copy: `XADD` (capped) with the event's id, and the key's new
+/// expiry. The expiry is answered with nothing (ignored), so the results line up with `XADD`s.
+fn append_copy(pipe: &mut ::redis::Pipeline, prefix: &str, c: &Copy) {
+    let key = stream_key(prefix, c.task);
+    let data = serde_json::to_string(&c.event.data).unwrap_or_else(|_| "null".into());
+    let xadd = pipe
+        .cmd("XADD")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(STREAM_MAX_LEN)
+        .arg(entry_id(c.event.id))
+        .arg("kind")
+        .arg(c.event.kind)
+        .arg("data")
+        .arg(data);
+    if c.last {
+        xadd.arg("final").arg(1);
+    }
+    let ttl = if c.last {
+        CLOSED_STREAM_TTL
+    } else {
+        LIVE_STREAM_TTL
+    };
+    // Also when the XADD is refused: the stream was written further by an instance that is
+    // gone, and this final event's expiry is the one that should apply.
+    pipe.cmd("PEXPIRE")
+        .arg(&key)
+        .arg(ttl.as_millis() as u64)
+        .ignore();
 }
 
 /// Parse one stream entry; `None` (skipped, with a debug log) for an entry this build cannot
@@ -542,11 +550,89 @@ mod tests {
         assert_eq!(grace_left(&task), Duration::ZERO);
     }
 
+    /// The commands of a pipeline as lists of arguments (from the RESP it would send).
+    fn commands(pipe: &::redis::Pipeline) -> Vec<Vec<String>> {
+        let packed = String::from_utf8(pipe.get_packed_pipeline()).expect("utf-8");
+        let mut out: Vec<Vec<String>> = Vec::new();
+        let mut lines = packed.split("\r\n");
+        while let Some(line) = lines.next() {
+            if line.starts_with('*') {
+                out.push(Vec::new());
+            } else if line.starts_with('$') {
+                let arg = lines.next().expect("argument").to_string();
+                out.last_mut().expect("a command").push(arg);
+            }
+        }
+        out
+    }
+
     #[test]
-    fn the_copy_expires_no_sooner_than_the_local_log() {
+    fn a_copy_is_capped_and_expires_later_while_the_run_goes_on_than_after_it() {
+        let task = uuid::Uuid::nil();
+        let key = stream_key("ns:", task);
+        let event = |id, kind| {
+            Arc::new(TaskEvent {
+                id,
+                kind,
+                data: serde_json::json!({"text": "a"}),
+            })
+        };
+        let mut pipe = ::redis::pipe();
+        append_copy(
+            &mut pipe,
+            "ns:",
+            &Copy {
+                task,
+                event: event(3, "text"),
+                last: false,
+            },
+        );
+        append_copy(
+            &mut pipe,
+            "ns:",
+            &Copy {
+                task,
+                event: event(4, "result"),
+                last: true,
+            },
+        );
+        let live = LIVE_STREAM_TTL.as_millis().to_string();
+        let closed = CLOSED_STREAM_TTL.as_millis().to_string();
+        let cap = STREAM_MAX_LEN.to_string();
+        let want: Vec<Vec<&str>> = vec![
+            vec![
+                "XADD",
+                &key,
+                "MAXLEN",
+                "~",
+                &cap,
+                "3-0",
+                "kind",
+                "text",
+                "data",
+                r#"{"text":"a"}"#,
+            ],
+            vec!["PEXPIRE", &key, &live],
+            vec![
+                "XADD",
+                &key,
+                "MAXLEN",
+                "~",
+                &cap,
+                "4-0",
+                "kind",
+                "result",
+                "data",
+                r#"{"text":"a"}"#,
+                "final",
+                "1",
+            ],
+            vec!["PEXPIRE", &key, &closed],
+        ];
+        assert_eq!(commands(&pipe), want);
+        // A closed copy stays as long as a closed local log; a live one longer.
         assert!(CLOSED_STREAM_TTL >= crate::events::CLOSED_LOG_TTL);
         assert!(LIVE_STREAM_TTL > CLOSED_STREAM_TTL);
-        assert!(STREAM_MAX_LEN >= READ_BATCH);
     }
 }
 
@@ -598,7 +684,9 @@ mod redis_tests {
                 }
             }
         };
-        tokio::time::timeout(WITHIN, read).await.expect("the reader ends");
+        tokio::time::timeout(WITHIN, read)
+            .await
+            .expect("the reader ends");
         seen
     }
 
@@ -631,7 +719,8 @@ mod redis_tests {
         let mut source = b.hub.source(&task, &store);
         assert!(matches!(source, EventSource::Remote(_)));
         a.hub.publish(task.id, "init", serde_json::json!({"n": 1}));
-        a.hub.publish(task.id, "text", serde_json::json!({"text": "a"}));
+        a.hub
+            .publish(task.id, "text", serde_json::json!({"text": "a"}));
         let mut live = Vec::new();
         while live.len() < 2 {
             let events = tokio::time::timeout(FOLLOW_BLOCK, source.next_after(live.len() as u64))
@@ -652,14 +741,18 @@ mod redis_tests {
             seen.extend(read_all(source, 2).await);
             seen
         });
-        a.hub.publish(task.id, "text", serde_json::json!({"text": "b"}));
+        a.hub
+            .publish(task.id, "text", serde_json::json!({"text": "b"}));
         store.interrupt_processing(Utc::now()).await.expect("end");
         let ended = store.get_task(task.id).await.expect("get").expect("task");
         a.hub.finish(&ended);
         let want = vec![(1, "init"), (2, "text"), (3, "text"), (4, "error")];
         assert_eq!(reader.await.expect("reader"), want);
         // A reads its own log; B, reconnecting after event 2, gets the rest from the copy.
-        assert!(matches!(a.hub.source(&ended, &store), EventSource::Local(_)));
+        assert!(matches!(
+            a.hub.source(&ended, &store),
+            EventSource::Local(_)
+        ));
         assert_eq!(read_all(a.hub.source(&ended, &store), 0).await, want);
         assert_eq!(
             read_all(b.hub.source(&ended, &store), 2).await,
@@ -688,7 +781,8 @@ mod redis_tests {
         let store: Arc<dyn Store> = Arc::new(redis);
         let task = started_task(&store).await;
         a.hub.publish(task.id, "init", serde_json::Value::Null);
-        a.hub.publish(task.id, "text", serde_json::json!({"text": "a"}));
+        a.hub
+            .publish(task.id, "text", serde_json::json!({"text": "a"}));
         wait_stream_len(&a.cluster, task.id, 2).await;
         let reader = tokio::spawn(read_all(b.hub.source(&task, &store), 0));
         // A is gone without a final event; B (the survivor) ends the record. B's own final

@@ -27,6 +27,7 @@
 //! | `idem:<key>` | hash | idempotency claim: `value`, `until` (ms), with a TTL past `until` |
 //! | `wh-jobs` + `wh-jobs-order` | hash + zset | the webhook outbox: id → JSON; ids scored by created at |
 //! | `wh-att-seq`, `wh-att-docs`, `wh-att:<task>`, `wh-att-at` | string, hash, zset, zset | attempts: number → JSON; a task's numbers in recording order; `<task>:<n>` scored by time (retention) |
+//! | `ev:<task id>` | stream | a run's live events, entry id `<event id>-0`, fields `kind`, `data`, `final` (see [`crate::cluster::events`]); capped, expires after the run |
 //! | `schema` | string | the data model's version ([`SCHEMA_VERSION`]); a newer one is refused |
 //!
 //! The run-order score: priority is 1..=10, so `(10 - priority)` is 0..=9 and each priority has a

@@ -72,7 +72,12 @@ impl Application {
         let config = Arc::new(config);
 
         let (store, cluster) = open_store(&config).await?;
-        let events = Arc::new(EventHub::new(Arc::new(crate::http::events::final_event)));
+        let mut events = EventHub::new(Arc::new(crate::http::events::final_event));
+        if let Some(cluster) = &cluster {
+            // Runs' events are copied to Redis, so any instance can stream any run.
+            events = events.with_cluster(cluster.clone());
+        }
+        let events = Arc::new(events);
         let queue = Queue::start(store.clone(), config.clone(), events, cluster.clone())
             .await
             .context("cannot recover the task queue from storage")?;

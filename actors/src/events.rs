@@ -6,6 +6,11 @@
 //! (`Last-Event-ID`) all see the same sequence. A closed log is kept for a while, then dropped;
 //! a reader of a finished task whose log is gone gets `init` and the final event rebuilt from
 //! the stored record.
+//!
+//! With a [cluster](crate::cluster) (Redis storage), every event appended here is also copied,
+//! in the background, to a Redis Stream with the same ids ([`crate::cluster::events`]), so a
+//! reader on another instance can follow the run: [`EventHub::source`] picks the local log when
+//! this instance runs the task, the stream otherwise.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,12 +19,23 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::cluster::events::{EventMirror, RemoteLog};
+use crate::cluster::Cluster;
 use crate::model::{Task, TaskId};
+use crate::store::Store;
 
 /// How long a closed log stays for late readers.
 pub const CLOSED_LOG_TTL: Duration = Duration::from_secs(300);
 /// At most this many closed logs are kept (the oldest go first).
 pub const MAX_CLOSED_LOGS: usize = 1000;
+
+/// The SSE event names a run can produce (the last two end it).
+pub const KINDS: [&str; 6] = ["init", "text", "tool_use", "tool_result", "result", "error"];
+
+/// `kind` as one of [`KINDS`] (events read back from Redis carry their name as text).
+pub fn known_kind(kind: &str) -> Option<&'static str> {
+    KINDS.iter().copied().find(|k| *k == kind)
+}
 
 /// One event: `id` is its position in the task's log (from 1), `kind` the SSE event name.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +53,9 @@ pub type FinalEvent = Arc<dyn Fn(&Task) -> (&'static str, Value) + Send + Sync>;
 struct LogState {
     events: Vec<Arc<TaskEvent>>,
     closed_at: Option<Instant>,
+    /// A run on this instance published events here (not only a final event written by
+    /// whoever ended the task, nor a log rebuilt from the record): this log is the run's own.
+    published: bool,
 }
 
 /// The event log of one task.
@@ -60,24 +79,35 @@ impl TaskLog {
     }
 
     fn push(&self, kind: &'static str, data: Value) {
-        let mut st = self.lock();
-        if st.closed_at.is_some() {
-            return;
-        }
-        let id = st.events.len() as u64 + 1;
-        st.events.push(Arc::new(TaskEvent { id, kind, data }));
-        drop(st);
-        self.version.send_modify(|v| *v += 1);
+        self.append(kind, data, Append::Rebuilt, |_| {});
     }
 
     fn close_with(&self, kind: &'static str, data: Value) {
+        self.append(kind, data, Append::Close, |_| {});
+    }
+
+    /// Append an event (nothing once closed). `copy` sees it under the log's lock, so copies
+    /// (the cluster mirror) are made in id order whoever appends.
+    fn append(
+        &self,
+        kind: &'static str,
+        data: Value,
+        how: Append,
+        copy: impl FnOnce(&Arc<TaskEvent>),
+    ) {
         let mut st = self.lock();
         if st.closed_at.is_some() {
             return;
         }
         let id = st.events.len() as u64 + 1;
-        st.events.push(Arc::new(TaskEvent { id, kind, data }));
-        st.closed_at = Some(Instant::now());
+        let event = Arc::new(TaskEvent { id, kind, data });
+        copy(&event);
+        st.events.push(event);
+        match how {
+            Append::Published => st.published = true,
+            Append::Close => st.closed_at = Some(Instant::now()),
+            Append::Rebuilt => {}
+        }
         drop(st);
         self.version.send_modify(|v| *v += 1);
     }
@@ -111,10 +141,39 @@ impl TaskLog {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Append {
+    /// An event of a run on this instance.
+    Published,
+    /// The final event.
+    Close,
+    /// An event rebuilt from a stored record.
+    Rebuilt,
+}
+
+/// Where a reader gets a task's events: the local log, or the cluster's copy of a run on
+/// another instance.
+pub enum EventSource {
+    Local(Arc<TaskLog>),
+    Remote(Box<RemoteLog>),
+}
+
+impl EventSource {
+    /// The events after `after`, waiting for some; `None` once the final event was read.
+    pub async fn next_after(&mut self, after: u64) -> Option<Vec<Arc<TaskEvent>>> {
+        match self {
+            EventSource::Local(log) => log.next_after(after).await,
+            EventSource::Remote(remote) => remote.next_after(after).await,
+        }
+    }
+}
+
 /// All live and recently closed logs.
 pub struct EventHub {
     logs: Mutex<HashMap<TaskId, Arc<TaskLog>>>,
     final_event: FinalEvent,
+    /// With a cluster: the copy of every event to Redis, and what readers follow there.
+    cluster: Option<(Arc<Cluster>, EventMirror)>,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -128,7 +187,55 @@ impl EventHub {
         EventHub {
             logs: Mutex::new(HashMap::new()),
             final_event,
+            cluster: None,
         }
+    }
+
+    /// Share the events with the other instances of `cluster`: every event is also copied to
+    /// Redis (in the background), and [`EventHub::source`] follows runs of other instances
+    /// there. Needs a tokio runtime (it starts the writer).
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> EventHub {
+        let mirror = EventMirror::start(&cluster);
+        self.cluster = Some((cluster, mirror));
+        self
+    }
+
+    /// Events that could not be copied to Redis so far (buffer full, Redis down or refusing);
+    /// the local logs have them all.
+    pub fn mirror_dropped(&self) -> u64 {
+        self.cluster.as_ref().map_or(0, |(_, m)| m.dropped())
+    }
+
+    /// The final event of `task`, as [`EventHub::finish`] appends it.
+    pub fn final_event(&self, task: &Task) -> (&'static str, Value) {
+        (self.final_event)(task)
+    }
+
+    /// The events of `task` for a reader (`GET /api/tasks/:id/events`): the local log when
+    /// this instance runs (or ran) it, or without a cluster; else the cluster's copy, which
+    /// ends with the stored record's final event if the copy has none. `store` is where the
+    /// reader rechecks the task's status.
+    pub fn source(self: &Arc<Self>, task: &Task, store: &Arc<dyn Store>) -> EventSource {
+        if let Some(log) = self.local_run(task.id) {
+            return EventSource::Local(log);
+        }
+        match &self.cluster {
+            Some((cluster, _)) => EventSource::Remote(Box::new(RemoteLog::new(
+                cluster.clone(),
+                store.clone(),
+                self.clone(),
+                task,
+            ))),
+            None if task.status.is_final() => EventSource::Local(self.log_of_finished(task)),
+            None => EventSource::Local(self.log(task.id)),
+        }
+    }
+
+    /// The log of a run on this instance, once it published an event.
+    pub fn local_run(&self, id: TaskId) -> Option<Arc<TaskLog>> {
+        let log = self.lock().get(&id).cloned()?;
+        let published = log.lock().published;
+        published.then_some(log)
     }
 
     /// A hub whose final events are plain records (for tests of the actors alone).
@@ -171,14 +278,22 @@ impl EventHub {
     }
 
     pub fn publish(&self, id: TaskId, kind: &'static str, data: Value) {
-        self.log(id).push(kind, data);
+        self.log(id)
+            .append(kind, data, Append::Published, |e| self.mirror(id, e, false));
     }
 
     /// The task ended: append its final event, close its log, and drop old closed logs.
     pub fn finish(&self, task: &Task) {
         let (kind, data) = (self.final_event)(task);
-        self.log(task.id).close_with(kind, data);
+        self.log(task.id)
+            .append(kind, data, Append::Close, |e| self.mirror(task.id, e, true));
         self.prune();
+    }
+
+    fn mirror(&self, id: TaskId, event: &Arc<TaskEvent>, last: bool) {
+        if let Some((_, mirror)) = &self.cluster {
+            mirror.send(id, event.clone(), last);
+        }
     }
 
     fn prune(&self) {

@@ -3,6 +3,11 @@
 //! then `result` (the sync answer object) or `error` (the error body); `: ping` every 15 s.
 //! Each event carries its `id`, so a client that reconnects with `Last-Event-ID` gets only
 //! what it missed. The stream ends after `result` or `error`.
+//!
+//! With several instances on one Redis, a task's events can be read on any of them: an instance
+//! that does not run the task replays and follows the copy the running instance keeps in Redis
+//! (`actors::cluster::events`), with the same ids, so `Last-Event-ID` works whichever instance
+//! the client reconnects to.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -15,7 +20,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use actors::events::{TaskEvent, TaskLog};
+use actors::events::{EventSource, TaskEvent, TaskLog};
 use actors::model::{Task, TaskStatus};
 
 use super::auth::Caller;
@@ -37,6 +42,9 @@ pub fn final_event(task: &Task) -> (&'static str, Value) {
 }
 
 /// `GET /api/tasks/:id/events`.
+///
+/// With Redis storage, any instance sharing the namespace streams any run, with the same event
+/// ids (so `Last-Event-ID` works on whichever instance the client reconnects to).
 #[utoipa::path(get, path = "/api/tasks/{id}/events", tag = "tasks",
     params(("id" = String, Path, description = "Task id (UUID)"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
     responses((status = 200, description = "Server-Sent Events: init, text, tool_use, tool_result, then result or error", content_type = "text/event-stream", body = crate::http::schema::SseEvent), crate::http::schema::CommonErrors),
@@ -49,13 +57,8 @@ pub async fn task_events(
 ) -> Result<Response, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
     let after = last_event_id(&headers)?;
-    let hub = state.queue.events();
-    let log = if task.status.is_final() {
-        hub.log_of_finished(&task)
-    } else {
-        hub.log(task.id)
-    };
-    Ok(stream(log, after, None))
+    let source = state.queue.events().source(&task, &state.store);
+    Ok(stream_source(source, after, None))
 }
 
 /// `Last-Event-ID`: the id of the last event the client saw (absent: from the start). Ids are
@@ -77,7 +80,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<u64, ApiError> {
 }
 
 struct Reader {
-    log: Arc<TaskLog>,
+    source: EventSource,
     after: u64,
     buffered: VecDeque<Arc<TaskEvent>>,
     /// For `stream: true`: cancels the run if the client goes away before the end.
@@ -86,8 +89,13 @@ struct Reader {
 
 /// An SSE response reading `log` after event `after`.
 pub fn stream(log: Arc<TaskLog>, after: u64, guard: Option<CancelOnDrop>) -> Response {
+    stream_source(EventSource::Local(log), after, guard)
+}
+
+/// An SSE response reading `source` after event `after`.
+pub fn stream_source(source: EventSource, after: u64, guard: Option<CancelOnDrop>) -> Response {
     let reader = Reader {
-        log,
+        source,
         after,
         buffered: VecDeque::new(),
         guard,
@@ -103,7 +111,7 @@ pub fn stream(log: Arc<TaskLog>, after: u64, guard: Option<CancelOnDrop>) -> Res
                     .unwrap_or_else(|_| Event::default().event(e.kind).data("{}"));
                 return Some((Ok::<Event, Infallible>(event), r));
             }
-            match r.log.next_after(r.after).await {
+            match r.source.next_after(r.after).await {
                 Some(batch) => r.buffered.extend(batch),
                 None => {
                     // The run ended and the client has it all: nothing to cancel.

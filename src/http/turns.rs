@@ -150,9 +150,12 @@ pub async fn start(
             .into_response());
     };
     if stream {
-        // The answer is the run's event stream.
-        let log = state.queue.events().log(submitted.task.id);
-        return Ok(super::events::stream(log, 0, Some(guard)));
+        // The answer is the run's event stream (with Redis, wherever the run is claimed).
+        let source = state
+            .queue
+            .events()
+            .source(&submitted.task, state.queue.store());
+        return Ok(super::events::stream_source(source, 0, Some(guard)));
     }
     let finished = wait_submitted(&state.queue, submitted, guard)
         .await

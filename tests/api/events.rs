@@ -8,14 +8,14 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 #[derive(Debug, Clone, PartialEq)]
-struct Sse {
-    id: Option<u64>,
-    event: String,
-    data: Value,
+pub(crate) struct Sse {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
 }
 
 /// Parse a complete SSE body (comments such as `: ping` are skipped).
-fn parse_sse(text: &str) -> Vec<Sse> {
+pub(crate) fn parse_sse(text: &str) -> Vec<Sse> {
     let mut out = Vec::new();
     for block in text.split("\n\n") {
         let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
@@ -43,7 +43,7 @@ fn parse_sse(text: &str) -> Vec<Sse> {
     out
 }
 
-async fn read_stream(resp: reqwest::Response) -> Vec<Sse> {
+pub(crate) async fn read_stream(resp: reqwest::Response) -> Vec<Sse> {
     assert_eq!(resp.status().as_u16(), 200);
     let ct = resp
         .headers()
@@ -59,7 +59,7 @@ async fn read_stream(resp: reqwest::Response) -> Vec<Sse> {
     parse_sse(&body)
 }
 
-fn kinds(events: &[Sse]) -> Vec<&str> {
+pub(crate) fn kinds(events: &[Sse]) -> Vec<&str> {
     events.iter().map(|e| e.event.as_str()).collect()
 }
 

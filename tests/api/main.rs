@@ -10,6 +10,7 @@ mod redis_server;
 
 mod auth;
 mod cluster;
+mod cluster_events;
 mod cluster_sessions;
 mod cluster_shared;
 mod config_patch;

@@ -11,9 +11,13 @@
 //!   lease renewals, waiting on a task's final record), so a message lost in an outage only
 //!   delays things.
 //!
+//! * live events ([`events`]): a copy of every run's events in a Redis Stream per task, which
+//!   an instance that does not run the task replays and follows for its SSE clients.
+//!
 //! Each process has an [`InstanceId`], unique per start, that owns the leases of the tasks it
 //! runs.
 
+pub mod events;
 pub mod transcripts;
 
 use std::sync::Arc;

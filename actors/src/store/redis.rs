@@ -34,6 +34,7 @@
 //! | `rl:<limiter key>` | string | shared rate limit state `"<TAT µs>:<remainder>:<scale>"`, expiring when the bucket is full ([`crate::rate_limit::shared`]) |
 //! | `stc:<day>`, `stc-seen:<day>`, `stc-days` | hash, set, zset | shared statistics: the day's counters, the tasks counted, the days (scored by day number); expire after retention ([`crate::stats::shared`]) |
 //! | `wh-att-seq`, `wh-att-docs`, `wh-att:<task>`, `wh-att-at` | string, hash, zset, zset | attempts: number → JSON; a task's numbers in recording order; `<task>:<n>` scored by time (retention) |
+//! | `ev:<task id>` | stream | a run's live events, entry id `<event id>-0`, fields `kind`, `data`, `final` (see [`crate::cluster::events`]); capped, expires after the run |
 //! | `schema` | string | the data model's version ([`SCHEMA_VERSION`]); a newer one is refused |
 //!
 //! The run-order score: priority is 1..=10, so `(10 - priority)` is 0..=9 and each priority has a

@@ -78,7 +78,10 @@ pub async fn chat_completions(
         let id = submitted.task.id;
         let guard = CancelOnDrop::new(state.queue.clone(), id, config.cancel_on_disconnect);
         stream::respond(
-            state.queue.events().log(id),
+            state
+                .queue
+                .events()
+                .source(&submitted.task, state.queue.store()),
             env.clone(),
             chat.include_usage,
             guard,

@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -22,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use actors::error::ErrorCode;
-use actors::events::{TaskEvent, TaskLog};
+use actors::events::{EventSource, TaskEvent};
 use actors::model::Usage;
 
 use super::super::claude::CancelOnDrop;
@@ -34,7 +33,8 @@ use super::response::Envelope;
 pub const DONE: &str = "[DONE]";
 
 struct Writer {
-    log: Arc<TaskLog>,
+    /// The run's events: its local log, or with Redis the copy of a run on another instance.
+    log: EventSource,
     after: u64,
     env: Envelope,
     include_usage: bool,
@@ -51,7 +51,7 @@ struct Writer {
 
 /// The SSE response for a submitted run.
 pub fn respond(
-    log: Arc<TaskLog>,
+    log: EventSource,
     env: Envelope,
     include_usage: bool,
     guard: CancelOnDrop,

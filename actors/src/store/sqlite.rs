@@ -35,8 +35,7 @@
 //!   record itself is durable; the accounting is durable with the next durable write.
 //!
 //! A sync run on a new session so waits for two fsyncs (the task's insert and its final
-//! record) instead of five, which is what brings its overhead over spawning the CLI directly
-//! under 2 ms on this kind of disk (README, Benchmarks).
+//! record) instead of five; on a busy VM disk an fsync costs 0.4–3 ms (README, Benchmarks).
 //!
 //! # In-memory figures
 //! * Per-status task counts and the total cost ([`Store::task_counts`], behind every
@@ -71,7 +70,8 @@
 //!   its fsync, worse on slower disks). A burst of 2,000 concurrent reads is faster through the
 //!   writer (≈ 200k/s, they batch) than the pool (≈ 42k/s), but single-read latency and keeping
 //!   the writer free for writes matter more here: reads use the pool.
-//! * Pending page of 50 out of 10,000+: 0.4 ms; `task_counts`: 0.7 ms (covering index).
+//! * Pending page of 50 out of 10,000+: 0.4 ms. `task_counts` was 0.7 ms as a query over every
+//!   task; it is now read from memory (below).
 //!
 //! # Schema
 //! Versioned with `PRAGMA user_version` ([`MIGRATIONS`]): each entry moves the schema one version
@@ -752,7 +752,11 @@ fn release_memory(w: &Writer) {
         tracing::debug!(error = %e, "shrink_memory on the writer failed");
     }
     {
-        let idle = w.readers.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = w
+            .readers
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for c in idle.iter() {
             if let Err(e) = c.execute_batch("PRAGMA shrink_memory") {
                 tracing::debug!(error = %e, "shrink_memory on a reader failed");
@@ -1310,8 +1314,9 @@ impl Store for SqliteStore {
                 rows.collect::<Result<_, _>>().map_err(db_err)?
             };
             for (status, cost) in &gone {
-                let status = TaskStatus::parse(status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown task status {status:?}")))?;
+                let status = TaskStatus::parse(status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown task status {status:?}"))
+                })?;
                 w.tally_change(Some((status, *cost)), None);
             }
             Ok(gone.len() as u64)
@@ -1855,7 +1860,10 @@ mod tests {
             .write(|w| w.conn.execute_batch("ROLLBACK").map_err(db_err))
             .await;
         assert!(r.is_err(), "the aborted batch was answered as committed");
-        let e = store.ping().await.expect_err("unhealthy after a failed commit");
+        let e = store
+            .ping()
+            .await
+            .expect_err("unhealthy after a failed commit");
         assert!(e.to_string().contains("did not commit"), "{e}");
         // The writer probes while idle; the disk is fine, so health comes back by itself.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1885,7 +1893,9 @@ mod tests {
                     .await
             })
         };
-        entered_rx.await.expect("the writer runs the blocking command");
+        entered_rx
+            .await
+            .expect("the writer runs the blocking command");
         tokio::time::timeout(Duration::from_secs(5), store.ping())
             .await
             .expect("ping waited for the writer")

@@ -67,7 +67,16 @@ enum Command {
     Status(ControlArgs),
     /// The operator's terminal UI (talks to the server over HTTP).
     Tui(ControlArgs),
+    /// Internal: the watchdog `serve` starts (kills its runs' processes when it dies).
+    #[command(name = WATCHDOG_COMMAND, hide = true)]
+    Watchdog {
+        /// The marker the daemon's runs carry.
+        marker: String,
+    },
 }
+
+/// The hidden subcommand `serve` starts its watchdog with.
+const WATCHDOG_COMMAND: &str = "internal-watchdog";
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -87,6 +96,14 @@ fn main() -> std::process::ExitCode {
     if let Command::Tui(args) = command {
         return claude_code_server::tui::run(args.control());
     }
+    // Nor does the watchdog: it blocks on its pipe, then sweeps.
+    if let Command::Watchdog { marker } = command {
+        let killed = actors::claude::watchdog::watch(&marker);
+        if killed > 0 {
+            eprintln!("claude-code-server watchdog: the server is gone; killed {killed} process(es) of its runs");
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,7 +119,7 @@ fn main() -> std::process::ExitCode {
         Command::Start(args) => runtime.block_on(control::start(&args.control())),
         Command::Stop(args) => runtime.block_on(control::stop(&args.control())),
         Command::Status(args) => runtime.block_on(control::status(&args.control())),
-        Command::Tui(_) => std::process::ExitCode::SUCCESS, // handled above
+        Command::Tui(_) | Command::Watchdog { .. } => std::process::ExitCode::SUCCESS, // handled above
     }
 }
 
@@ -117,6 +134,8 @@ async fn serve(
     if let Err(e) = logging::init(&LogOptions::for_serve(&config_path, &env)) {
         eprintln!("claude-code-server: cannot set up logging: {e}");
     }
+    // Before anything can start a run: every run must carry the watchdog's marker.
+    let _watchdog = start_watchdog();
     let opts = Options {
         config_path,
         host,
@@ -135,6 +154,24 @@ async fn serve(
         Err(e) => {
             eprintln!("claude-code-server: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Start the process that kills this server's runs if the server dies (see
+/// `actors::claude::watchdog`). Without it the server still runs; what a crash leaves behind
+/// is then killed at the next start (the sweep of interrupted runs).
+fn start_watchdog() -> Option<actors::claude::watchdog::Watchdog> {
+    // /proc/self/exe: this very executable, even if the file was replaced since (an upgrade).
+    let exe = std::path::Path::new("/proc/self/exe");
+    match actors::claude::watchdog::Watchdog::start(exe, &[WATCHDOG_COMMAND]) {
+        Ok(w) => {
+            tracing::debug!(pid = w.pid(), "watchdog started");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the watchdog: runs left by a crash are killed at the next start");
+            None
         }
     }
 }

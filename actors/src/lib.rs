@@ -12,12 +12,14 @@
 //! * [`rate_limit`] — GCRA per API key (or client IP) and its sharded limiter.
 //! * [`webhook`] — the WebhookActor and its pure parts: payload, signing, retries, SSRF policy.
 //! * [`metrics`] — counters and histograms for `GET /metrics`, and the MetricsActor.
+//! * [`mem`]     — giving freed heap back to the OS when the process goes quiet.
 
 pub mod claude;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod mem;
 pub mod metrics;
 pub mod model;
 pub mod queue;

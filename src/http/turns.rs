@@ -184,7 +184,9 @@ pub async fn prepare(
         Target::NewSession => {
             let session = new_session(caller, &run, Uuid::new_v4(), json!({}), now);
             let mode = SessionMode::Create { id: session.id };
-            state.store.insert_session(&session).await?;
+            // Lazily: the turn's task insert, next and durable, makes both durable before
+            // any answer names the session (one fsync instead of two).
+            state.store.insert_session_lazily(&session).await?;
             (session, mode, false, None)
         }
         Target::Continue(sid) => {
@@ -228,7 +230,8 @@ pub async fn prepare(
             );
             // A cumulative-cost CLI starts the fork from the parent's total.
             session.last_reported_cost_usd = parent.last_reported_cost_usd;
-            state.store.insert_session(&session).await?;
+            // Durable with the turn's task insert, as above.
+            state.store.insert_session_lazily(&session).await?;
             let mode = SessionMode::Fork {
                 from: parent.id,
                 id: session.id,

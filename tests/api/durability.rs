@@ -123,13 +123,13 @@ async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once()
     daemon.child.kill().expect("SIGKILL");
     let _ = daemon.child.wait();
 
-    // The hanging CLI dies with its parent (parent-death signal), or at the next start-up.
-    let mut daemon = start_daemon(&config, &root, port).await;
+    // The hanging CLI dies with the daemon (its watchdog kills the run), before any restart.
     let pgid = started["pgid"].as_i64().expect("pgid");
     assert!(
         wait_group_gone(pgid, Duration::from_secs(5)).await,
-        "the run of the killed daemon is still alive"
+        "the run of the killed daemon outlived it"
     );
+    let mut daemon = start_daemon(&config, &root, port).await;
 
     let get = |id: String| {
         let client = client.clone();

@@ -14,6 +14,13 @@ pub const RUN_MARKER_ENV: &str = "CCS_RUN_ID";
 /// Pids of live processes (not zombies, not this process) whose environment carries
 /// `CCS_RUN_ID=<marker>` for one of `markers`, with the marker found.
 pub fn marked_processes(markers: &HashSet<String>) -> Vec<(i32, String)> {
+    processes_with_env(RUN_MARKER_ENV, markers)
+}
+
+/// Pids of live processes (not zombies, not this process) whose environment sets `var` to one
+/// of `values`, with the value found.
+pub fn processes_with_env(var: &str, values: &HashSet<String>) -> Vec<(i32, String)> {
+    let markers = values;
     if markers.is_empty() {
         return Vec::new();
     }
@@ -31,7 +38,7 @@ fn scan(wanted: impl Fn(&str) -> bool) -> Vec<(i32, String)> {
         return Vec::new();
     };
     let me = std::process::id() as i32;
-    let prefix = format!("{RUN_MARKER_ENV}=");
+    let prefix = format!("{var}=");
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -78,7 +85,12 @@ pub fn signal_marked(marker: &str, sig: libc::c_int) -> usize {
 
 /// Send `sig` to every live process carrying one of `markers`.
 pub fn signal_all(markers: &HashSet<String>, sig: libc::c_int) -> usize {
-    let pids = marked_processes(markers);
+    signal_env(RUN_MARKER_ENV, markers, sig)
+}
+
+/// Send `sig` to every live process whose environment sets `var` to one of `values`.
+pub fn signal_env(var: &str, values: &HashSet<String>, sig: libc::c_int) -> usize {
+    let pids = processes_with_env(var, values);
     for (pid, _) in &pids {
         if *pid > 1 {
             // SAFETY: kill with a positive pid signals exactly that process.

@@ -3,8 +3,10 @@
 //! * [`argv`]     — the argument vector for a [`RunSpec`](crate::model::RunSpec) (`--flag=value` only).
 //! * [`stream`]   — a line-bounded reader and the stream-json parser into [`CliEvent`]s.
 //! * [`classify`] — what a finished run means: status, error code, details.
-//! * [`process`]  — spawning (own process group, parent-death signal, stdin written then
-//!   closed), reading, timeouts, and killing the whole group.
+//! * [`process`]  — spawning (own process group, `posix_spawn`, stdin written then closed),
+//!   reading, timeouts, and killing the whole group.
+//! * [`marker`]   — finding a run's processes by the marker in their environment.
+//! * [`watchdog`] — the process that kills what the daemon's runs left when the daemon dies.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ pub mod marker;
 pub mod process;
 pub mod stream;
 pub mod transcript;
+pub mod watchdog;
 
 /// One thing the CLI said, as the rest of the service cares about it. Unknown event types and
 /// subtypes are dropped by the parser, never an error.

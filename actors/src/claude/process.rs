@@ -4,11 +4,12 @@
 //! * **No shell**: the program is exec'd directly with the argv of [`build_args`].
 //! * **Own process group** (`process_group(0)`): every signal goes to the whole group
 //!   (`kill(-pgid, …)`), so the CLI's tool subprocesses die with it.
-//! * **Parent-death signal**: `prctl(PR_SET_PDEATHSIG, SIGKILL)` in the child, so the CLI dies if
-//!   the daemon does. Linux delivers it when the *thread* that forked exits, not the process;
-//!   tokio's worker threads live as long as the runtime, so in practice it means "when the
-//!   daemon dies". It only reaches the CLI itself, not its subprocesses; the group kill is the
-//!   main mechanism, this is the safety net for a crash of the daemon.
+//! * **Dies with the daemon**: every run carries the daemon's watchdog marker
+//!   (`CCS_DAEMON_ID`, [`super::watchdog`]); when the daemon dies, its watchdog kills every
+//!   process carrying it, the CLI's tools included. This replaced `PR_SET_PDEATHSIG`, set in a
+//!   `pre_exec` hook: any hook makes std fork the daemon instead of using `posix_spawn`
+//!   (vfork-like), and that fork was about a third of the server's CPU per run. Nothing runs in
+//!   the child between spawn and exec now.
 //! * `kill_on_drop(true)` plus a group guard: if the future running [`run`] is dropped midway,
 //!   the group is still SIGKILLed.
 //! * **Prompt on stdin** from a separate task, then closed, so a large prompt cannot deadlock
@@ -142,12 +143,7 @@ fn command(spec: &RunSpec, settings: &RunnerSettings) -> Command {
         .kill_on_drop(true)
         .process_group(0);
     apply_env(&mut cmd, settings);
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (prctl, getppid); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || set_parent_death_signal(parent));
-    }
+    // No `pre_exec` hook here (see the module docs): it would turn posix_spawn into a fork.
     cmd
 }
 
@@ -163,6 +159,12 @@ fn apply_env(cmd: &mut Command, settings: &RunnerSettings) {
     match &settings.run_marker {
         Some(marker) => cmd.env(super::marker::RUN_MARKER_ENV, marker),
         None => cmd.env_remove(super::marker::RUN_MARKER_ENV),
+    };
+    // This daemon's watchdog kills what carries its marker when the daemon dies; a marker
+    // inherited from elsewhere (a daemon started by a run of another) is replaced or removed.
+    match super::watchdog::daemon_marker() {
+        Some(marker) => cmd.env(super::watchdog::DAEMON_MARKER_ENV, marker),
+        None => cmd.env_remove(super::watchdog::DAEMON_MARKER_ENV),
     };
     cmd.env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
     if let Some(prefix) = &settings.path_prefix {
@@ -181,36 +183,6 @@ fn prefixed_path(prefix: &Path, path: Option<OsString>) -> OsString {
         out.push(path);
     }
     out
-}
-
-#[cfg(target_os = "linux")]
-fn set_parent_death_signal(parent: u32) -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    if rc == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // If the daemon died between fork and prctl, the signal will never come: do not start.
-    // SAFETY: getppid has no preconditions.
-    let ppid = unsafe { libc::getppid() };
-    if u32::try_from(ppid).ok() != Some(parent) {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_parent_death_signal(_parent: u32) -> io::Result<()> {
-    // No equivalent: the process-group kill is the only mechanism there.
-    Ok(())
 }
 
 /// What to say when the CLI could not be started: the OS error, and whether the working

@@ -146,7 +146,8 @@ async fn execute(
             t.cost_usd.unwrap_or(0.0),
             Utc::now(),
         );
-        if let Err(e) = store.update_session(&s).await {
+        // Lazily: the final record above is durable; this bookkeeping rides on the next fsync.
+        if let Err(e) = store.update_session_lazily(&s).await {
             tracing::error!(session_id = %s.id, error = %e, "cannot record the turn on its session");
         }
     }

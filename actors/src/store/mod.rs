@@ -86,6 +86,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>>;
     /// `pending` → `processing`, sets `started_at`, increments `attempts`. Returns the updated
     /// task, or `None` when it was not pending (cancelled meanwhile): then it must not run.
+    /// Need not be durable on its own (SQLite: with the next durable write): if a power cut
+    /// loses it, the task is found `pending` and runs again; a process crash loses nothing.
     async fn start_task(&self, id: TaskId, at: DateTime<Utc>) -> StoreResult<Option<Task>>;
     /// Write a final record (its status must be final) over a live one. Returns `false`, and
     /// writes nothing, when the stored task is already final or missing.
@@ -106,9 +108,21 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- sessions
     async fn insert_session(&self, session: &Session) -> StoreResult<()>;
+    /// [`Store::insert_session`] for a session whose first task is inserted next, before any
+    /// answer names the session: the backend may make it durable only together with that
+    /// task's insert (SQLite: one fsync for both instead of two). Same result otherwise.
+    async fn insert_session_lazily(&self, session: &Session) -> StoreResult<()> {
+        self.insert_session(session).await
+    }
     async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>>;
     /// Replace a stored session. `false` when it does not exist.
     async fn update_session(&self, session: &Session) -> StoreResult<bool>;
+    /// [`Store::update_session`] for bookkeeping no answer waits on (a run's accounting after
+    /// its final record): the backend may make it durable with its next durable write. Same
+    /// result otherwise; a killed daemon still loses nothing, only a power cut could.
+    async fn update_session_lazily(&self, session: &Session) -> StoreResult<bool> {
+        self.update_session(session).await
+    }
     async fn delete_session(&self, id: SessionId) -> StoreResult<bool>;
     /// Newest first (`created_at` desc) and the total matching.
     async fn list_sessions(&self, filter: &SessionFilter) -> StoreResult<(Vec<Session>, u64)>;

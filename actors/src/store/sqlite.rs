@@ -14,6 +14,46 @@
 //! When the store is dropped the channel closes; the thread finishes the batch in hand,
 //! checkpoints the WAL into the database file and exits, and `Drop` joins it.
 //!
+//! # Which writes wait for the disk
+//! A 2xx answer means what it names is on disk (a `kill -9` or a power cut right after it
+//! loses nothing), so every write an answer depends on is *durable*: its reply waits for the
+//! commit's fsync. A few writes are *lazy* ([`Store::insert_session_lazily`],
+//! [`Store::update_session_lazily`], [`Store::start_task`]): their batch commits with
+//! `synchronous=NORMAL`, which in WAL mode writes the WAL (so a killed process loses nothing:
+//! the data is in the OS) but does not fsync it; the reply comes at once. The WAL is one file
+//! written in order, so the next durable commit's fsync makes every earlier lazy write durable
+//! too: the session a new task belongs to is inserted lazily and the task's own durable insert
+//! makes both durable before the 201/202. What a lazy write risks is only a power cut or
+//! kernel crash before the next durable commit, and why each is safe:
+//! * a new session's insert: always followed by its task's durable insert before any answer
+//!   names it (if that insert fails, no answer promised the session);
+//! * `start_task` (`pending` → `processing`): lost, the task is found `pending` after the
+//!   machine comes back and runs again — instead of ending `interrupted`. After a power cut
+//!   no process of the run survives either; a daemon that merely died (kill -9, OOM) finds
+//!   the start on disk as before and marks the task `interrupted`;
+//! * a run's session accounting after its final record (`messages_count`, cost): the final
+//!   record itself is durable; the accounting is durable with the next durable write.
+//!
+//! A sync run on a new session so waits for two fsyncs (the task's insert and its final
+//! record) instead of five; on a busy VM disk an fsync costs 0.4–3 ms (README, Benchmarks).
+//!
+//! # In-memory figures
+//! * Per-status task counts and the total cost ([`Store::task_counts`], behind every
+//!   `/api/tasks/queue/status`) are loaded once at open and then kept by the writer: each
+//!   command records how it changed them, the changes of a command rolled back to its
+//!   savepoint are dropped, and the batch's changes are applied after `COMMIT` succeeds and
+//!   before the replies — so the figures are always those of the committed data, in O(1).
+//!   Cost is summed in whole nano-dollars (exact, no drift from adding and removing floats).
+//! * Health ([`Store::ping`]) is a flag the writer keeps: the last batch committed or not, the
+//!   thread alive, no batch stuck for [`WEDGED_AFTER`]. It answers without queueing behind
+//!   writes. After a failed commit the writer probes the disk with a small durable write every
+//!   [`PROBE_INTERVAL`] while no other write comes, so the flag recovers with the disk.
+//!
+//! # Giving memory back
+//! After [`IDLE_AFTER`] without writes (the queue has gone quiet), the writer drops the page
+//! caches of its own and the idle read connections (`PRAGMA shrink_memory`) and returns free
+//! heap to the OS (`malloc_trim`, glibc only), so RSS after a burst falls back near idle.
+//!
 //! # Reads: a small pool of read-only connections
 //! Reads run on `tokio::task::spawn_blocking` over at most [`MAX_READERS`] read-only
 //! connections. In WAL mode they never wait for the writer, and since a write
@@ -30,7 +70,8 @@
 //!   its fsync, worse on slower disks). A burst of 2,000 concurrent reads is faster through the
 //!   writer (≈ 200k/s, they batch) than the pool (≈ 42k/s), but single-read latency and keeping
 //!   the writer free for writes matter more here: reads use the pool.
-//! * Pending page of 50 out of 10,000+: 0.4 ms; `task_counts`: 0.7 ms (covering index).
+//! * Pending page of 50 out of 10,000+: 0.4 ms. `task_counts` was 0.7 ms as a query over every
+//!   task; it is now read from memory (below).
 //!
 //! # Schema
 //! Versioned with `PRAGMA user_version` ([`MIGRATIONS`]): each entry moves the schema one version
@@ -68,6 +109,15 @@ pub const MAX_BATCH: usize = 4096;
 /// Read-only connections (and so reads running at once).
 pub const MAX_READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Without a write for this long, the writer gives memory back (see the module docs). Short
+/// enough to run between a burst and the next look at RSS, long enough not to run between the
+/// writes of a busy queue.
+pub const IDLE_AFTER: Duration = Duration::from_millis(500);
+/// While the last commit failed, the writer probes the disk this often.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A batch running longer than this makes the store unhealthy (a hung disk). Far above any
+/// real batch (4,096 inserts take about 0.1 s) and above the busy timeout.
+pub const WEDGED_AFTER: Duration = Duration::from_secs(30);
 
 /// Schema migrations: entry `i` moves the database from `user_version = i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -162,6 +212,9 @@ pub struct SqliteStore {
     writer: Option<JoinHandle<()>>,
     readers: Arc<ReadPool>,
     reads_on_writer: bool,
+    /// Task counts and cost of the committed data, kept by the writer.
+    tally: Arc<Mutex<Tally>>,
+    health: Arc<Health>,
 }
 
 impl SqliteStore {
@@ -214,32 +267,57 @@ impl SqliteStore {
         });
         let probe = readers.take()?;
         readers.give(probe);
+        let tally = Arc::new(Mutex::new(load_tally(&conn)?));
+        let health = Arc::new(Health::new());
 
         let (tx, rx) = mpsc::channel::<Box<dyn Command>>();
+        let writer = Writer {
+            conn,
+            last_seq,
+            saved_seq: last_seq,
+            synchronous_full: true,
+            cmd_delta: Tally::default(),
+            batch_delta: Tally::default(),
+            tally: Arc::clone(&tally),
+            health: Arc::clone(&health),
+            readers: Arc::clone(&readers),
+        };
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || {
-                writer_main(
-                    Writer {
-                        conn,
-                        last_seq,
-                        saved_seq: last_seq,
-                    },
-                    rx,
-                )
-            })
+            .spawn(move || writer_main(writer, rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(SqliteStore {
             tx: Some(tx),
             writer: Some(writer),
             readers,
             reads_on_writer,
+            tally,
+            health,
         })
     }
 
     /// Run `f` on the writer thread, inside the current batch's transaction; answer once the
-    /// batch is committed.
+    /// batch is committed and on disk (fsync'd).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    /// Like [`SqliteStore::write`], but the reply may come before the fsync: the write is
+    /// committed (it survives the process), and on disk with the next durable commit (module
+    /// docs: which writes may do this).
+    async fn write_lazily<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    async fn submit<T, F>(&self, f: F, durable: bool) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Writer) -> StoreResult<T> + Send + 'static,
@@ -249,6 +327,7 @@ impl SqliteStore {
             f: Some(f),
             result: None,
             reply,
+            durable,
         });
         let stopped = || StoreError::Unavailable("the storage writer has stopped".into());
         self.tx
@@ -379,10 +458,184 @@ struct Writer {
     last_seq: u64,
     /// The last seq recorded in `meta` (committed).
     saved_seq: u64,
+    /// The connection's `synchronous` setting: FULL (fsync at commit) or NORMAL.
+    synchronous_full: bool,
+    /// How the command being run changed the task counts (dropped if it is rolled back).
+    cmd_delta: Tally,
+    /// The changes of the batch's successful commands, applied to `tally` after `COMMIT`.
+    batch_delta: Tally,
+    tally: Arc<Mutex<Tally>>,
+    health: Arc<Health>,
+    /// To shrink the idle read connections' caches when the store goes quiet.
+    readers: Arc<ReadPool>,
+}
+
+impl Writer {
+    /// Record that a stored task went from `old` (`None`: inserted) to `new` (`None`: deleted).
+    fn tally_change(&mut self, old: Option<(TaskStatus, Option<f64>)>, new: Option<&Task>) {
+        if let Some((status, cost)) = old {
+            self.cmd_delta.add(status, cost, -1);
+        }
+        if let Some(t) = new {
+            self.cmd_delta.add(t.status, t.cost_usd, 1);
+        }
+    }
+}
+
+/// Per-status task counts and the total cost in nano-dollars.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Tally {
+    by_status: [i64; TaskStatus::ALL.len()],
+    cost_nanos: i128,
+}
+
+impl Tally {
+    fn index(s: TaskStatus) -> usize {
+        match s {
+            TaskStatus::Pending => 0,
+            TaskStatus::Processing => 1,
+            TaskStatus::Completed => 2,
+            TaskStatus::Failed => 3,
+            TaskStatus::Cancelled => 4,
+            TaskStatus::Timeout => 5,
+        }
+    }
+
+    fn add(&mut self, status: TaskStatus, cost: Option<f64>, sign: i64) {
+        self.by_status[Self::index(status)] += sign;
+        self.cost_nanos += i128::from(sign) * cost_nanos(cost);
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        for (a, b) in self.by_status.iter_mut().zip(other.by_status) {
+            *a += b;
+        }
+        self.cost_nanos += other.cost_nanos;
+    }
+
+    /// Like the `GROUP BY status` it replaces: only statuses that have tasks.
+    fn counts(&self) -> TaskCounts {
+        let mut counts = TaskCounts::default();
+        for s in TaskStatus::ALL {
+            let n = self.by_status[Self::index(s)];
+            if n > 0 {
+                counts.by_status.insert(s, u64::try_from(n).unwrap_or(0));
+            }
+        }
+        counts.total_cost_usd = self.cost_nanos as f64 / 1e9;
+        counts
+    }
+}
+
+/// A cost in whole nano-dollars (0 for none or a non-finite value, which the JSON documents
+/// cannot hold anyway).
+fn cost_nanos(cost: Option<f64>) -> i128 {
+    match cost {
+        // `as` saturates; no stored cost comes near 1.7e29 dollars.
+        Some(c) if c.is_finite() => (c * 1e9).round() as i128,
+        _ => 0,
+    }
+}
+
+/// The counts of the stored tasks, read once at open. Summed in SQL per status; the cost is
+/// rounded to nano-dollars per task, as the writer does when it adds one.
+fn load_tally(conn: &Connection) -> StoreResult<Tally> {
+    let mut st = conn
+        .prepare(
+            "SELECT status, COUNT(*), TOTAL(ROUND(COALESCE(cost_usd, 0) * 1e9))
+             FROM tasks GROUP BY status",
+        )
+        .map_err(db_err)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut tally = Tally::default();
+    for row in rows {
+        let (status, n, nanos) = row.map_err(db_err)?;
+        let status = TaskStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown task status {status:?}")))?;
+        tally.by_status[Tally::index(status)] += n;
+        // TOTAL is a float: exact below 2^53 nano-dollars (about nine million dollars).
+        tally.cost_nanos += nanos as i128;
+    }
+    Ok(tally)
+}
+
+/// The writer's health, read by [`Store::ping`] without queueing behind writes.
+struct Health {
+    /// Why the last batch did not commit; `None` while the last commit succeeded.
+    failure: Mutex<Option<String>>,
+    /// When the batch in hand started (ms since `epoch`), 0 when idle.
+    busy_since_ms: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Health {
+    fn new() -> Health {
+        Health {
+            failure: Mutex::new(None),
+            busy_since_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1: 0 means idle.
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    fn set_busy(&self, busy: bool) {
+        let v = if busy { self.now_ms() } else { 0 };
+        self.busy_since_ms
+            .store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn set_outcome(&self, failure: Option<&StoreError>) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) =
+            failure.map(|e| e.to_string());
+    }
+
+    fn failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        if let Some(f) = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return Err(StoreError::Unavailable(format!(
+                "the last write did not commit: {f}"
+            )));
+        }
+        let since = self
+            .busy_since_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if since != 0 && self.now_ms().saturating_sub(since) > WEDGED_AFTER.as_millis() as u64 {
+            return Err(StoreError::Unavailable(format!(
+                "a write has been running for over {} s",
+                WEDGED_AFTER.as_secs()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One queued write: run inside the batch, answered after the batch's commit.
 trait Command: Send {
+    /// Whether the reply must wait for the fsync (see the module docs).
+    fn durable(&self) -> bool;
     /// Run; `false` when the command failed (its savepoint is then rolled back).
     fn run(&mut self, w: &mut Writer) -> bool;
     /// Reply: with the command's own result, or `failure` when the batch did not commit.
@@ -393,6 +646,7 @@ struct Job<T, F> {
     f: Option<F>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
+    durable: bool,
 }
 
 impl<T, F> Command for Job<T, F>
@@ -400,6 +654,10 @@ where
     T: Send,
     F: FnOnce(&mut Writer) -> StoreResult<T> + Send,
 {
+    fn durable(&self) -> bool {
+        self.durable
+    }
+
     fn run(&mut self, w: &mut Writer) -> bool {
         match self.f.take() {
             Some(f) => {
@@ -425,7 +683,29 @@ where
 }
 
 fn writer_main(mut w: Writer, rx: mpsc::Receiver<Box<dyn Command>>) {
-    while let Ok(first) = rx.recv() {
+    // Whether anything was written since memory was last given back.
+    let mut written = false;
+    loop {
+        let next = if w.health.failed() {
+            rx.recv_timeout(PROBE_INTERVAL)
+        } else if written {
+            rx.recv_timeout(IDLE_AFTER)
+        } else {
+            rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        };
+        let first = match next {
+            Ok(c) => c,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if w.health.failed() {
+                    probe(&mut w);
+                } else {
+                    release_memory(&w);
+                    written = false;
+                }
+                continue;
+            }
+        };
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -435,6 +715,7 @@ fn writer_main(mut w: Writer, rx: mpsc::Receiver<Box<dyn Command>>) {
             }
         }
         run_batch(&mut w, batch);
+        written = true;
     }
     // Every sender is gone and every reply sent: fold the WAL back into the database file.
     if let Err(e) = w
@@ -445,10 +726,52 @@ fn writer_main(mut w: Writer, rx: mpsc::Receiver<Box<dyn Command>>) {
     }
 }
 
+/// A small durable write, to learn whether the disk takes writes again after a failed commit.
+fn probe(w: &mut Writer) {
+    let (reply, _rx) = oneshot::channel::<StoreResult<()>>();
+    let job = Job {
+        f: Some(|w: &mut Writer| {
+            w.conn
+                .prepare_cached("UPDATE meta SET value = value WHERE key = 'last_seq'")
+                .and_then(|mut st| st.execute([]))
+                .map(|_| ())
+                .map_err(db_err)
+        }),
+        result: None,
+        reply,
+        durable: true,
+    };
+    run_batch(w, vec![Box::new(job)]);
+}
+
+/// Give memory back after a burst: SQLite's page caches (the writer's and the idle readers')
+/// and the allocator's free lists. Pages dropped from a cache are read again from the OS page
+/// cache when needed, which costs microseconds.
+fn release_memory(w: &Writer) {
+    if let Err(e) = w.conn.execute_batch("PRAGMA shrink_memory") {
+        tracing::debug!(error = %e, "shrink_memory on the writer failed");
+    }
+    {
+        let idle = w
+            .readers
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for c in idle.iter() {
+            if let Err(e) = c.execute_batch("PRAGMA shrink_memory") {
+                tracing::debug!(error = %e, "shrink_memory on a reader failed");
+            }
+        }
+    }
+    crate::mem::trim_heap();
+}
+
 fn run_batch(w: &mut Writer, mut batch: Vec<Box<dyn Command>>) {
+    w.health.set_busy(true);
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         execute_batch(w, &mut batch)
     }));
+    w.health.set_busy(false);
     let failure = match run {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
@@ -457,6 +780,7 @@ fn run_batch(w: &mut Writer, mut batch: Vec<Box<dyn Command>>) {
             Some(StoreError::Unavailable("the storage writer failed".into()))
         }
     };
+    w.health.set_outcome(failure.as_ref());
     if let Some(e) = &failure {
         tracing::error!(error = %e, commands = batch.len(), "storage batch not committed");
     }
@@ -478,11 +802,25 @@ fn execute_batch(w: &mut Writer, batch: &mut [Box<dyn Command>]) -> StoreResult<
         rollback(&w.conn);
         StoreError::Unavailable(e.to_string())
     };
+    // A batch of lazy writes only commits without the fsync; one durable write makes the whole
+    // batch wait for it. Set outside the transaction, where SQLite reads it at commit.
+    let full = batch.iter().any(|c| c.durable());
+    if full != w.synchronous_full {
+        let sql = if full {
+            "PRAGMA synchronous=FULL"
+        } else {
+            "PRAGMA synchronous=NORMAL"
+        };
+        w.conn.execute_batch(sql).map_err(db_err)?;
+        w.synchronous_full = full;
+    }
+    w.batch_delta = Tally::default();
     w.conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
     for c in batch.iter_mut() {
         w.conn
             .execute_batch("SAVEPOINT cmd")
             .map_err(|e| fail(w, e))?;
+        w.cmd_delta = Tally::default();
         let ok = c.run(w);
         if w.conn.is_autocommit() {
             // SQLite rolled the whole transaction back (disk full, I/O error, ...).
@@ -496,6 +834,10 @@ fn execute_batch(w: &mut Writer, batch: &mut [Box<dyn Command>]) -> StoreResult<
             "ROLLBACK TO cmd; RELEASE cmd"
         };
         w.conn.execute_batch(end).map_err(|e| fail(w, e))?;
+        if ok {
+            let delta = std::mem::take(&mut w.cmd_delta);
+            w.batch_delta.merge(&delta);
+        }
     }
     if w.last_seq > w.saved_seq {
         w.conn
@@ -505,6 +847,12 @@ fn execute_batch(w: &mut Writer, batch: &mut [Box<dyn Command>]) -> StoreResult<
     }
     w.conn.execute_batch("COMMIT").map_err(|e| fail(w, e))?;
     w.saved_seq = w.last_seq;
+    // Before any reply: a caller that reads the counts after its write sees it counted.
+    let delta = std::mem::take(&mut w.batch_delta);
+    w.tally
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .merge(&delta);
     Ok(())
 }
 
@@ -563,6 +911,7 @@ fn w_insert_task(w: &mut Writer, mut task: Task) -> StoreResult<Task> {
         )));
     }
     w.last_seq = task.seq;
+    w.tally_change(None, Some(&task));
     Ok(task)
 }
 
@@ -570,10 +919,15 @@ fn w_start_task(w: &mut Writer, id: TaskId, at: DateTime<Utc>) -> StoreResult<Op
     let Some(mut t) = get_live(&w.conn, id, true)? else {
         return Ok(None);
     };
+    let old = (t.status, t.cost_usd);
     t.status = TaskStatus::Processing;
     t.started_at = Some(rules::trunc(at));
     t.attempts += 1;
-    Ok((put_task(&w.conn, TASK_UPDATE_LIVE, &t)? == 1).then_some(t))
+    if put_task(&w.conn, TASK_UPDATE_LIVE, &t)? != 1 {
+        return Ok(None);
+    }
+    w.tally_change(Some(old), Some(&t));
+    Ok(Some(t))
 }
 
 fn w_finish_task(w: &mut Writer, task: Task) -> StoreResult<bool> {
@@ -581,7 +935,11 @@ fn w_finish_task(w: &mut Writer, task: Task) -> StoreResult<bool> {
         return Ok(false);
     };
     let merged = rules::merge_final(&stored, &task);
-    Ok(put_task(&w.conn, TASK_UPDATE_LIVE, &merged)? == 1)
+    if put_task(&w.conn, TASK_UPDATE_LIVE, &merged)? != 1 {
+        return Ok(false);
+    }
+    w.tally_change(Some((stored.status, stored.cost_usd)), Some(&merged));
+    Ok(true)
 }
 
 fn w_set_priority(w: &mut Writer, id: TaskId, priority: Priority) -> StoreResult<bool> {
@@ -604,8 +962,10 @@ fn w_interrupt_processing(w: &mut Writer, at: DateTime<Utc>) -> StoreResult<Vec<
     let mut ids = Vec::with_capacity(docs.len());
     for doc in docs {
         let mut t = decode_task(&doc)?;
+        let old = (t.status, t.cost_usd);
         rules::interrupt(&mut t, at);
         if put_task(&w.conn, TASK_UPDATE_LIVE, &t)? == 1 {
+            w.tally_change(Some(old), Some(&t));
             ids.push(t.id);
         }
     }
@@ -618,6 +978,16 @@ const SESSION_INSERT: &str = "INSERT INTO sessions
 const SESSION_UPDATE: &str = "UPDATE sessions SET
     created_at = ?2, updated_at = ?3, status = ?4, project_path = ?5, owner = ?6, search = ?7,
     doc = ?8 WHERE id = ?1";
+
+fn w_insert_session(w: &mut Writer, s: &Session) -> StoreResult<()> {
+    if put_session(&w.conn, SESSION_INSERT, s)? == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "session {} already exists",
+            s.id
+        )));
+    }
+    Ok(())
+}
 
 fn put_session(conn: &Connection, sql: &str, s: &Session) -> StoreResult<usize> {
     let mut s = s.clone();
@@ -751,6 +1121,8 @@ fn r_list_sessions(conn: &Connection, f: &SessionFilter) -> StoreResult<(Vec<Ses
     Ok((sessions, total))
 }
 
+/// The counts computed from the table, to check the writer's [`Tally`] against.
+#[cfg(test)]
 fn r_task_counts(conn: &Connection) -> StoreResult<TaskCounts> {
     let mut st = conn
         .prepare_cached("SELECT status, COUNT(*), TOTAL(cost_usd) FROM tasks GROUP BY status")
@@ -848,8 +1220,14 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.write(|w| w.conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
-            .await
+        // The writer's flag, not a command: a health check must not queue behind writes.
+        let stopped = self.tx.is_none() || self.writer.as_ref().map_or(true, |h| h.is_finished());
+        if stopped {
+            return Err(StoreError::Unavailable(
+                "the storage writer has stopped".into(),
+            ));
+        }
+        self.health.check()
     }
 
     async fn insert_task(&self, task: Task) -> StoreResult<Task> {
@@ -870,7 +1248,8 @@ impl Store for SqliteStore {
     }
 
     async fn start_task(&self, id: TaskId, at: DateTime<Utc>) -> StoreResult<Option<Task>> {
-        self.write(move |w| w_start_task(w, id, at)).await
+        // Lazy: losing it to a power cut only means the task runs again (module docs).
+        self.write_lazily(move |w| w_start_task(w, id, at)).await
     }
 
     async fn finish_task(&self, task: &Task) -> StoreResult<bool> {
@@ -910,38 +1289,49 @@ impl Store for SqliteStore {
     }
 
     async fn task_counts(&self) -> StoreResult<TaskCounts> {
-        self.read(r_task_counts).await
+        Ok(self
+            .tally
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts())
     }
 
     async fn delete_tasks_finished_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         let cut = rules::ms(&before);
         self.write(move |w| {
-            let n = w
-                .conn
-                .prepare_cached(
-                    "DELETE FROM tasks WHERE completed_at < ?1
-                     AND status NOT IN ('pending', 'processing')",
-                )
-                .map_err(db_err)?
-                .execute([cut])
-                .map_err(db_err)?;
-            Ok(n as u64)
+            let gone: Vec<(String, Option<f64>)> = {
+                let mut st = w
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM tasks WHERE completed_at < ?1
+                         AND status NOT IN ('pending', 'processing')
+                         RETURNING status, cost_usd",
+                    )
+                    .map_err(db_err)?;
+                let rows = st
+                    .query_map([cut], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)?
+            };
+            for (status, cost) in &gone {
+                let status = TaskStatus::parse(status).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown task status {status:?}"))
+                })?;
+                w.tally_change(Some((status, *cost)), None);
+            }
+            Ok(gone.len() as u64)
         })
         .await
     }
 
     async fn insert_session(&self, session: &Session) -> StoreResult<()> {
         let s = session.clone();
-        self.write(move |w| {
-            if put_session(&w.conn, SESSION_INSERT, &s)? == 0 {
-                return Err(StoreError::Corrupt(format!(
-                    "session {} already exists",
-                    s.id
-                )));
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |w| w_insert_session(w, &s)).await
+    }
+
+    async fn insert_session_lazily(&self, session: &Session) -> StoreResult<()> {
+        let s = session.clone();
+        self.write_lazily(move |w| w_insert_session(w, &s)).await
     }
 
     async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>> {
@@ -960,6 +1350,12 @@ impl Store for SqliteStore {
     async fn update_session(&self, session: &Session) -> StoreResult<bool> {
         let s = session.clone();
         self.write(move |w| Ok(put_session(&w.conn, SESSION_UPDATE, &s)? == 1))
+            .await
+    }
+
+    async fn update_session_lazily(&self, session: &Session) -> StoreResult<bool> {
+        let s = session.clone();
+        self.write_lazily(move |w| Ok(put_session(&w.conn, SESSION_UPDATE, &s)? == 1))
             .await
     }
 
@@ -1368,6 +1764,169 @@ mod tests {
         assert_eq!(ok, 30);
         assert_eq!(store.task_counts().await.expect("counts").total(), 31);
         assert_eq!(store.get_task(dup.id).await.expect("get"), Some(dup));
+    }
+
+    /// The writer's counts against the table itself, after every kind of change (and a
+    /// command rolled back alone, and a reopen).
+    #[tokio::test]
+    async fn kept_counts_match_the_table_after_every_kind_of_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let check = |store: &SqliteStore, path: &Path, what: &str| {
+            let kept = store.tally.lock().expect("tally").counts();
+            let counted = r_task_counts(&raw(path)).expect("count");
+            assert_eq!(kept.by_status, counted.by_status, "{what}");
+            assert!(
+                (kept.total_cost_usd - counted.total_cost_usd).abs() < 1e-9,
+                "{what}: kept {} counted {}",
+                kept.total_cost_usd,
+                counted.total_cost_usd
+            );
+        };
+        {
+            let store = SqliteStore::open(&path).expect("open");
+            let mut ids = Vec::new();
+            for _ in 0..8 {
+                ids.push(store.insert_task(task(5)).await.expect("insert"));
+            }
+            check(&store, &path, "inserted");
+            // A duplicate insert fails alone: it must not be counted.
+            assert!(store.insert_task(ids[0].clone()).await.is_err());
+            check(&store, &path, "duplicate refused");
+            for t in &ids[..6] {
+                store.start_task(t.id, at(1)).await.expect("start");
+            }
+            check(&store, &path, "started");
+            let costs = [0.1, 0.2, 0.000255, 1.0 / 3.0];
+            for (i, t) in ids[..4].iter().enumerate() {
+                let status = if i % 2 == 0 {
+                    TaskStatus::Completed
+                } else {
+                    TaskStatus::Failed
+                };
+                assert!(store
+                    .finish_task(&finished(t, status, costs[i], 10 + i as i64))
+                    .await
+                    .expect("finish"));
+            }
+            // A second final write loses and changes nothing.
+            assert!(!store
+                .finish_task(&finished(&ids[0], TaskStatus::Cancelled, 9.0, 50))
+                .await
+                .expect("finish again"));
+            check(&store, &path, "finished");
+            // Cancel a pending one.
+            assert!(store
+                .finish_task(&finished(&ids[7], TaskStatus::Cancelled, 0.0, 60))
+                .await
+                .expect("cancel"));
+            store.interrupt_processing(at(70)).await.expect("interrupt");
+            check(&store, &path, "interrupted");
+            assert_eq!(
+                store
+                    .delete_tasks_finished_before(at(12))
+                    .await
+                    .expect("delete"),
+                2
+            );
+            check(&store, &path, "deleted");
+        }
+        let store = SqliteStore::open(&path).expect("reopen");
+        check(&store, &path, "reopened");
+        let c = store.task_counts().await.expect("counts");
+        assert_eq!(c.total(), 6);
+        assert_eq!(c.get(TaskStatus::Pending), 1);
+    }
+
+    #[tokio::test]
+    async fn lazy_writes_skip_the_fsync_and_durable_ones_do_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let synchronous = |w: &mut Writer| -> StoreResult<i64> {
+            w.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .map_err(db_err)
+        };
+        // 1 = NORMAL (WAL written, no fsync at commit), 2 = FULL.
+        assert_eq!(store.write_lazily(synchronous).await.expect("lazy"), 1);
+        assert_eq!(store.write(synchronous).await.expect("durable"), 2);
+        // A lazy write is committed when answered: a fresh connection sees it.
+        let s = session(1);
+        store.insert_session_lazily(&s).await.expect("insert");
+        let n: i64 = raw(&path)
+            .query_row(
+                "SELECT COUNT(*) FROM sessions WHERE id = ?1",
+                [s.id.to_string()],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(n, 1);
+        let mut changed = s.clone();
+        changed.messages_count = 3;
+        assert!(store.update_session_lazily(&changed).await.expect("update"));
+        assert_eq!(
+            store.get_session(s.id).await.expect("get"),
+            Some({
+                let mut c = changed.clone();
+                rules::normalize_session(&mut c);
+                c
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn ping_reports_a_failed_commit_at_once_and_recovers_with_the_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
+        store.ping().await.expect("healthy at start");
+        // A command that ends the transaction under the writer: the batch cannot commit.
+        let r = store
+            .write(|w| w.conn.execute_batch("ROLLBACK").map_err(db_err))
+            .await;
+        assert!(r.is_err(), "the aborted batch was answered as committed");
+        let e = store
+            .ping()
+            .await
+            .expect_err("unhealthy after a failed commit");
+        assert!(e.to_string().contains("did not commit"), "{e}");
+        // The writer probes while idle; the disk is fine, so health comes back by itself.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.ping().await.is_err() {
+            assert!(Instant::now() < deadline, "ping never recovered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.insert_task(task(5)).await.expect("writes work again");
+    }
+
+    #[tokio::test]
+    async fn ping_does_not_wait_for_queued_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+        // Hold the writer in a command until the ping has answered.
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+        let blocked = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .write(move |_| {
+                        let _ = entered_tx.send(());
+                        let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        entered_rx
+            .await
+            .expect("the writer runs the blocking command");
+        tokio::time::timeout(Duration::from_secs(5), store.ping())
+            .await
+            .expect("ping waited for the writer")
+            .expect("healthy");
+        release_tx.send(()).expect("release");
+        blocked.await.expect("join").expect("write");
     }
 
     #[tokio::test]

@@ -20,20 +20,21 @@ pub fn marked_processes(markers: &HashSet<String>) -> Vec<(i32, String)> {
 /// Pids of live processes (not zombies, not this process) whose environment sets `var` to one
 /// of `values`, with the value found.
 pub fn processes_with_env(var: &str, values: &HashSet<String>) -> Vec<(i32, String)> {
-    let markers = values;
-    if markers.is_empty() {
+    if values.is_empty() {
         return Vec::new();
     }
-    scan(|m| markers.contains(m))
+    scan(var, |v| values.contains(v))
 }
 
 /// Every live process carrying any run marker, with its marker (to find the orphans of runs
 /// whose ids this process does not know: those of a dead instance on this machine).
 pub fn all_marked_processes() -> Vec<(i32, String)> {
-    scan(|_| true)
+    scan(RUN_MARKER_ENV, |_| true)
 }
 
-fn scan(wanted: impl Fn(&str) -> bool) -> Vec<(i32, String)> {
+/// Live processes (not zombies, not this one) whose environment sets `var` to a value
+/// `wanted` accepts, with that value.
+fn scan(var: &str, wanted: impl Fn(&str) -> bool) -> Vec<(i32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

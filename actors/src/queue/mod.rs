@@ -324,7 +324,13 @@ impl Queue {
         // queued would wait until the next restart. So both run on their own task.
         let queue = self.clone();
         let stored = tokio::spawn(async move {
-            let stored = match queue.store.insert_task(task).await {
+            // A waiting caller's answer is the final record, durable itself (see the stores).
+            let inserted = if wait {
+                queue.store.insert_task_lazily(task).await
+            } else {
+                queue.store.insert_task(task).await
+            };
+            let stored = match inserted {
                 Ok(t) => t,
                 Err(e) => {
                     undo(&queue.shared, true);

@@ -83,6 +83,12 @@ pub trait Store: Send + Sync + 'static {
     /// Store a new task durably (on disk for SQLite when this returns). Assigns `seq`, which
     /// increases with every insert, and returns the stored record.
     async fn insert_task(&self, task: Task) -> StoreResult<Task>;
+    /// [`Store::insert_task`] for a task whose caller gets no answer before its final record
+    /// (a sync run): the final record's durable write makes the insert durable with it, so the
+    /// backend may skip waiting for the disk here. Same result otherwise.
+    async fn insert_task_lazily(&self, task: Task) -> StoreResult<Task> {
+        self.insert_task(task).await
+    }
     async fn get_task(&self, id: TaskId) -> StoreResult<Option<Task>>;
     /// `pending` → `processing`, sets `started_at`, increments `attempts`. Returns the updated
     /// task, or `None` when it was not pending (cancelled meanwhile): then it must not run.

@@ -21,7 +21,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/claude", tag = "runs", request_body = crate::http::run_request::RunRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
-    responses((status = 200, description = "The run's answer (or an event stream with `stream: true`)", body = crate::http::schema::SyncAnswer, content_type = "application/json"),
+    responses((status = 200, description = "The run's answer (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))),
         (status = 202, description = "Queued (`async: true`)", body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn run_claude(

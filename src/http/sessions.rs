@@ -344,7 +344,7 @@ pub async fn messages(
 #[utoipa::path(post, path = "/api/sessions/{id}/continue", tag = "sessions",
     params(("id" = String, Path, description = "Session id (UUID)"), ("Idempotency-Key" = Option<String>, Header)),
     request_body = crate::http::run_request::RunRequest,
-    responses((status = 200, body = crate::http::schema::SyncAnswer), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
+    responses((status = 200, description = "The turn's answer (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn continue_session(
     State(state): State<AppState>,
@@ -361,7 +361,7 @@ pub async fn continue_session(
 #[utoipa::path(post, path = "/api/sessions/{id}/fork", tag = "sessions",
     params(("id" = String, Path, description = "Session id (UUID)"), ("Idempotency-Key" = Option<String>, Header)),
     request_body = crate::http::run_request::RunRequest,
-    responses((status = 200, description = "The first turn of the new session", body = crate::http::schema::SyncAnswer), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
+    responses((status = 200, description = "The first turn of the new session (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn fork(
     State(state): State<AppState>,

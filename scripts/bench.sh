@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks claude-code-server on this machine and prints a markdown table (see README,
-# "Benchmarks"). Installs wrk when missing (apt), builds the release server and fake CLI, and
+# "Benchmarks"). Installs wrk and redis-server when missing (apt), builds the release server and fake CLI, and
 # runs the driver (bench/, package ccs-bench). Every option is passed to the driver:
 #   ./scripts/bench.sh --repeats 5 --storage sqlite --tasks 2000
 #   ./scripts/bench.sh --help
@@ -13,13 +13,18 @@ die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup"
 
-if ! command -v wrk >/dev/null; then
-  command -v apt-get >/dev/null || die "wrk is missing and apt-get is not available to install it"
+# wrk (control plane load) and redis-server (the Redis storage measurements).
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  command -v apt-get >/dev/null || die "${missing[*]} missing and apt-get is not available to install them"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  say "installing wrk with apt"
+  say "installing ${missing[*]} with apt"
   $sudo apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk >/dev/null || die "apt-get install wrk failed"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
 fi
 
 say "cargo build --release --bins (server and fake CLI)"

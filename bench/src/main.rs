@@ -7,6 +7,7 @@
 
 mod direct;
 mod load;
+mod redis;
 mod server;
 mod stats;
 mod table;
@@ -24,9 +25,9 @@ use direct::DirectSpec;
 use server::{Bins, Server, ServerOptions};
 use table::{num, Cell, Row, Samples, Target};
 
-/// The storage backends measured by default. Adding one (e.g. "redis", once the server has it)
-/// is one entry here (and its connection setting in `server::config_json`).
-const STORAGES: &[&str] = &["memory", "sqlite"];
+/// The storage backends measured by default. Adding one is one entry here (and its connection
+/// setting in `server::config_json`).
+const STORAGES: &[&str] = &["memory", "sqlite", "redis"];
 
 /// The prompt of every benchmark run (no directives: the fake answers at once).
 const PROMPT: &str = "bench";

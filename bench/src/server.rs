@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use crate::redis::RedisChild;
+
 /// The binaries the benchmark runs (built by `cargo build --release --bins`).
 #[derive(Debug, Clone)]
 pub struct Bins {
@@ -20,7 +22,7 @@ pub struct Bins {
 /// What a server is started with.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// `storageType`: memory, sqlite (redis: add `redisUrl` below when it exists).
+    /// `storageType`: memory, sqlite or redis (a private redis-server per server).
     pub storage: String,
     pub concurrency: u32,
     /// Extra `claudeEnv` entries (e.g. `FAKE_CLAUDE_LOG` for the argv probe).
@@ -47,11 +49,19 @@ pub struct Server {
     pub project: PathBuf,
     /// From spawn to the first 200 on `/health`.
     pub startup: Duration,
+    /// With Redis storage: its server, killed after this one (fields drop after `drop`).
+    _redis: Option<RedisChild>,
 }
 
 /// The config of a benchmark server: the fake CLI, no rate limit, statistics on, room for
 /// 20,000 pending tasks, everything under `root`.
-pub fn config_json(bins: &Bins, opts: &ServerOptions, root: &Path, port: u16) -> Value {
+pub fn config_json(
+    bins: &Bins,
+    opts: &ServerOptions,
+    root: &Path,
+    port: u16,
+    redis_url: Option<&str>,
+) -> Value {
     let project = root.join("project");
     let mut claude_env = serde_json::Map::new();
     claude_env.insert(
@@ -61,7 +71,7 @@ pub fn config_json(bins: &Bins, opts: &ServerOptions, root: &Path, port: u16) ->
     for (k, v) in &opts.claude_env {
         claude_env.insert(k.clone(), json!(v));
     }
-    json!({
+    let mut config = json!({
         "port": port,
         "host": "127.0.0.1",
         "claudePath": bins.fake.display().to_string(),
@@ -76,7 +86,12 @@ pub fn config_json(bins: &Bins, opts: &ServerOptions, root: &Path, port: u16) ->
         "rateLimit": {"enabled": false},
         "statistics": {"enabled": true},
         "shutdownGraceMs": 2000,
-    })
+    });
+    if let (Some(url), Some(obj)) = (redis_url, config.as_object_mut()) {
+        obj.insert("redisUrl".into(), json!(url));
+        obj.insert("redisNamespace".into(), json!("bench"));
+    }
+    config
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -113,7 +128,17 @@ impl Server {
         let project = root.join("project");
         std::fs::create_dir_all(&project)?;
         let port = free_port()?;
-        let config = config_json(bins, opts, &root, port);
+        let redis = match opts.storage.as_str() {
+            "redis" => Some(RedisChild::start(&root, free_port()?)?),
+            _ => None,
+        };
+        let config = config_json(
+            bins,
+            opts,
+            &root,
+            port,
+            redis.as_ref().map(|r| r.url()).as_deref(),
+        );
         let config_path = root.join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
         let stderr = std::fs::File::create(root.join("stderr.log"))?;
@@ -143,6 +168,7 @@ impl Server {
             root,
             project,
             startup: Duration::ZERO,
+            _redis: redis,
         };
         let deadline = started + Duration::from_secs(10);
         loop {

@@ -20,7 +20,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     // Until the version check has run, the CLI is not counted as missing.
     let claude_ok = !claude.checked || claude.version.is_some();
     let ok = storage_ok && claude_ok;
-    let live = state.queue.live_status();
+    let live = state.queue.status().await;
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "uptime": state.started.elapsed().as_secs_f64(),

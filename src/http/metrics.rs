@@ -33,7 +33,7 @@ pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Re
         }
     };
     let body = state.metrics.render(
-        state.queue.live_status(),
+        state.queue.status().await,
         stored.as_ref(),
         state.started.elapsed(),
     );

@@ -193,7 +193,7 @@ pub async fn cancel(
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn queue_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.store.task_counts().await?;
-    let live = state.queue.live_status();
+    let live = state.queue.status().await;
     Ok(Json(json!({
         "success": true,
         "queue": {

@@ -531,6 +531,18 @@ impl Queue {
         }
     }
 
+    /// [`Queue::live_status`], where with Redis `pending` counts the whole namespace (read from
+    /// Redis; the in-memory figure is only as fresh as this instance's last claim).
+    pub async fn status(&self) -> LiveStatus {
+        let mut live = self.live_status();
+        if let Some(cluster) = &self.cluster {
+            if let Ok(n) = cluster.store().pending_count().await {
+                live.pending = n;
+            }
+        }
+        live
+    }
+
     /// Apply a new config: concurrency, limits and runner settings take effect for the next
     /// dispatch.
     pub fn reconfigure(&self, config: Arc<Config>) {

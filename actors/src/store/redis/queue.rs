@@ -133,6 +133,15 @@ impl RedisStore {
         .await
     }
 
+    /// Tasks pending in the namespace (all instances).
+    pub async fn pending_count(&self) -> StoreResult<u64> {
+        ::redis::cmd("ZCARD")
+            .arg(self.key("t-run"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
     /// The instance holding a lease on `id`, if any.
     pub async fn lease_owner(&self, id: TaskId) -> StoreResult<Option<String>> {
         ::redis::cmd("HGET")

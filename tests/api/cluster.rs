@@ -38,13 +38,7 @@ async fn get_ok(app: &TestApp, path: &str) -> Value {
 }
 
 async fn submit_async(app: &TestApp, prompt: &str) -> String {
-    let (s, b) = json_body(
-        app.post_claude(json!({"prompt": prompt, "async": true}))
-            .await,
-    )
-    .await;
-    assert_eq!(s, 202, "{b}");
-    b["task_id"].as_str().expect("task id").to_string()
+    app.enqueue(json!({"prompt": prompt})).await
 }
 
 /// Poll `GET /api/tasks/:id` on `app` until the task is final (`within` at most).
@@ -176,6 +170,13 @@ async fn a_turn_of_a_busy_session_is_refused_on_the_other_instance() {
         .expect("session id")
         .to_string();
     let tid = first["task_id"].as_str().expect("task id").to_string();
+    // Wait until it runs, on whichever instance claimed it.
+    let started = poll_until(Duration::from_secs(10), || {
+        let s: Vec<Value> = a.starts().into_iter().chain(b.starts()).collect();
+        (!s.is_empty()).then_some(s)
+    })
+    .await
+    .expect("the first turn started");
     // A sync turn on B while the first runs somewhere: 409, as on one instance.
     let (s, busy) = json_body(
         b.post_json(
@@ -198,7 +199,7 @@ async fn a_turn_of_a_busy_session_is_refused_on_the_other_instance() {
     assert_eq!(t["status"], "cancelled", "{t}");
     let starts: Vec<Value> = a.starts().into_iter().chain(b.starts()).collect();
     assert_eq!(starts.len(), 1, "{starts:?}");
-    let pgid = starts[0]["pgid"].as_i64().expect("pgid");
+    let pgid = started[0]["pgid"].as_i64().expect("pgid");
     assert!(
         wait_group_gone(pgid, Duration::from_secs(10)).await,
         "the cancelled run's processes live on"

@@ -20,13 +20,7 @@ async fn instance(url: &str, namespace: &str) -> TestApp {
 }
 
 async fn submit(app: &TestApp, prompt: &str) -> String {
-    let (s, b) = json_body(
-        app.post_claude(json!({"prompt": prompt, "async": true}))
-            .await,
-    )
-    .await;
-    assert_eq!(s, 202, "{b}");
-    b["task_id"].as_str().expect("task id").to_string()
+    app.enqueue(json!({"prompt": prompt})).await
 }
 
 async fn events_from(app: &TestApp, id: &str, last_event_id: Option<u64>) -> reqwest::Response {

@@ -133,6 +133,14 @@ impl TestApp {
         self.post_json("/api/claude", &body).await
     }
 
+    /// `POST /api/claude` with `body` and `async: true`; asserts the 202 and returns the id.
+    pub async fn enqueue(&self, mut body: Value) -> String {
+        body["async"] = json!(true);
+        let (s, b) = json_body(self.post_claude(body).await).await;
+        assert_eq!(s, 202, "{b}");
+        b["task_id"].as_str().expect("task id").to_string()
+    }
+
     /// Start stopping the daemon the way SIGTERM does, without waiting.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -7,13 +7,8 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn submit_async(app: &TestApp, prompt: &str, priority: i64) -> String {
-    let (s, b) = json_body(
-        app.post_claude(json!({"prompt": prompt, "async": true, "priority": priority}))
-            .await,
-    )
-    .await;
-    assert_eq!(s, 202, "{b}");
-    b["task_id"].as_str().expect("task id").to_string()
+    app.enqueue(json!({"prompt": prompt, "priority": priority}))
+        .await
 }
 
 async fn delete(app: &TestApp, id: &str) -> (u16, Value) {

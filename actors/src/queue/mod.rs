@@ -65,6 +65,21 @@ impl QueueError {
     }
 }
 
+/// The channel of a caller who waits for a task's final record (`wait`), or none.
+fn waiter(
+    wait: bool,
+) -> (
+    Option<oneshot::Sender<Task>>,
+    Option<oneshot::Receiver<Task>>,
+) {
+    if wait {
+        let (t, r) = oneshot::channel();
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    }
+}
+
 /// Why a task is being cancelled: recorded in its error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelReason {
@@ -313,12 +328,7 @@ impl Queue {
             undo(&self.shared, false);
             return Err(e);
         }
-        let (done_tx, done_rx) = if wait {
-            let (t, r) = oneshot::channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
+        let (done_tx, done_rx) = waiter(wait);
         // Storing and queueing must happen together: a caller's future may be dropped at any
         // await (hyper drops a handler whose client went away), and a task stored but never
         // queued would wait until the next restart. So both run on their own task.
@@ -371,12 +381,7 @@ impl Queue {
         exclusive: bool,
     ) -> Result<Submitted, QueueError> {
         let max_pending = self.shared.max_pending.load(Ordering::SeqCst);
-        let (done_tx, done_rx) = if wait {
-            let (t, r) = oneshot::channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
+        let (done_tx, done_rx) = waiter(wait);
         // As in `submit`: storing and announcing happen together even if the caller goes away.
         let queue = self.clone();
         let stored = tokio::spawn(async move {

@@ -122,7 +122,7 @@ async fn poll(tx: mpsc::UnboundedSender<Msg>, lease_ms: u64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if tx.send(Msg::Wake).is_err() {
+        if tx.send(Msg::Tick).is_err() {
             return;
         }
     }
@@ -192,13 +192,13 @@ async fn sweep_orphans(
     let procs = tokio::task::spawn_blocking(crate::claude::marker::all_marked_processes)
         .await
         .unwrap_or_default();
-    let mut markers: HashSet<String> = procs.into_iter().map(|(_, m)| m).collect();
-    markers.retain(|m| !ours.iter().any(|id| id.to_string() == *m));
+    let ids: HashSet<crate::model::TaskId> = procs
+        .iter()
+        .filter_map(|(_, marker)| marker.parse().ok())
+        .filter(|id| !ours.contains(id))
+        .collect();
     let store = cluster.store();
-    for marker in markers {
-        let Ok(id) = marker.parse::<crate::model::TaskId>() else {
-            continue;
-        };
+    for id in ids {
         let task = crate::store::Store::get_task(store.as_ref(), id).await?;
         let orphan = match task {
             // Not a task of this namespace: another deployment's run on this machine.
@@ -215,7 +215,7 @@ async fn sweep_orphans(
             },
         };
         if orphan {
-            let n = crate::claude::marker::signal_all(&HashSet::from([marker]), libc::SIGKILL);
+            let n = crate::claude::marker::signal_marked(&id.to_string(), libc::SIGKILL);
             tracing::warn!(task_id = %id, count = n, "killed processes left by a run that no live instance here runs");
         }
     }
@@ -237,7 +237,7 @@ async fn reap(
             if let Some(task) = store.interrupt_lost(id, Utc::now()).await? {
                 tracing::warn!(task_id = %id, "the instance running this task is gone: it ends failed/interrupted");
                 // Its processes may be on this machine (an instance restarted here).
-                crate::claude::marker::signal_all(&HashSet::from([id.to_string()]), libc::SIGKILL);
+                crate::claude::marker::signal_marked(&id.to_string(), libc::SIGKILL);
                 let _ = tx.send(Msg::Announce(Box::new(task)));
                 cluster.publish(&Control::Finished { task: id }).await;
             }

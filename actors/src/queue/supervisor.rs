@@ -64,9 +64,11 @@ pub(crate) enum Msg {
         asked: usize,
         ids: Vec<TaskId>,
     },
-    /// Shared queue: there may be work to claim (a task was queued somewhere, a slot freed on
-    /// another instance, or the periodic check).
+    /// Shared queue: there may be work to claim (a task was queued somewhere).
     Wake,
+    /// Shared queue: the periodic check: claim (a slot may have freed on another instance) and
+    /// re-read the tasks local callers wait for (a "finished" message may have been lost).
+    Tick,
     /// Shared queue: `id` ended elsewhere, or this instance lost its lease: stop its run if it
     /// is here, and wake its waiters once its final record is read.
     EndedElsewhere(TaskId),
@@ -288,8 +290,11 @@ impl Supervisor {
                 if let Some(sq) = self.shared_queue.as_mut() {
                     sq.wanted = true;
                 }
-                // Also the moment to look again at tasks local callers wait for (a "finished"
-                // message from another instance may have been lost).
+            }
+            Msg::Tick => {
+                if let Some(sq) = self.shared_queue.as_mut() {
+                    sq.wanted = true;
+                }
                 let waited: Vec<TaskId> = self
                     .waiters
                     .keys()

@@ -590,9 +590,17 @@ mod tests {
     }
 
     async fn start(store: Arc<dyn Store>, cfg: Arc<Config>) -> Fixture {
+        start_in(store, cfg, None).await
+    }
+
+    async fn start_in(
+        store: Arc<dyn Store>,
+        cfg: Arc<Config>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Fixture {
         let (feed, finished) = mpsc::unbounded_channel();
         let (config, config_rx) = watch::channel(cfg);
-        let stats = StatsActor::start(store, finished, config_rx)
+        let stats = StatsActor::start_in(store, finished, config_rx, cluster)
             .await
             .expect("start");
         Fixture {
@@ -801,21 +809,7 @@ mod tests {
     }
 
     async fn start_shared(cluster: Arc<Cluster>, cfg: Arc<Config>) -> Fixture {
-        let (feed, finished) = mpsc::unbounded_channel();
-        let (config, config_rx) = watch::channel(cfg);
-        let stats = StatsActor::start_in(
-            Arc::new(MemoryStore::new()),
-            finished,
-            config_rx,
-            Some(cluster),
-        )
-        .await
-        .expect("start");
-        Fixture {
-            feed,
-            config,
-            stats,
-        }
+        start_in(Arc::new(MemoryStore::new()), cfg, Some(cluster)).await
     }
 
     #[tokio::test]

@@ -329,7 +329,7 @@ impl DayStats {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
 
     use chrono::TimeZone;
@@ -337,7 +337,14 @@ mod tests {
     use super::*;
     use crate::model::{Priority, RunReport, RunSpec, TaskMode, Usage};
 
-    fn task(owner: Option<&str>, model: &str, status: TaskStatus, cost: f64, ms: u64) -> Task {
+    /// A final task of `owner` on `model` (shared with the counters' tests).
+    pub(crate) fn task(
+        owner: Option<&str>,
+        model: &str,
+        status: TaskStatus,
+        cost: f64,
+        ms: u64,
+    ) -> Task {
         let spec = RunSpec {
             model: Some(model.into()),
             ..RunSpec::new("p", PathBuf::from("/tmp"), 1000)

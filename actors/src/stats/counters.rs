@@ -245,33 +245,16 @@ pub fn unflatten(fields: impl IntoIterator<Item = (String, i64)>) -> (DayStats, 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::path::PathBuf;
 
     use chrono::Utc;
 
     use super::*;
-    use crate::model::{Priority, RunReport, RunSpec, Task, TaskMode, TaskStatus, Usage};
+    use crate::model::{Task, TaskStatus};
 
+    /// The aggregate tests' task, completed now.
     fn task(owner: Option<&str>, model: &str, status: TaskStatus, cost: f64, ms: u64) -> Task {
-        let spec = RunSpec {
-            model: Some(model.into()),
-            ..RunSpec::new("p", PathBuf::from("/tmp"), 1000)
-        };
-        let mut t = Task::new(spec, Priority::ASYNC_DEFAULT, TaskMode::Async);
-        t.owner = owner.map(str::to_string);
-        t.status = status;
-        t.cost_usd = Some(cost);
-        t.duration_ms = Some(ms);
+        let mut t = crate::stats::aggregate::tests::task(owner, model, status, cost, ms);
         t.completed_at = Some(Utc::now());
-        t.report = Some(RunReport {
-            usage: Usage {
-                input_tokens: 100,
-                output_tokens: 50,
-                cache_creation_input_tokens: 3,
-                cache_read_input_tokens: 7,
-            },
-            ..Default::default()
-        });
         t
     }
 

@@ -1124,34 +1124,6 @@ fn r_list_sessions(conn: &Connection, f: &SessionFilter) -> StoreResult<(Vec<Ses
     Ok((sessions, total))
 }
 
-/// The counts computed from the table, to check the writer's [`Tally`] against.
-#[cfg(test)]
-fn r_task_counts(conn: &Connection) -> StoreResult<TaskCounts> {
-    let mut st = conn
-        .prepare_cached("SELECT status, COUNT(*), TOTAL(cost_usd) FROM tasks GROUP BY status")
-        .map_err(db_err)?;
-    let rows = st
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, f64>(2)?,
-            ))
-        })
-        .map_err(db_err)?;
-    let mut counts = TaskCounts::default();
-    for row in rows {
-        let (status, n, cost) = row.map_err(db_err)?;
-        let status = TaskStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown task status {status:?}")))?;
-        counts
-            .by_status
-            .insert(status, u64::try_from(n).unwrap_or(0));
-        counts.total_cost_usd += cost;
-    }
-    Ok(counts)
-}
-
 // ---------------------------------------------------------------------------------------------
 // readers
 
@@ -1781,7 +1753,7 @@ mod tests {
         let path = dir.path().join("s.db");
         let check = |store: &SqliteStore, path: &Path, what: &str| {
             let kept = store.tally.lock().expect("tally").counts();
-            let counted = r_task_counts(&raw(path)).expect("count");
+            let counted = load_tally(&raw(path)).expect("count").counts();
             assert_eq!(kept.by_status, counted.by_status, "{what}");
             assert!(
                 (kept.total_cost_usd - counted.total_cost_usd).abs() < 1e-9,

@@ -15,7 +15,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{redis_err, rules, scripts, RedisStore};
+use super::{rules, scripts, RedisStore};
 use crate::model::{Task, TaskId, TaskStatus};
 use crate::store::{StoreError, StoreResult};
 
@@ -135,30 +135,27 @@ impl RedisStore {
 
     /// Tasks pending in the namespace (all instances).
     pub async fn pending_count(&self) -> StoreResult<u64> {
-        ::redis::cmd("ZCARD")
-            .arg(self.key("t-run"))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)
+        self.zcard("t-run").await
     }
 
     /// The instance holding a lease on `id`, if any.
     pub async fn lease_owner(&self, id: TaskId) -> StoreResult<Option<String>> {
-        ::redis::cmd("HGET")
-            .arg(self.key("q-owner"))
-            .arg(id.to_string())
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)
+        self.query(
+            ::redis::cmd("HGET")
+                .arg(self.key("q-owner"))
+                .arg(id.to_string()),
+        )
+        .await
     }
 
     /// Tasks leased across the instances (claimed and not yet released).
     pub async fn leased_count(&self) -> StoreResult<u64> {
-        ::redis::cmd("ZCARD")
-            .arg(self.key("q-lease"))
-            .query_async(&mut self.conn.clone())
+        self.zcard("q-lease").await
+    }
+
+    async fn zcard(&self, suffix: &str) -> StoreResult<u64> {
+        self.query(::redis::cmd("ZCARD").arg(self.key(suffix)))
             .await
-            .map_err(redis_err)
     }
 }
 

@@ -164,7 +164,7 @@ for _, id in ipairs(ids) do
   local old = stored(key)
   if old then
     unindex(id, old)
-    redis.call('DEL', key, P .. 'tr:' .. id)
+    redis.call('DEL', key)
     deleted = deleted + 1
   else
     redis.call('ZREM', P .. 't-finished', id)

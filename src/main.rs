@@ -115,7 +115,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     match command {
-        Command::Serve { config, host, port } => runtime.block_on(serve(config, host, port)),
+        Command::Serve { config, host, port } => {
+            let code = runtime.block_on(serve(config, host, port));
+            logging::flush();
+            code
+        }
         Command::Start(args) => runtime.block_on(control::start(&args.control())),
         Command::Stop(args) => runtime.block_on(control::stop(&args.control())),
         Command::Status(args) => runtime.block_on(control::status(&args.control())),

@@ -351,9 +351,6 @@ async fn serve_on_every_interface_takes_its_key_from_ccs_api_key() {
         "the CLI got the key: {env}"
     );
 
-    let log = std::fs::read_to_string(root.join("logs/server.log")).unwrap_or_default();
-    assert!(!log.contains(key), "the key is in the log");
-
     let pid = child.id().expect("pid") as libc::pid_t;
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -362,6 +359,10 @@ async fn serve_on_every_interface_takes_its_key_from_ccs_api_key() {
         .expect("the server stops on SIGTERM")
         .expect("wait");
     assert!(status.success(), "exit after SIGTERM: {status:?}");
+    // Read after the exit: the log is written by a thread of its own and flushed at exit.
+    let log = std::fs::read_to_string(root.join("logs/server.log")).unwrap_or_default();
+    assert!(!log.is_empty(), "nothing was logged");
+    assert!(!log.contains(key), "the key is in the log");
 }
 
 #[tokio::test]

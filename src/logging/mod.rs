@@ -6,12 +6,17 @@
 //!
 //! `CCS_LOG` (an `EnvFilter` directive such as `info,actors=debug`) wins over `logLevel`, also
 //! across reloads, for debugging one module without editing the config.
+//!
+//! Lines are written by a thread per destination, in batches ([`background`]); [`flush`]
+//! before the process exits.
 
-use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+pub mod background;
+pub mod rotating;
+
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt;
@@ -20,6 +25,9 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use actors::config::load::{from_file_doc, Environment};
 use actors::config::{Config, LogLevel};
+
+use background::{Background, LineWriter, Stderr};
+use rotating::RotatingFile;
 
 /// What [`init`] sets up.
 #[derive(Debug, Clone)]
@@ -74,6 +82,8 @@ impl LogOptions {
 struct Control {
     filter: reload::Handle<EnvFilter, Registry>,
     file: Option<Arc<RotatingFile>>,
+    /// The writer threads, for [`flush`].
+    writers: Vec<Background>,
     /// `CCS_LOG` was set: `logLevel` is not applied.
     env_override: bool,
     level: Mutex<LogLevel>,
@@ -103,18 +113,25 @@ pub fn init(opts: &LogOptions) -> Result<(), String> {
             }
         }
     });
-    let file_layer = file.clone().map(|file| {
+    let file_writer = file
+        .clone()
+        .and_then(|file| writer_thread("log-file", file));
+    let stderr_writer = opts
+        .stderr
+        .then(|| writer_thread("log-stderr", Stderr))
+        .flatten();
+    let file_layer = file_writer.clone().map(|bg| {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(move || FileWriter(file.clone()))
+            .with_writer(move || LineWriter(bg.clone()))
     });
-    let stderr_layer = opts.stderr.then(|| {
+    let stderr_layer = stderr_writer.clone().map(|bg| {
         tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+            .with_writer(move || LineWriter(bg.clone()))
     });
     tracing_subscriber::registry()
         .with(filter)
@@ -125,10 +142,31 @@ pub fn init(opts: &LogOptions) -> Result<(), String> {
     let _ = CONTROL.set(Control {
         filter: handle,
         file,
+        writers: file_writer.into_iter().chain(stderr_writer).collect(),
         env_override: env_directive.is_some(),
         level: Mutex::new(opts.level),
     });
     Ok(())
+}
+
+fn writer_thread(name: &str, sink: impl background::Sink) -> Option<Background> {
+    match Background::spawn(name, sink) {
+        Ok(bg) => Some(bg),
+        Err(e) => {
+            eprintln!("claude-code-server: cannot start the {name} writer thread: {e}");
+            None
+        }
+    }
+}
+
+/// Write every line logged so far (waiting at most 2 s for a slow disk). Call before the
+/// process exits; a no-op when [`init`] was not called.
+pub fn flush() {
+    if let Some(control) = CONTROL.get() {
+        for writer in &control.writers {
+            writer.flush(Duration::from_secs(2));
+        }
+    }
 }
 
 /// Apply a new config's logging keys (`logLevel`, `logMaxBytes`, `logMaxFiles`) at once.
@@ -182,155 +220,9 @@ pub fn directives(level: LogLevel) -> String {
     d
 }
 
-/// The renames that rotate `path` keeping `max_files` old files, in the order to perform
-/// them: `path.{n-1}` → `path.{n}`, …, `path.1` → `path.2`, `path` → `path.1`. The oldest file
-/// (`path.{n}`) is replaced by the first rename.
-pub fn rotation_renames(path: &Path, max_files: u32) -> Vec<(PathBuf, PathBuf)> {
-    let numbered = |i: u32| {
-        let mut s = path.as_os_str().to_owned();
-        s.push(format!(".{i}"));
-        PathBuf::from(s)
-    };
-    let mut out = Vec::new();
-    for i in (1..max_files).rev() {
-        out.push((numbered(i), numbered(i + 1)));
-    }
-    if max_files >= 1 {
-        out.push((path.to_path_buf(), numbered(1)));
-    }
-    out
-}
-
-/// An append-only file rotated when a write would take it past `max_bytes`.
-pub struct RotatingFile {
-    path: PathBuf,
-    max_bytes: AtomicU64,
-    max_files: AtomicU32,
-    state: Mutex<Open>,
-}
-
-struct Open {
-    file: Option<File>,
-    size: u64,
-}
-
-impl RotatingFile {
-    pub fn open(path: &Path, max_bytes: u64, max_files: u32) -> std::io::Result<RotatingFile> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = open_append(path)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(RotatingFile {
-            path: path.to_path_buf(),
-            max_bytes: AtomicU64::new(max_bytes),
-            max_files: AtomicU32::new(max_files),
-            state: Mutex::new(Open {
-                file: Some(file),
-                size,
-            }),
-        })
-    }
-
-    pub fn set_limits(&self, max_bytes: u64, max_files: u32) {
-        self.max_bytes.store(max_bytes, Ordering::Relaxed);
-        self.max_files.store(max_files, Ordering::Relaxed);
-    }
-
-    fn write_line(&self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let max = self.max_bytes.load(Ordering::Relaxed);
-        if st.size > 0 && st.size.saturating_add(buf.len() as u64) > max {
-            // A failed rotation keeps appending to the current file: losing log lines would be
-            // worse than a file over its limit.
-            st.file = None;
-            for (from, to) in rotation_renames(&self.path, self.max_files.load(Ordering::Relaxed)) {
-                match std::fs::rename(&from, &to) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        eprintln!("claude-code-server: cannot rotate {}: {e}", from.display())
-                    }
-                }
-            }
-            st.size = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        }
-        if st.file.is_none() {
-            st.file = Some(open_append(&self.path)?);
-        }
-        let file = st
-            .file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("log file not open"))?;
-        file.write_all(buf)?;
-        st.size = st.size.saturating_add(buf.len() as u64);
-        Ok(buf.len())
-    }
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Owner only: log lines name keys, tasks and paths.
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-}
-
-/// The writer the JSON layer gets for each event (it writes a whole line at once).
-struct FileWriter(Arc<RotatingFile>);
-
-impl Write for FileWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write_line(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rotation_renames_oldest_first() {
-        let p = Path::new("/l/server.log");
-        let names: Vec<(String, String)> = rotation_renames(p, 3)
-            .into_iter()
-            .map(|(a, b)| (a.display().to_string(), b.display().to_string()))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                ("/l/server.log.2".into(), "/l/server.log.3".into()),
-                ("/l/server.log.1".into(), "/l/server.log.2".into()),
-                ("/l/server.log".into(), "/l/server.log.1".into()),
-            ]
-        );
-        assert_eq!(rotation_renames(p, 1).len(), 1);
-    }
-
-    #[test]
-    fn the_file_rotates_at_its_limit_and_keeps_n_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("logs/s.log");
-        let f = RotatingFile::open(&path, 10, 2).expect("open");
-        for line in ["aaaaaaaa\n", "bbbbbbbb\n", "cccccccc\n", "dddddddd\n"] {
-            f.write_line(line.as_bytes()).expect("write");
-        }
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        assert_eq!(read(&path), "dddddddd\n");
-        assert_eq!(read(&dir.path().join("logs/s.log.1")), "cccccccc\n");
-        assert_eq!(read(&dir.path().join("logs/s.log.2")), "bbbbbbbb\n");
-        assert!(!dir.path().join("logs/s.log.3").exists());
-        // A line longer than the limit still goes into a file of its own.
-        f.set_limits(4, 2);
-        f.write_line(b"eeeeeeeeeeee\n").expect("write");
-        assert_eq!(read(&path), "eeeeeeeeeeee\n");
-    }
 
     #[test]
     fn noisy_libraries_stay_quiet() {

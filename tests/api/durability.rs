@@ -1,6 +1,6 @@
 //! A 2xx means stored: the daemon is killed with SIGKILL right after accepting tasks, and a new
 //! daemon on the same data finds every one of them; the run that was going ends `interrupted`
-//! and no process of it is left.
+//! and no process of it is left, and so does a sync run that was waiting (its caller is gone).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -119,9 +119,44 @@ async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once()
     for i in 0..20 {
         pending.push(submit(format!("queued {i}")).await);
     }
+    // A sync run waits behind them; its caller will lose its connection with the daemon.
+    let waiting = tokio::spawn(
+        client
+            .post(format!("{}/api/claude", daemon.base))
+            .json(&json!({"prompt": "sync, waiting when killed"}))
+            .send(),
+    );
+    let pending_sync = || {
+        let client = client.clone();
+        let url = format!("{}/api/tasks?status=pending&limit=100", daemon.base);
+        async move {
+            let page: Value = client.get(url).send().await.ok()?.json().await.ok()?;
+            page["tasks"]
+                .as_array()?
+                .iter()
+                .find(|t| t["mode"] == "sync")
+                .and_then(|t| t["id"].as_str().map(String::from))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sync_id = loop {
+        if let Some(id) = pending_sync().await {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sync run was not stored as pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     // The last 202 has just arrived: kill -9 now.
     daemon.child.kill().expect("SIGKILL");
     let _ = daemon.child.wait();
+    let cut = waiting.await.expect("join");
+    assert!(
+        cut.is_err() || cut.is_ok_and(|r| !r.status().is_success()),
+        "the sync caller got an answer from a killed daemon"
+    );
 
     // The hanging CLI dies with the daemon (its watchdog kills the run), before any restart.
     let pgid = started["pgid"].as_i64().expect("pgid");
@@ -150,6 +185,10 @@ async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once()
     assert_eq!(t["status"], "failed", "{t}");
     assert_eq!(t["error"]["code"], "interrupted");
     assert_eq!(t["attempts"], 1);
+    let t = get(sync_id).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(t["error"]["code"], "interrupted");
+    assert_eq!(t["attempts"], 0, "{t}");
     for id in &pending {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -165,7 +204,7 @@ async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once()
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Each queued prompt ran exactly once, in submission order; the interrupted one never again.
+    // Each queued prompt ran exactly once, in submission order; the interrupted ones never (again).
     let runs: Vec<String> = read_log(&calls)
         .into_iter()
         .filter(|c| c["event"] == "exit" && c["argv"] != json!(["--version"]))
@@ -182,7 +221,7 @@ async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once()
         .json()
         .await
         .expect("json");
-    assert_eq!(summary["summary"]["requests"]["failed"], 1, "{summary}");
+    assert_eq!(summary["summary"]["requests"]["failed"], 2, "{summary}");
     assert_eq!(
         summary["summary"]["requests"]["successful"], 20,
         "{summary}"

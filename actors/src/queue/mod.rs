@@ -21,7 +21,9 @@ use crate::cluster::{Cluster, Control};
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::events::EventHub;
-use crate::model::{Priority, RunOutcome, SessionId, Task, TaskError, TaskId, TaskStatus};
+use crate::model::{
+    Priority, RunOutcome, SessionId, Task, TaskError, TaskId, TaskMode, TaskStatus,
+};
 use crate::store::redis::Refused;
 use crate::store::{Store, StoreError};
 
@@ -172,8 +174,9 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Recover from a previous run (tasks left `processing` end `failed`/`interrupted`; pending
-    /// tasks are queued again in order) and start the supervisor.
+    /// Recover from a previous run (tasks left `processing` end `failed`/`interrupted`, and so
+    /// do pending sync runs, whose callers were connected to the previous process; pending
+    /// async and batch tasks are queued again in order) and start the supervisor.
     pub async fn start(
         store: Arc<dyn Store>,
         config: Arc<Config>,
@@ -183,7 +186,7 @@ impl Queue {
         if let Some(cluster) = cluster {
             return Ok(Queue::start_shared(store, config, events, cluster));
         }
-        let interrupted = store.interrupt_processing(Utc::now()).await?;
+        let mut interrupted = store.interrupt_processing(Utc::now()).await?;
         if !interrupted.is_empty() {
             tracing::warn!(
                 count = interrupted.len(),
@@ -197,7 +200,30 @@ impl Queue {
                 tracing::warn!(count = killed, "killed processes left by interrupted runs");
             }
         }
-        let pending = store.pending_tasks().await?;
+        let (pending, orphaned): (Vec<Task>, Vec<Task>) = store
+            .pending_tasks()
+            .await?
+            .into_iter()
+            .partition(|t| t.mode != TaskMode::Sync);
+        // Nobody waits for these any more; running one now would spend money on an answer no
+        // one receives, or run a second time a prompt whose caller got its answer before a
+        // power cut took the record of it (a sync run's records are written lazily).
+        if !orphaned.is_empty() {
+            tracing::warn!(
+                count = orphaned.len(),
+                "sync runs still pending when the server stopped are marked failed/interrupted"
+            );
+        }
+        for mut task in orphaned {
+            crate::store::rules::interrupt_with(
+                &mut task,
+                Utc::now(),
+                "The server stopped before this sync run started; its caller was gone.",
+            );
+            if store.finish_task(&task).await? {
+                interrupted.push(task.id);
+            }
+        }
         let mut session_tasks: HashMap<SessionId, u32> = HashMap::new();
         for sid in pending.iter().filter_map(|t| t.session_id) {
             *session_tasks.entry(sid).or_insert(0) += 1;

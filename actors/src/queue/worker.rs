@@ -12,7 +12,7 @@ use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
 use crate::cluster::{transcripts, Cluster};
 use crate::config::Config;
 use crate::events::{init_data, EventHub};
-use crate::model::{SessionMode, Task, TaskId};
+use crate::model::{SessionMode, Task, TaskId, TaskMode};
 use crate::session::accounting::{apply_turn, cost_mode, run_cost};
 use crate::store::{Store, StoreError};
 
@@ -127,7 +127,15 @@ async fn execute(
     task.finish(&outcome, Utc::now());
     // Whoever wrote a final status first (a cancel) wins; then report what is stored.
     let (never_stop_tx, never_stop) = watch::channel(None);
-    let written = retry("finish task", &never_stop, || store.finish_task(&task)).await;
+    // A sync run's answer carries its result: its record need not wait for the fsync.
+    let written = retry("finish task", &never_stop, || async {
+        if task.mode == TaskMode::Sync {
+            store.finish_task_lazily(&task).await
+        } else {
+            store.finish_task(&task).await
+        }
+    })
+    .await;
     drop(never_stop_tx);
     let ended = match written {
         Some(true) => Ended::Wrote(task),
@@ -146,7 +154,7 @@ async fn execute(
             t.cost_usd.unwrap_or(0.0),
             Utc::now(),
         );
-        // Lazily: the final record above is durable; this bookkeeping rides on the next fsync.
+        // Lazily: this bookkeeping rides on the next fsync (as a sync run's final record does).
         if let Err(e) = store.update_session_lazily(&s).await {
             tracing::error!(session_id = %s.id, error = %e, "cannot record the turn on its session");
         }

@@ -62,7 +62,7 @@ pub(super) fn interrupt(t: &mut Task, at: DateTime<Utc>) {
 }
 
 /// Turn a `processing` task whose run was lost into `failed` / `interrupted`, saying why.
-pub(super) fn interrupt_with(t: &mut Task, at: DateTime<Utc>, why: &str) {
+pub(crate) fn interrupt_with(t: &mut Task, at: DateTime<Utc>, why: &str) {
     t.status = TaskStatus::Failed;
     t.completed_at = Some(trunc(at));
     if t.duration_ms.is_none() {

@@ -43,6 +43,9 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// Where the config came from and the last refused change (hot reload, PATCH).
     pub reload: crate::reload::ReloadState,
+    /// The storage's answer to `/health`, asked at most every `HEALTH_MAX_AGE` (a Redis
+    /// round trip per poll would cap `/health` at Redis's rate).
+    pub storage_health: actors::recent::Recent<bool>,
 }
 
 impl std::ops::Deref for AppState {
@@ -73,6 +76,7 @@ impl AppState {
             config_path,
             metrics: Arc::new(Metrics::default()),
             reload: Default::default(),
+            storage_health: actors::recent::Recent::new(actors::recent::HEALTH_MAX_AGE),
         }))
     }
 

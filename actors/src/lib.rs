@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod rate_limit;
+pub mod recent;
 pub mod retention;
 pub mod session;
 pub mod stats;

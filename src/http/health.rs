@@ -15,7 +15,10 @@ use crate::state::AppState;
     responses((status = 200, body = crate::http::schema::Health), (status = 503, description = "Degraded: storage down or CLI missing", body = crate::http::schema::Health)))]
 pub async fn health(State(state): State<AppState>) -> Response {
     let config = state.config();
-    let storage_ok = state.store.ping().await.is_ok();
+    let storage_ok = state
+        .storage_health
+        .get(|| async { state.store.ping().await.is_ok() })
+        .await;
     let claude = state.claude_info();
     // Until the version check has run, the CLI is not counted as missing.
     let claude_ok = !claude.checked || claude.version.is_some();

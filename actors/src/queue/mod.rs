@@ -24,6 +24,7 @@ use crate::events::EventHub;
 use crate::model::{
     Priority, RunOutcome, SessionId, Task, TaskError, TaskId, TaskMode, TaskStatus,
 };
+use crate::recent::{Recent, HEALTH_MAX_AGE};
 use crate::store::redis::Refused;
 use crate::store::{Store, StoreError};
 
@@ -171,6 +172,9 @@ pub struct Queue {
     events: Arc<EventHub>,
     /// With Redis storage: the instances sharing the queue.
     cluster: Option<Arc<Cluster>>,
+    /// With Redis: the namespace's pending count, read at most every
+    /// [`crate::recent::HEALTH_MAX_AGE`] however often `/health` and the status are polled.
+    shared_pending: Arc<Recent<Option<u64>>>,
 }
 
 impl Queue {
@@ -250,6 +254,7 @@ impl Queue {
             shared: shared.clone(),
             events: events.clone(),
             cluster,
+            shared_pending: Arc::new(Recent::new(HEALTH_MAX_AGE)),
         };
         let sup = supervisor::Supervisor::new(
             store,
@@ -289,6 +294,7 @@ impl Queue {
             shared: shared.clone(),
             events: events.clone(),
             cluster: Some(cluster.clone()),
+            shared_pending: Arc::new(Recent::new(HEALTH_MAX_AGE)),
         };
         let lease_ms = config.task_queue.lease_ms;
         let sup = supervisor::Supervisor::new(
@@ -563,11 +569,16 @@ impl Queue {
     }
 
     /// [`Queue::live_status`], where with Redis `pending` counts the whole namespace (read from
-    /// Redis; the in-memory figure is only as fresh as this instance's last claim).
+    /// Redis at most [`HEALTH_MAX_AGE`] ago; the in-memory figure is only as fresh as this
+    /// instance's last claim).
     pub async fn status(&self) -> LiveStatus {
         let mut live = self.live_status();
         if let Some(cluster) = &self.cluster {
-            if let Ok(n) = cluster.store().pending_count().await {
+            let counted = self
+                .shared_pending
+                .get(|| async { cluster.store().pending_count().await.ok() })
+                .await;
+            if let Some(n) = counted {
                 live.pending = n;
             }
         }

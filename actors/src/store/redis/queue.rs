@@ -7,8 +7,13 @@
 //! so a claim is one `ZRANGE` on `q-ready` however many tasks wait behind a busy session.
 //!
 //! Life of a task in the shared queue: inserted `pending` (in `q-ready` unless its session has
-//! an earlier live turn) → claimed by an instance (out of `q-ready`, leased) → started by it
-//! (`processing`) → final → released by it (lease dropped). An instance renews its leases while
+//! an earlier live turn) → claimed by an instance (out of `q-ready`, leased; the claim hands
+//! out the record with its revision) → started by it (`processing`, a compare-and-set over that
+//! revision, so no read) → final and released in one script, which also stores the session's
+//! transcript and accounting and claims the next task for the freed slot
+//! ([`RedisStore::finish_leased`]; when someone else ended the task meanwhile, the final write
+//! and the release go separately). Each Redis round trip holds a slot, so a drained run costs
+//! two on its slot's path: the start, and the end with the next claim. An instance renews its leases while
 //! it runs them; a lease that expires (the instance died or lost Redis for longer than the
 //! lease) is reaped by another: a task that never started is queued again (it never ran, so it
 //! still runs exactly once), a `processing` one ends `failed`/`interrupted` (never run twice).
@@ -16,7 +21,9 @@
 use chrono::{DateTime, Utc};
 
 use super::{rules, scripts, RedisStore};
-use crate::model::{Task, TaskId, TaskStatus};
+use ::redis::ScriptInvocation;
+
+use crate::model::{Session, SessionId, Task, TaskId, TaskStatus};
 use crate::store::{StoreError, StoreResult};
 
 /// Why the shared queue refused a new task.
@@ -29,12 +36,102 @@ pub enum Refused {
 }
 
 /// What a claim returned.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Claimed {
     /// Tasks pending in the namespace when the claim ran (all instances).
     pub pending: u64,
     /// The tasks now leased to the claimant, in run order; still `pending` until it starts them.
-    pub ids: Vec<TaskId>,
+    pub tasks: Vec<Leased>,
+}
+
+impl Claimed {
+    /// The claimed tasks' ids, in run order.
+    pub fn ids(&self) -> Vec<TaskId> {
+        self.tasks.iter().map(|l| l.task.id).collect()
+    }
+}
+
+/// A task leased to this instance with the record as the claim (or the start) wrote or read
+/// it, and that record's revision: the next write goes over that revision without reading the
+/// task first, and reads only if someone else changed it meanwhile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    pub task: Task,
+    rev: String,
+}
+
+/// A session's accounting for a turn, written with the turn's final record
+/// ([`RedisStore::finish_leased`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTurn<'a> {
+    /// The session as read before the run: the accounting is written only over that version.
+    pub read: &'a Session,
+    /// The session with the turn applied.
+    pub updated: &'a Session,
+}
+
+/// A session's CLI transcript to store (see [`crate::cluster::transcripts`]): it replaces the
+/// stored version `base` only, and only while the session exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptWrite {
+    pub session: SessionId,
+    /// SHA-256 (hex) of the stored version the turn started from (`""`: nothing stored).
+    pub base: String,
+    /// SHA-256 (hex) and length of the whole file.
+    pub sha: String,
+    pub len: u64,
+    /// The instance storing it, and when (ms since the epoch).
+    pub by: String,
+    pub at_ms: i64,
+    /// The file's content; `None` when it is too large to travel (only `sha` and `len` are
+    /// stored).
+    pub data: Option<Vec<u8>>,
+}
+
+impl TranscriptWrite {
+    /// The arguments of the scripts' `transcript_save`.
+    fn args(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.session.to_string())
+            .arg(&self.base)
+            .arg(&self.sha)
+            .arg(self.len)
+            .arg(&self.by)
+            .arg(self.at_ms)
+            .arg(if self.data.is_some() { "1" } else { "0" })
+            .arg(self.data.as_deref().unwrap_or_default());
+    }
+
+    /// The script that stores it alone (namespace prefix `prefix`). Answers `saved`, `same`,
+    /// `moved` (another save replaced `base` meanwhile: nothing written) or `deleted` (the
+    /// session is gone: nothing written).
+    pub fn invocation(&self, prefix: &str) -> ScriptInvocation<'static> {
+        let mut inv = scripts::SAVE_TRANSCRIPT.prepare_invoke();
+        inv.arg(prefix);
+        self.args(&mut inv);
+        inv
+    }
+}
+
+/// What the end of a run wrote besides the final record ([`RedisStore::finish_leased`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    /// The tasks claimed for the freed slot.
+    pub claimed: Claimed,
+    /// The transcript's save, answered as [`TranscriptWrite::invocation`] (`None`: none given).
+    pub transcript: Option<String>,
+    /// Whether the session's accounting was written (`false`: none given, or the session
+    /// changed since it was read, or is gone).
+    pub accounted: bool,
+}
+
+/// Claims made by a run's final write for the slot it frees ([`RedisStore::finish_leased`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextClaim {
+    pub lease_ms: u64,
+    /// The global cap (`0`: none), as for [`RedisStore::claim`].
+    pub cap: u32,
+    /// Tasks to claim (`0`: none).
+    pub want: usize,
 }
 
 /// Message of a task whose instance stopped renewing its lease.
@@ -58,13 +155,88 @@ impl RedisStore {
             .arg(cap)
             .arg(want);
         let reply: Vec<String> = self.run(&inv).await?;
-        let mut it = reply.into_iter();
-        let pending = it
-            .next()
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| StoreError::Corrupt("a claim answered without a count".into()))?;
-        let ids = it.map(|raw| parse_id(&raw)).collect::<StoreResult<_>>()?;
-        Ok(Claimed { pending, ids })
+        let Some((pending, rows)) = reply.split_first() else {
+            return Err(StoreError::Corrupt("a claim answered nothing".into()));
+        };
+        parse_claimed(pending, rows)
+    }
+
+    /// Start a task this instance leased, from the record its claim read (one write; a read
+    /// only if it changed since, e.g. a priority change). `None` when it is not pending any
+    /// more (cancelled). The answer carries the revision written, for [`Self::finish_leased`].
+    pub async fn start_leased(
+        &self,
+        leased: &Leased,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Leased>> {
+        let known = (leased.task.clone(), leased.rev.clone());
+        Ok(self
+            .start_task_from(leased.task.id, Some(known), at)
+            .await?
+            .map(|(task, rev)| Leased { task, rev }))
+    }
+
+    /// The end of a run this instance started (`started`, from [`Self::start_leased`]), in one
+    /// script: its final record `task` (merged as `finish_task` merges), this instance's lease
+    /// dropped, the turn's `transcript` stored and the `session`'s accounting written (only
+    /// over the version read before the run), and `next.want` tasks claimed for the freed
+    /// slot. `None` when the record changed since the start (someone else ended the task):
+    /// nothing was written, and the caller goes the usual way (`finish_task`, `release`, the
+    /// transcript's own save, `update_session`).
+    pub async fn finish_leased(
+        &self,
+        instance: &str,
+        started: &Leased,
+        task: &Task,
+        session: Option<SessionTurn<'_>>,
+        transcript: Option<&TranscriptWrite>,
+        next: NextClaim,
+    ) -> StoreResult<Option<RunEnd>> {
+        if !task.status.is_final() {
+            tracing::warn!(task = %task.id, status = task.status.as_str(), "finish_leased called with a live status; nothing written");
+            return Ok(None);
+        }
+        let new = rules::merge_final(&started.task, task);
+        let mut inv = scripts::FINISH_RUN.prepare_invoke();
+        self.task_args(&mut inv, &new, &started.rev)?;
+        inv.arg(instance)
+            .arg(next.lease_ms)
+            .arg(next.cap)
+            .arg(next.want);
+        match session {
+            Some(turn) => {
+                let (_, read) = super::session_doc(turn.read)?;
+                inv.arg("1").arg(read);
+                super::session_args(&mut inv, turn.updated, "update")?;
+            }
+            None => {
+                inv.arg("").arg("");
+                for _ in 0..10 {
+                    inv.arg("");
+                }
+            }
+        }
+        match transcript {
+            Some(t) => {
+                inv.arg("1");
+                t.args(&mut inv);
+            }
+            None => {
+                inv.arg("");
+            }
+        }
+        let reply: Vec<String> = self.run(&inv).await?;
+        match reply.as_slice() {
+            [written] if written == "0" => Ok(None),
+            [written, pending, saved, accounted, rest @ ..] if written == "1" => Ok(Some(RunEnd {
+                claimed: parse_claimed(pending, rest)?,
+                transcript: transcript.map(|_| saved.clone()),
+                accounted: accounted == "1",
+            })),
+            _ => Err(StoreError::Corrupt(
+                "the end of a run answered an unexpected shape".into(),
+            )),
+        }
     }
 
     /// Extend `instance`'s leases on `ids` by `lease_ms`. Returns those it must stop running:
@@ -159,6 +331,33 @@ impl RedisStore {
     }
 }
 
+/// A claim's answer: the pending count, then id, doc, seq and rev of each claimed task.
+fn parse_claimed(pending: &str, rows: &[String]) -> StoreResult<Claimed> {
+    let pending = pending
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("a claim answered a count of {pending:?}")))?;
+    let tasks = rows
+        .chunks(4)
+        .map(|row| match row {
+            [id, doc, seq, rev] => {
+                let task = super::decode_task(doc, Some(seq))?;
+                if task.id != parse_id(id)? {
+                    return Err(StoreError::Corrupt(format!(
+                        "the record under {id} is task {}",
+                        task.id
+                    )));
+                }
+                Ok(Leased {
+                    task,
+                    rev: rev.clone(),
+                })
+            }
+            _ => Err(StoreError::Corrupt("a claim answered a short row".into())),
+        })
+        .collect::<StoreResult<_>>()?;
+    Ok(Claimed { pending, tasks })
+}
+
 fn parse_id(raw: &str) -> StoreResult<TaskId> {
     raw.parse()
         .map_err(|_| StoreError::Corrupt(format!("the queue holds {raw:?}, not a task id")))
@@ -168,7 +367,7 @@ fn parse_id(raw: &str) -> StoreResult<TaskId> {
 mod tests {
     use super::super::test_server::{shared_url, test_namespace};
     use super::*;
-    use crate::store::conformance::fixtures::{at, finished, task};
+    use crate::store::conformance::fixtures::{at, finished, prio, session, task};
     use crate::store::Store;
 
     async fn fresh() -> RedisStore {
@@ -179,7 +378,7 @@ mod tests {
     }
 
     async fn claim_all(store: &RedisStore, who: &str) -> Vec<TaskId> {
-        store.claim(who, 60_000, 0, 100).await.expect("claim").ids
+        store.claim(who, 60_000, 0, 100).await.expect("claim").ids()
     }
 
     #[tokio::test]
@@ -190,9 +389,253 @@ mod tests {
         let mid = store.insert_task(task(5)).await.expect("insert");
         let first = store.claim("a", 60_000, 0, 2).await.expect("claim");
         assert_eq!(first.pending, 3);
-        assert_eq!(first.ids, vec![high.id, mid.id]);
+        assert_eq!(first.ids(), vec![high.id, mid.id]);
         assert_eq!(claim_all(&store, "b").await, vec![low.id]);
         assert!(claim_all(&store, "a").await.is_empty());
+    }
+
+    const NEXT: NextClaim = NextClaim {
+        lease_ms: 60_000,
+        cap: 0,
+        want: 1,
+    };
+
+    async fn claim_one(store: &RedisStore, who: &str) -> Leased {
+        let mut c = store.claim(who, 60_000, 0, 1).await.expect("claim");
+        assert_eq!(c.tasks.len(), 1, "one task claimed");
+        c.tasks.remove(0)
+    }
+
+    #[tokio::test]
+    async fn a_claim_hands_out_the_record_and_its_start_writes_over_it() {
+        let store = fresh().await;
+        let t = store.insert_task(task(5)).await.expect("insert");
+        let leased = claim_one(&store, "a").await;
+        assert_eq!(leased.task, t, "the record as stored, seq included");
+        let started = store
+            .start_leased(&leased, at(1))
+            .await
+            .expect("start")
+            .expect("pending");
+        assert_eq!(started.task.status, TaskStatus::Processing);
+        assert_eq!(started.task.attempts, 1);
+        let stored = store.get_task(t.id).await.expect("get").expect("task");
+        assert_eq!(stored, started.task);
+        // The same claim cannot start it twice: its record moved on, and a fresh read says
+        // it is not pending.
+        assert_eq!(
+            store.start_leased(&leased, at(2)).await.expect("start"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_over_a_record_changed_since_the_claim_reads_it_again() {
+        let store = fresh().await;
+        let t = store.insert_task(task(5)).await.expect("insert");
+        let leased = claim_one(&store, "a").await;
+        // Still pending, so its priority can change after the claim.
+        assert!(store.set_priority(t.id, prio(9)).await.expect("priority"));
+        let started = store
+            .start_leased(&leased, at(1))
+            .await
+            .expect("start")
+            .expect("pending");
+        assert_eq!(started.task.priority, prio(9));
+        assert_eq!(started.task.status, TaskStatus::Processing);
+    }
+
+    /// Claim and start one task for `who`.
+    async fn run_one(store: &RedisStore, who: &str) -> Leased {
+        let leased = claim_one(store, who).await;
+        store
+            .start_leased(&leased, at(1))
+            .await
+            .expect("start")
+            .expect("pending")
+    }
+
+    fn transcript(session: SessionId, base: &str, data: &[u8]) -> TranscriptWrite {
+        TranscriptWrite {
+            session,
+            base: base.into(),
+            sha: crate::cluster::transcripts::sha256_hex(data),
+            len: data.len() as u64,
+            by: "a".into(),
+            at_ms: 1,
+            data: Some(data.to_vec()),
+        }
+    }
+
+    async fn stored_transcript(store: &RedisStore, session: SessionId) -> Option<Vec<u8>> {
+        let mut conn = store.connection();
+        ::redis::cmd("HGET")
+            .arg(store.key(&format!("tr:{session}")))
+            .arg("data")
+            .query_async(&mut conn)
+            .await
+            .expect("read")
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_run_writes_record_transcript_and_session_drops_the_lease_and_claims_the_next(
+    ) {
+        let store = fresh().await;
+        let s = session(0);
+        store.insert_session(&s).await.expect("session");
+        let turn = |p| {
+            let mut t = task(p);
+            t.session_id = Some(s.id);
+            t
+        };
+        let one = store.insert_task(turn(5)).await.expect("insert");
+        let two = store.insert_task(turn(10)).await.expect("insert");
+        let other = store.insert_task(task(1)).await.expect("insert");
+        // Turn two waits for turn one, whatever its priority.
+        let started = run_one(&store, "a").await;
+        assert_eq!(started.task.id, one.id);
+        let done = finished(&started.task, TaskStatus::Completed, 0.25, 2);
+        let mut updated = s.clone();
+        updated.messages_count = 2;
+        updated.total_cost_usd = 0.25;
+        updated.last_task_id = Some(one.id);
+        let turn_one = SessionTurn {
+            read: &s,
+            updated: &updated,
+        };
+        let file = transcript(s.id, "", b"turn one\n");
+        let end = store
+            .finish_leased("a", &started, &done, Some(turn_one), Some(&file), NEXT)
+            .await
+            .expect("finish")
+            .expect("written");
+        // The final record opened the session's lane, and the same step claimed its next turn
+        // (priority 10 before the other task's 1) with the transcript and accounting in place.
+        assert_eq!(end.claimed.ids(), vec![two.id]);
+        assert_eq!(end.claimed.pending, 2);
+        assert_eq!(end.transcript.as_deref(), Some("saved"));
+        assert!(end.accounted);
+        let stored = store.get_task(one.id).await.expect("get").expect("task");
+        assert_eq!(stored.status, TaskStatus::Completed);
+        assert_eq!(stored.cost_usd, Some(0.25));
+        assert_eq!(stored.attempts, 1);
+        assert_eq!(store.lease_owner(one.id).await.expect("owner"), None);
+        assert_eq!(
+            store.lease_owner(two.id).await.expect("owner").as_deref(),
+            Some("a")
+        );
+        assert_eq!(store.leased_count().await.expect("count"), 1);
+        assert_eq!(
+            store.get_session(s.id).await.expect("get"),
+            Some(updated.clone())
+        );
+        assert_eq!(
+            stored_transcript(&store, s.id).await.as_deref(),
+            Some(&b"turn one\n"[..])
+        );
+        // Turn two: the session was archived during the run, so its accounting is not written
+        // over that (the caller writes it after a new read); a transcript saved over a base
+        // that is no longer stored is refused. Without a claim asked for, the other task
+        // stays for anyone.
+        let started = store
+            .start_leased(&end.claimed.tasks[0], at(3))
+            .await
+            .expect("start")
+            .expect("pending");
+        let mut archived = updated.clone();
+        archived.status = crate::model::SessionStatus::Archived;
+        assert!(store.update_session(&archived).await.expect("archive"));
+        let mut accounted = updated.clone();
+        accounted.messages_count = 4;
+        let turn_two = SessionTurn {
+            read: &updated,
+            updated: &accounted,
+        };
+        let stale = transcript(s.id, "not-the-stored-sha", b"turn two\n");
+        let done = finished(&started.task, TaskStatus::Failed, 0.0, 4);
+        let none = NextClaim { want: 0, ..NEXT };
+        let end = store
+            .finish_leased("a", &started, &done, Some(turn_two), Some(&stale), none)
+            .await
+            .expect("finish")
+            .expect("written");
+        assert!(end.claimed.tasks.is_empty());
+        assert!(!end.accounted);
+        assert_eq!(end.transcript.as_deref(), Some("moved"));
+        assert_eq!(store.get_session(s.id).await.expect("get"), Some(archived));
+        assert_eq!(
+            stored_transcript(&store, s.id).await.as_deref(),
+            Some(&b"turn one\n"[..])
+        );
+        let stored = store.get_task(two.id).await.expect("get").expect("task");
+        assert_eq!(stored.status, TaskStatus::Failed);
+        assert_eq!(store.leased_count().await.expect("count"), 0);
+        assert_eq!(claim_all(&store, "b").await, vec![other.id]);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_run_ended_by_someone_else_writes_nothing() {
+        let store = fresh().await;
+        let s = session(0);
+        store.insert_session(&s).await.expect("session");
+        let mut t = task(5);
+        t.session_id = Some(s.id);
+        let t = store.insert_task(t).await.expect("insert");
+        let waiting = store.insert_task(task(5)).await.expect("insert");
+        let started = run_one(&store, "a").await;
+        // A cancel (or a reaper) writes the final record first.
+        let cancelled = finished(&started.task, TaskStatus::Cancelled, 0.0, 2);
+        assert!(store.finish_task(&cancelled).await.expect("cancel"));
+        let mut updated = s.clone();
+        updated.messages_count = 2;
+        let turn = SessionTurn {
+            read: &s,
+            updated: &updated,
+        };
+        let file = transcript(s.id, "", b"late\n");
+        let done = finished(&started.task, TaskStatus::Completed, 0.5, 3);
+        let answer = store
+            .finish_leased("a", &started, &done, Some(turn), Some(&file), NEXT)
+            .await
+            .expect("finish");
+        assert_eq!(answer, None);
+        let stored = store.get_task(t.id).await.expect("get").expect("task");
+        assert_eq!(stored.status, TaskStatus::Cancelled);
+        assert_eq!(store.get_session(s.id).await.expect("get"), Some(s.clone()));
+        assert_eq!(stored_transcript(&store, s.id).await, None);
+        // The lease stays for the usual release, and nothing was claimed.
+        assert_eq!(
+            store.lease_owner(t.id).await.expect("owner").as_deref(),
+            Some("a")
+        );
+        assert_eq!(claim_all(&store, "b").await, vec![waiting.id]);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_run_claims_under_the_global_cap() {
+        let store = fresh().await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(store.insert_task(task(5)).await.expect("insert").id);
+        }
+        let capped = NextClaim {
+            cap: 2,
+            want: 2,
+            ..NEXT
+        };
+        let started = run_one(&store, "a").await;
+        claim_one(&store, "b").await;
+        let done = finished(&started.task, TaskStatus::Completed, 0.0, 2);
+        // Its own lease is dropped first, which leaves room for one under the cap of 2.
+        let end = store
+            .finish_leased("a", &started, &done, None, None, capped)
+            .await
+            .expect("finish")
+            .expect("written");
+        assert_eq!(end.claimed.ids(), vec![ids[2]]);
+        assert_eq!(end.transcript, None);
+        assert!(!end.accounted);
+        assert_eq!(store.leased_count().await.expect("count"), 2);
     }
 
     #[tokio::test]
@@ -206,7 +649,7 @@ mod tests {
                 .claim("a", 60_000, 3, 2)
                 .await
                 .expect("claim")
-                .ids
+                .ids()
                 .len(),
             2
         );
@@ -215,7 +658,7 @@ mod tests {
                 .claim("b", 60_000, 3, 2)
                 .await
                 .expect("claim")
-                .ids
+                .ids()
                 .len(),
             1
         );
@@ -223,7 +666,7 @@ mod tests {
             .claim("b", 60_000, 3, 2)
             .await
             .expect("claim")
-            .ids
+            .ids()
             .is_empty());
         assert_eq!(store.leased_count().await.expect("count"), 3);
     }
@@ -288,7 +731,7 @@ mod tests {
         assert!(!store.release("b", t.id).await.expect("release"));
         assert!(store.release("a", t.id).await.expect("release"));
         assert_eq!(
-            store.claim("b", 1, 0, 1).await.expect("claim").ids,
+            store.claim("b", 1, 0, 1).await.expect("claim").ids(),
             vec![t.id]
         );
         // B's 1 ms lease expires before it starts the task: reaping queues it again and
@@ -312,7 +755,7 @@ mod tests {
         let store = fresh().await;
         let t = store.insert_task(task(5)).await.expect("insert");
         assert_eq!(
-            store.claim("a", 1, 0, 1).await.expect("claim").ids,
+            store.claim("a", 1, 0, 1).await.expect("claim").ids(),
             vec![t.id]
         );
         store.start_task(t.id, at(1)).await.expect("start");

@@ -638,6 +638,207 @@ mod tests {
         assert_eq!(store.leased_count().await.expect("count"), 2);
     }
 
+    /// Every sorted set of the namespace that holds `id`, with its score.
+    async fn index_entries(store: &RedisStore, id: TaskId) -> Vec<(String, String)> {
+        let mut conn = store.connection();
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{}*", store.prefix()))
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        let mut out = Vec::new();
+        for key in keys {
+            let kind: String = ::redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("type");
+            if kind != "zset" {
+                continue;
+            }
+            let score: Option<String> = ::redis::cmd("ZSCORE")
+                .arg(&key)
+                .arg(id.to_string())
+                .query_async(&mut conn)
+                .await
+                .expect("zscore");
+            if let Some(score) = score {
+                out.push((key.trim_start_matches(store.prefix()).to_string(), score));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_write_over_a_task_leaves_exactly_the_index_entries_of_its_new_version() {
+        let store = fresh().await;
+        let s = session(0);
+        let mut t = task(5);
+        t.session_id = Some(s.id);
+        t.owner = Some("k".into());
+        let t = store.insert_task(t).await.expect("insert");
+        let seq = t.seq.to_string();
+        let band = |p: u64| ((10 - p) * (1 << 49) + t.seq).to_string();
+        let common = |status: &str| {
+            vec![
+                ("t-all".to_string(), seq.clone()),
+                ("t-owner:k".to_string(), seq.clone()),
+                (format!("t-session:{}", s.id), seq.clone()),
+                (format!("t-status:{status}"), seq.clone()),
+            ]
+        };
+        let expect = |mut v: Vec<(String, String)>| {
+            v.sort();
+            v
+        };
+        // Pending, the head of its session's lane: ready.
+        let mut want = common("pending");
+        want.push((format!("t-lane:{}", s.id), seq.clone()));
+        want.push(("t-run".into(), band(5)));
+        want.push(("q-ready".into(), band(5)));
+        assert_eq!(index_entries(&store, t.id).await, expect(want.clone()));
+        // A new priority moves it in the run order and in the ready set.
+        assert!(store.set_priority(t.id, prio(8)).await.expect("priority"));
+        for entry in want
+            .iter_mut()
+            .filter(|(k, _)| k == "t-run" || k == "q-ready")
+        {
+            entry.1 = band(8);
+        }
+        assert_eq!(index_entries(&store, t.id).await, expect(want));
+        // Claimed and started: leased, out of the ready set and the run order.
+        let started = run_one(&store, "a").await;
+        let mut want = common("processing");
+        want.push((format!("t-lane:{}", s.id), seq.clone()));
+        let leased = index_entries(&store, t.id).await;
+        let lease = leased
+            .iter()
+            .find(|(k, _)| k == "q-lease")
+            .cloned()
+            .expect("leased");
+        want.push(lease);
+        assert_eq!(leased, expect(want));
+        // Final: out of its lane, in the finished set, its cost counted once.
+        let done = finished(&started.task, TaskStatus::Completed, 0.5, 9);
+        let end = store
+            .finish_leased("a", &started, &done, None, None, NEXT)
+            .await
+            .expect("finish")
+            .expect("written");
+        assert!(end.claimed.tasks.is_empty());
+        let mut want = common("completed");
+        want.push(("t-finished".into(), rules::ms(&at(9)).to_string()));
+        assert_eq!(index_entries(&store, t.id).await, expect(want));
+        assert_eq!(
+            store.task_counts().await.expect("counts").total_cost_usd,
+            0.5
+        );
+    }
+
+    #[tokio::test]
+    async fn a_priority_change_reorders_the_ready_set() {
+        let store = fresh().await;
+        let first = store.insert_task(task(5)).await.expect("insert");
+        let second = store.insert_task(task(5)).await.expect("insert");
+        assert!(store
+            .set_priority(second.id, prio(9))
+            .await
+            .expect("priority"));
+        assert_eq!(claim_all(&store, "a").await, vec![second.id, first.id]);
+    }
+
+    /// What Redis spends on a drained run's scripts (claim hand-over, start, end with session
+    /// and transcript), alone on a private server: its CPU (`INFO cpu`) and the commands it
+    /// ran (`INFO commandstats`, inner commands of scripts included), per run.
+    /// `cargo test -p actors --release bench_run_scripts -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn bench_run_scripts() {
+        const N: usize = 3000;
+        let store = fresh().await;
+        let mut sessions = std::collections::HashMap::new();
+        for _ in 0..N {
+            let s = session(0);
+            store.insert_session(&s).await.expect("session");
+            let mut t = task(5);
+            t.session_id = Some(s.id);
+            store.insert_task(t).await.expect("insert");
+            sessions.insert(s.id, s);
+        }
+        let conn = store.connection();
+        let info = |section: &'static str| {
+            let mut conn = conn.clone();
+            async move {
+                let text: String = ::redis::cmd("INFO")
+                    .arg(section)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("info");
+                text
+            }
+        };
+        let cpu = |text: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+                .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+                .sum()
+        };
+        let calls = |text: &str| -> u64 {
+            text.lines()
+                .filter_map(|l| {
+                    l.split_once("calls=")?
+                        .1
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
+        };
+        let (cpu0, calls0) = (cpu(&info("cpu").await), calls(&info("commandstats").await));
+        let t0 = std::time::Instant::now();
+        let mut next = claim_one(&store, "a").await;
+        for i in 0..N {
+            let started = store
+                .start_leased(&next, at(1))
+                .await
+                .expect("start")
+                .expect("pending");
+            let sid = started.task.session_id.expect("a session turn");
+            let read = &sessions[&sid];
+            let mut updated = read.clone();
+            updated.messages_count += 1;
+            let turn = SessionTurn {
+                read,
+                updated: &updated,
+            };
+            let file = transcript(sid, "", &[b'x'; 2000]);
+            let done = finished(&started.task, TaskStatus::Completed, 0.01, 2);
+            let want = NextClaim {
+                want: usize::from(i + 1 < N),
+                ..NEXT
+            };
+            let end = store
+                .finish_leased("a", &started, &done, Some(turn), Some(&file), want)
+                .await
+                .expect("finish")
+                .expect("written");
+            assert!(end.accounted);
+            if let Some(l) = end.claimed.tasks.into_iter().next() {
+                next = l;
+            }
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let (cpu1, calls1) = (cpu(&info("cpu").await), calls(&info("commandstats").await));
+        println!(
+            "{N} runs: Redis CPU {:.1} µs per run, {:.1} commands per run (inner included), {:.1} µs wall per run",
+            (cpu1 - cpu0) * 1e6 / N as f64,
+            (calls1 - calls0) as f64 / N as f64,
+            wall * 1e6 / N as f64
+        );
+    }
+
     #[tokio::test]
     async fn a_global_cap_counts_every_instances_leases() {
         let store = fresh().await;

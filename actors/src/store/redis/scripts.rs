@@ -17,9 +17,9 @@ local P = ARGV[1]
 local function int(n) return string.format('%.0f', n) end
 "#;
 
-/// Helpers shared by the task scripts: reading a task's indexed fields, and removing or adding
-/// a task and all its index entries. The hash `t:<id>` keeps a copy of every field an index
-/// depends on, so a script can unindex the old version without parsing JSON.
+/// Helpers shared by the task scripts: reading a task's indexed fields, and removing, adding or
+/// replacing a task and its index entries. The hash `t:<id>` keeps a copy of every field an
+/// index depends on, so a script can unindex the old version without parsing JSON.
 const TASK_LIB: &str = r#"
 -- Seqs per priority band of the run-order score: (10 - priority) * BAND + seq stays below
 -- 2^53 (exact in a double) for every priority while seq < BAND.
@@ -79,32 +79,55 @@ local function unindex(id, f)
   if f.sess then redis.call('ZREM', P .. 't-session:' .. f.sess, id) end
   if f.costn and f.costn ~= '0' then redis.call('DECRBY', P .. 't-cost', f.costn) end
 end
-local function put(id, key, f)
-  redis.call('DEL', key)
+-- The sorted-set entries of version `f` that follow from its fields alone (`q-ready` also
+-- depends on leases and lanes): key -> score.
+local function entries(f)
+  local e = {[P .. 't-all'] = f.seq, [P .. 't-status:' .. f.status] = f.seq,
+             [owner_key(f.owner)] = f.seq}
+  if f.sess then e[P .. 't-session:' .. f.sess] = f.seq end
+  if f.status == 'pending' then e[P .. 't-run'] = run_score(f.prio, f.seq) end
+  if f.sess and (f.status == 'pending' or f.status == 'processing') then
+    e[P .. 't-lane:' .. f.sess] = f.seq
+  end
+  if f.fin then e[P .. 't-finished'] = f.fin end
+  return e
+end
+-- Write version `f` of task `id` over `old` (nil: a new task): the hash, the index entries
+-- that differ, readiness, the session's lane and the cost total.
+local function write(id, key, old, f)
   local h = {'doc', f.doc, 'seq', f.seq, 'rev', f.rev, 'status', f.status, 'prio', f.prio,
              'costn', f.costn}
   if f.sess then h[#h + 1] = 'sess'; h[#h + 1] = f.sess end
   if f.owner then h[#h + 1] = 'owner'; h[#h + 1] = f.owner end
   if f.fin then h[#h + 1] = 'fin'; h[#h + 1] = f.fin end
   redis.call('HSET', key, unpack(h))
-  redis.call('ZADD', P .. 't-all', f.seq, id)
-  redis.call('ZADD', P .. 't-status:' .. f.status, f.seq, id)
-  redis.call('ZADD', owner_key(f.owner), f.seq, id)
-  if f.sess then redis.call('ZADD', P .. 't-session:' .. f.sess, f.seq, id) end
-  if f.status == 'pending' then
-    redis.call('ZADD', P .. 't-run', run_score(f.prio, f.seq), id)
-    if not f.sess and not leased(id) then
-      redis.call('ZADD', P .. 'q-ready', run_score(f.prio, f.seq), id)
-    end
+  local before = {}
+  if old then
+    local gone = {}
+    if old.sess and not f.sess then gone[#gone + 1] = 'sess' end
+    if old.owner and not f.owner then gone[#gone + 1] = 'owner' end
+    if old.fin and not f.fin then gone[#gone + 1] = 'fin' end
+    if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+    before = entries(old)
+    if old.status == 'pending' then redis.call('ZREM', P .. 'q-ready', id) end
   end
-  if f.sess then
-    if f.status == 'pending' or f.status == 'processing' then
-      redis.call('ZADD', P .. 't-lane:' .. f.sess, f.seq, id)
-    end
-    relane(f.sess)
+  local after = entries(f)
+  for k in pairs(before) do
+    if after[k] == nil then redis.call('ZREM', k, id) end
   end
-  if f.fin then redis.call('ZADD', P .. 't-finished', f.fin, id) end
-  if f.costn ~= '0' then redis.call('INCRBY', P .. 't-cost', f.costn) end
+  for k, score in pairs(after) do
+    if before[k] ~= score then redis.call('ZADD', k, score, id) end
+  end
+  if f.status == 'pending' and not f.sess and not leased(id) then
+    redis.call('ZADD', P .. 'q-ready', run_score(f.prio, f.seq), id)
+  end
+  if f.sess then relane(f.sess) end
+  local cost = tonumber(f.costn) - tonumber((old and old.costn) or '0')
+  if cost ~= 0 then redis.call('INCRBY', P .. 't-cost', int(cost)) end
+end
+local function put(id, key, f)
+  redis.call('DEL', key)
+  write(id, key, nil, f)
 end
 -- Compare-and-set: replace task ARGV[2] by the version in ARGV[4..11] if its revision is still
 -- ARGV[3]; the seq stays, the revision goes up by one. Returns whether it wrote.
@@ -113,8 +136,7 @@ local function cas()
   local key = P .. 't:' .. id
   local old = stored(key)
   if not old or old.rev ~= ARGV[3] then return false end
-  unindex(id, old)
-  put(id, key, given(old.seq, int(tonumber(old.rev) + 1)))
+  write(id, key, old, given(old.seq, int(tonumber(old.rev) + 1)))
   return true
 end
 "#;
@@ -273,9 +295,9 @@ local function session_owner_key(owner)
   return P .. 's-anon'
 end
 local function session_stored(key)
-  local v = redis.call('HMGET', key, 'created', 'status', 'path', 'owner')
+  local v = redis.call('HMGET', key, 'created', 'status', 'path', 'owner', 'updated')
   if not v[1] then return nil end
-  return {created = v[1], status = v[2], path = v[3], owner = v[4]}
+  return {created = v[1], status = v[2], path = v[3], owner = v[4], updated = v[5]}
 end
 local function session_unindex(id, f)
   redis.call('ZREM', P .. 's-all', id)
@@ -287,25 +309,39 @@ end
 -- Insert or replace a session from ARGV[b + 2 ..= b + 11]: id, mode ('insert': refused when it
 -- exists, 'update': refused when missing), doc, created, updated, status, path, owner flag,
 -- owner, search text. Returns 1 when written.
+-- The sorted-set entries of a session version: key -> score.
+local function session_entries(f)
+  return {[P .. 's-all'] = f.created, [P .. 's-updated'] = f.updated,
+          [P .. 's-status:' .. f.status] = f.created, [P .. 's-path:' .. f.path] = f.created,
+          [session_owner_key(f.owner)] = f.created}
+end
 local function session_put(b)
   local id, mode = ARGV[b + 2], ARGV[b + 3]
   local key = P .. 's:' .. id
   local old = session_stored(key)
   if (mode == 'insert' and old) or (mode == 'update' and not old) then return 0 end
-  if old then session_unindex(id, old) end
-  redis.call('DEL', key)
-  local owner = false
-  if ARGV[b + 9] == '1' then owner = ARGV[b + 10] end
-  local created = ARGV[b + 5]
-  local h = {'doc', ARGV[b + 4], 'created', created, 'updated', ARGV[b + 6],
-             'status', ARGV[b + 7], 'path', ARGV[b + 8], 'search', ARGV[b + 11]}
-  if owner then h[#h + 1] = 'owner'; h[#h + 1] = owner end
+  local f = {created = ARGV[b + 5], updated = ARGV[b + 6], status = ARGV[b + 7],
+             path = ARGV[b + 8], owner = false}
+  if ARGV[b + 9] == '1' then f.owner = ARGV[b + 10] end
+  local h = {'doc', ARGV[b + 4], 'created', f.created, 'updated', f.updated,
+             'status', f.status, 'path', f.path, 'search', ARGV[b + 11]}
+  if f.owner then h[#h + 1] = 'owner'; h[#h + 1] = f.owner end
+  -- Nothing of a record without its fields is kept (as for tasks, `put`).
+  if not old then redis.call('DEL', key) end
   redis.call('HSET', key, unpack(h))
-  redis.call('ZADD', P .. 's-all', created, id)
-  redis.call('ZADD', P .. 's-updated', ARGV[b + 6], id)
-  redis.call('ZADD', P .. 's-status:' .. ARGV[b + 7], created, id)
-  redis.call('ZADD', P .. 's-path:' .. ARGV[b + 8], created, id)
-  redis.call('ZADD', session_owner_key(owner), created, id)
+  -- Only the index entries that differ from the stored version's.
+  local before = {}
+  if old then
+    if old.owner and not f.owner then redis.call('HDEL', key, 'owner') end
+    before = session_entries(old)
+  end
+  local after = session_entries(f)
+  for k in pairs(before) do
+    if after[k] == nil then redis.call('ZREM', k, id) end
+  end
+  for k, score in pairs(after) do
+    if before[k] ~= score then redis.call('ZADD', k, score, id) end
+  end
   return 1
 end
 "#;

@@ -57,11 +57,11 @@ impl RedisChild {
         crate::server::cpu_seconds(self.child.id())
     }
 
-    /// Calls per command so far (`INFO commandstats`: `cmdstat_evalsha:calls=12,...`), and
-    /// their total. The `INFO` itself counts too.
+    /// Calls and time per command so far (`INFO commandstats`:
+    /// `cmdstat_evalsha:calls=12,usec=340,...`). The `INFO` itself counts too.
     pub fn command_stats(&self) -> anyhow::Result<Commands> {
         let text = info(self.port, "commandstats")?;
-        let mut per: BTreeMap<String, u64> = BTreeMap::new();
+        let mut per: BTreeMap<String, Calls> = BTreeMap::new();
         for line in text.lines() {
             let Some((name, fields)) = line
                 .strip_prefix("cmdstat_")
@@ -69,22 +69,36 @@ impl RedisChild {
             else {
                 continue;
             };
-            let calls = fields
-                .split(',')
-                .find_map(|f| f.strip_prefix("calls="))
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("no calls in INFO commandstats line {line:?}"))?;
+            let field = |key: &str| -> anyhow::Result<u64> {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("no {key} in INFO commandstats line {line:?}"))
+            };
+            let calls = Calls {
+                calls: field("calls=")?,
+                usec: field("usec=")?,
+            };
             per.insert(name.to_string(), calls);
         }
         Ok(Commands { per })
     }
 }
 
+/// How often one command ran and the time Redis spent in it (µs; a script's time includes its
+/// inner commands).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Calls {
+    pub calls: u64,
+    pub usec: u64,
+}
+
 /// Redis commands executed, by name (a script's inner commands are counted by name too, and
 /// the script itself as `evalsha`).
 #[derive(Debug, Clone, Default)]
 pub struct Commands {
-    pub per: BTreeMap<String, u64>,
+    pub per: BTreeMap<String, Calls>,
 }
 
 impl Commands {
@@ -94,8 +108,12 @@ impl Commands {
             .per
             .iter()
             .filter_map(|(k, v)| {
-                let d = v.saturating_sub(before.per.get(k).copied().unwrap_or(0));
-                (d > 0).then(|| (k.clone(), d))
+                let old = before.per.get(k).copied().unwrap_or_default();
+                let d = Calls {
+                    calls: v.calls.saturating_sub(old.calls),
+                    usec: v.usec.saturating_sub(old.usec),
+                };
+                (d.calls > 0).then(|| (k.clone(), d))
             })
             .collect();
         Commands { per }
@@ -103,7 +121,7 @@ impl Commands {
 
     /// Every command run, those inside scripts included.
     pub fn total(&self) -> u64 {
-        self.per.values().sum()
+        self.per.values().map(|c| c.calls).sum()
     }
 
     /// Scripts run (`EVALSHA`, `EVAL`).
@@ -111,6 +129,7 @@ impl Commands {
         ["evalsha", "eval"]
             .iter()
             .filter_map(|k| self.per.get(*k))
+            .map(|c| c.calls)
             .sum()
     }
 }

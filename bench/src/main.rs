@@ -441,10 +441,23 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     // The physical limit of the drain, while the server sits idle (its runs hang in sleep).
     let spec = direct_spec(ctx, &server);
     phase("direct-drain");
+    let machine = MachineCpu::now()?;
+    let driver = server::proc_cpu("self")?;
     let direct = direct::run_many(&spec, n, c).await?;
+    let machine_direct = MachineCpu::now()?.busy_since(&machine);
+    let driver = {
+        let now = server::proc_cpu("self")?;
+        (now.0 - driver.0, now.1 - driver.1)
+    };
 
     // Drain: release the slots and time until nothing is pending or running.
     let cpu_before = server.cpu_seconds()?;
+    let runs_before = server.children_cpu_seconds()?;
+    let machine = MachineCpu::now()?;
+    let redis_before = match server.redis() {
+        Some(r) => Some((r.cpu_seconds()?, r.command_stats()?)),
+        None => None,
+    };
     phase("drain");
     let t0 = Instant::now();
     for id in &blocker_ids {
@@ -467,6 +480,44 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     let drain = t0.elapsed();
     phase("drained");
     let cpu_drain = server.cpu_seconds()? - cpu_before;
+    let machine_drain = MachineCpu::now()?.busy_since(&machine);
+    let runs_drain = server.children_cpu_seconds()? - runs_before;
+    let per_run = |secs: f64| secs * 1e3 / n as f64;
+    say(format!(
+        "  machine CPU busy (all cores, every process): {:.0} % during the direct spawns, {:.0} % during the drain; \
+         CPU per run of the fake CLI: {:.3} ms direct, {:.3} ms drained; of the driver spawning directly: {:.3} ms",
+        machine_direct * 100.0,
+        machine_drain * 100.0,
+        per_run(driver.1),
+        per_run(runs_drain),
+        per_run(driver.0)
+    ));
+    if let (Some(r), Some((cpu, commands))) = (server.redis(), redis_before) {
+        // What the drain cost Redis (the /health polls above included: about one PING and
+        // a few counts per 10 ms).
+        let cpu = r.cpu_seconds()? - cpu;
+        let commands = r.command_stats()?.since(&commands);
+        let per_run = |x: u64| x as f64 / n as f64;
+        let breakdown: Vec<String> = commands
+            .per
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k} {} ({} µs)",
+                    num(per_run(v.calls)),
+                    num(per_run(v.usec))
+                )
+            })
+            .collect();
+        say(format!(
+            "  redis-server during the drain: {:.3} ms CPU per run; commands per run (Redis's time in them per run): {}",
+            cpu * 1e3 / n as f64,
+            breakdown.join(", ")
+        ));
+        s.add("q.redis.cpu_ms", backend, cpu * 1e3 / n as f64);
+        s.add("q.redis.commands", backend, per_run(commands.total()));
+        s.add("q.redis.scripts", backend, per_run(commands.scripts()));
+    }
 
     // Nothing lost, nothing stuck.
     let status = load::get_json(client, &server.url("/api/tasks/queue/status")).await?;
@@ -567,6 +618,42 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     s.add("mem.drained.anon", backend, rss_drained.anon);
     s.add("mem.drained.file", backend, rss_drained.file);
     Ok(())
+}
+
+/// The machine's CPU time so far (`/proc/stat`, first line, in ticks): busy and all.
+struct MachineCpu {
+    busy: u64,
+    all: u64,
+}
+
+impl MachineCpu {
+    fn now() -> anyhow::Result<MachineCpu> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("cpu "))
+            .context("no cpu line in /proc/stat")?
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let all: u64 = ticks.iter().take(8).sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Ok(MachineCpu {
+            busy: all - idle,
+            all,
+        })
+    }
+
+    /// The share of the machine's CPU time that was busy since `before` (0..=1).
+    fn busy_since(&self, before: &MachineCpu) -> f64 {
+        let all = self.all.saturating_sub(before.all);
+        if all == 0 {
+            return 0.0;
+        }
+        self.busy.saturating_sub(before.busy) as f64 / all as f64
+    }
 }
 
 /// Async submissions whose clients give up after 0.3–6.2 ms (a spread that straddles a SQLite
@@ -768,6 +855,22 @@ fn build_rows(opts: &Opts, backends: &[String], s: &Samples) -> Vec<Row> {
         &|b| Cell::info(pair(m("q.enqueue.cpu_ms", b), m("q.drain.cpu_ms", b), "ms")),
     );
     row(
+        "Redis per drained run: redis-server CPU; scripts / all commands (inside scripts too)"
+            .into(),
+        "—",
+        &|b| {
+            if m("q.redis.cpu_ms", b).is_nan() {
+                return Cell::info("—");
+            }
+            Cell::info(format!(
+                "{} ms; {} / {}",
+                num(m("q.redis.cpu_ms", b)),
+                num(m("q.redis.scripts", b)),
+                num(m("q.redis.commands", b))
+            ))
+        },
+    );
+    row(
         "Tasks lost or stuck after the drain (worst repeat)".into(),
         "0",
         &|b| {
@@ -846,6 +949,10 @@ fn print_raw(s: &Samples, backends: &[String]) {
         "q.drain.rate",
         "q.direct.rate",
         "q.drain.ratio",
+        "q.drain.cpu_ms",
+        "q.redis.cpu_ms",
+        "q.redis.scripts",
+        "q.redis.commands",
         "q.lost",
         "q.aborted.stuck",
         "startup_ms",

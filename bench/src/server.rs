@@ -50,7 +50,7 @@ pub struct Server {
     /// From spawn to the first 200 on `/health`.
     pub startup: Duration,
     /// With Redis storage: its server, killed after this one (fields drop after `drop`).
-    _redis: Option<RedisChild>,
+    redis: Option<RedisChild>,
 }
 
 /// The config of a benchmark server: the fake CLI, no rate limit, statistics on, room for
@@ -168,7 +168,7 @@ impl Server {
             root,
             project,
             startup: Duration::ZERO,
-            _redis: redis,
+            redis,
         };
         let deadline = started + Duration::from_secs(10);
         loop {
@@ -224,20 +224,19 @@ impl Server {
 
     /// CPU time (user + system) the server has used so far, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.pid().context("the server is not running")?)
+    }
+
+    /// CPU time (user + system) of the server's children it has waited for (its CLI runs), in
+    /// seconds.
+    pub fn children_cpu_seconds(&self) -> anyhow::Result<f64> {
         let pid = self.pid().context("the server is not running")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may contain spaces) start after the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
-        let ticks: f64 = f
-            .get(11)
-            .zip(f.get(12))
-            .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?))
-            .context("cannot parse /proc/<pid>/stat")?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks / hz)
+        Ok(proc_cpu(&pid.to_string())?.1)
+    }
+
+    /// With Redis storage: its private server.
+    pub fn redis(&self) -> Option<&RedisChild> {
+        self.redis.as_ref()
     }
 
     fn stderr_tail(&self) -> String {
@@ -279,4 +278,31 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds (`/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    Ok(proc_cpu(&pid.to_string())?.0)
+}
+
+/// CPU time (user + system), in seconds, of process `pid` (a number or `self`): its own, and
+/// that of its children it has waited for (`/proc/<pid>/stat`).
+pub fn proc_cpu(pid: &str) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("cannot parse /proc/<pid>/stat")?;
+    // utime, stime, cutime, cstime are fields 14 to 17 of the line, 12 to 15 after ')'.
+    let [utime, stime, cutime, cstime] = f[..] else {
+        bail!("/proc/{pid}/stat is too short");
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(((utime + stime) / hz, (cutime + cstime) / hz))
 }

@@ -8,9 +8,10 @@
 //!   Fields: `kind` (the SSE event name), `data` (its JSON), and `final` = `1` on the event
 //!   that ends the run.
 //! * Bounded: at most about [`STREAM_MAX_LEN`] entries (`XADD MAXLEN ~`; a longer run loses its
-//!   oldest events from the copy, a replay from the start then skips them). Each append sets
-//!   the key to expire [`LIVE_STREAM_TTL`] later (a stream whose instance died goes away), and
-//!   the final event [`CLOSED_STREAM_TTL`] later, as long as a closed local log stays.
+//!   oldest events from the copy, a replay from the start then skips them). Each batch of
+//!   appends sets the key to expire [`LIVE_STREAM_TTL`] later (a stream whose instance died
+//!   goes away), and the final event [`CLOSED_STREAM_TTL`] later, as long as a closed local log
+//!   stays.
 //! * Writing never slows a run: [`EventMirror::send`] puts the event in a bounded buffer that
 //!   one background task drains in pipelined batches. When the buffer is full or Redis fails,
 //!   the events are dropped (debug log, [`EventMirror::dropped`]); the local log still has
@@ -147,9 +148,7 @@ async fn write_loop(
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
-        for c in &batch {
-            append_copy(&mut pipe, &prefix, c);
-        }
+        append_batch(&mut pipe, &prefix, &batch);
         let results: RedisResult<Vec<RedisResult<RedisValue>>> = pipe.query_async(&mut conn).await;
         match results {
             Ok(results) => {
@@ -172,9 +171,24 @@ async fn write_loop(
     }
 }
 
-/// The commands that store one copy: `XADD` (capped) with the event's id, and the key's new
-/// expiry. The expiry is answered with nothing (ignored), so the results line up with `XADD`s.
-fn append_copy(pipe: &mut ::redis::Pipeline, prefix: &str, c: &Copy) {
+/// The commands that store a batch of copies: each one's `XADD`, and each stream's new expiry
+/// once, after its last copy in the batch (a run's events come in bursts: one expiry per event
+/// would be most of the commands).
+fn append_batch(pipe: &mut ::redis::Pipeline, prefix: &str, batch: &[Copy]) {
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    let mut last_of_task = vec![false; batch.len()];
+    for (i, c) in batch.iter().enumerate().rev() {
+        last_of_task[i] = seen.insert(c.task);
+    }
+    for (c, expire) in batch.iter().zip(last_of_task) {
+        append_copy(pipe, prefix, c, expire);
+    }
+}
+
+/// The commands that store one copy: `XADD` (capped) with the event's id, and with `expire`
+/// the key's new expiry. The expiry is answered with nothing (ignored), so the results line up
+/// with `XADD`s.
+fn append_copy(pipe: &mut ::redis::Pipeline, prefix: &str, c: &Copy, expire: bool) {
     let key = stream_key(prefix, c.task);
     let data = serde_json::to_string(&c.event.data).unwrap_or_else(|_| "null".into());
     let xadd = pipe
@@ -190,6 +204,9 @@ fn append_copy(pipe: &mut ::redis::Pipeline, prefix: &str, c: &Copy) {
         .arg(data);
     if c.last {
         xadd.arg("final").arg(1);
+    }
+    if !expire {
+        return;
     }
     let ttl = if c.last {
         CLOSED_STREAM_TTL
@@ -577,25 +594,14 @@ mod tests {
                 data: serde_json::json!({"text": "a"}),
             })
         };
+        let copy = |id, kind, last| Copy {
+            task,
+            event: event(id, kind),
+            last,
+        };
         let mut pipe = ::redis::pipe();
-        append_copy(
-            &mut pipe,
-            "ns:",
-            &Copy {
-                task,
-                event: event(3, "text"),
-                last: false,
-            },
-        );
-        append_copy(
-            &mut pipe,
-            "ns:",
-            &Copy {
-                task,
-                event: event(4, "result"),
-                last: true,
-            },
-        );
+        append_batch(&mut pipe, "ns:", &[copy(3, "text", false)]);
+        append_batch(&mut pipe, "ns:", &[copy(4, "result", true)]);
         let live = LIVE_STREAM_TTL.as_millis().to_string();
         let closed = CLOSED_STREAM_TTL.as_millis().to_string();
         let cap = STREAM_MAX_LEN.to_string();
@@ -630,6 +636,39 @@ mod tests {
             vec!["PEXPIRE", &key, &closed],
         ];
         assert_eq!(commands(&pipe), want);
+        // One batch: each stream's expiry once, after its last copy (the final one's, here).
+        let other = uuid::Uuid::from_u128(1);
+        let other_key = stream_key("ns:", other);
+        let mut pipe = ::redis::pipe();
+        append_batch(
+            &mut pipe,
+            "ns:",
+            &[
+                copy(3, "text", false),
+                Copy {
+                    task: other,
+                    event: event(1, "init"),
+                    last: false,
+                },
+                copy(4, "result", true),
+            ],
+        );
+        let shape: Vec<(String, String)> = commands(&pipe)
+            .into_iter()
+            .map(|c| (c[0].clone(), c[1].clone()))
+            .collect();
+        let pair = |cmd: &str, key: &str| (cmd.to_string(), key.to_string());
+        assert_eq!(
+            shape,
+            vec![
+                pair("XADD", &key),
+                pair("XADD", &other_key),
+                pair("PEXPIRE", &other_key),
+                pair("XADD", &key),
+                pair("PEXPIRE", &key),
+            ]
+        );
+        assert_eq!(commands(&pipe)[4][2], closed);
         // A closed copy stays as long as a closed local log; a live one longer.
         assert!(CLOSED_STREAM_TTL >= crate::events::CLOSED_LOG_TTL);
         assert!(LIVE_STREAM_TTL > CLOSED_STREAM_TTL);

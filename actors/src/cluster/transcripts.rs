@@ -5,7 +5,10 @@
 //!
 //! * After every turn of a session (whatever its outcome, as long as the file exists) the
 //!   file is stored in the hash `<ns>:tr:<session id>`: `data` (the bytes), `sha` (SHA-256 of
-//!   the whole file, hex), `len` (bytes), `by` (the instance that stored it) and `at` (ms).
+//!   the whole file, hex), `len` (bytes), `by` (the instance that stored it) and `at` (ms). The
+//!   worker stores it in the script that writes the turn's final record
+//!   ([`TurnTranscript::to_store`], `RedisStore::finish_leased`), so the next turn, which that
+//!   record lets in, finds it; [`TurnTranscript::after_turn`] stores it alone otherwise.
 //! * Before a turn that creates, resumes or forks a session, the local file (the source's, for
 //!   a fork) is compared with the stored copy ([`freshness`]) and replaced, atomically, when it
 //!   is missing or stale.
@@ -19,10 +22,9 @@
 //! says so rather than run without the history.
 
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use ::redis::{RedisError, Script};
+use ::redis::RedisError;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -31,6 +33,7 @@ use crate::claude::{transcript, StopReason};
 use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::model::{RunOutcome, RunSpec, SessionId, SessionMode, TaskError, TaskStatus};
+use crate::store::redis::TranscriptWrite;
 use crate::store::StoreError;
 
 /// The largest transcript that travels through Redis. Every turn uploads the whole file, and a
@@ -52,27 +55,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Reads before a restore gives up on a stored copy that keeps changing under it (only a turn
 /// running elsewhere at the same time could do that; turns of a session are serialised).
 const READ_TRIES: u32 = 3;
-
-/// Store a transcript unless its session is gone or another save replaced the version this
-/// turn started from. ARGV: prefix, session id, base sha ('' = nothing stored), sha, len,
-/// instance, at (ms), has data ('1'/'0'), data. Returns 'saved', 'same', 'moved' or 'deleted'.
-static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local P, id = ARGV[1], ARGV[2]
-if redis.call('EXISTS', P .. 's:' .. id) == 0 then return 'deleted' end
-local key = P .. 'tr:' .. id
-local cur = redis.call('HGET', key, 'sha')
-if not cur then cur = '' end
-if cur == ARGV[4] then return 'same' end
-if cur ~= ARGV[3] then return 'moved' end
-redis.call('DEL', key)
-redis.call('HSET', key, 'sha', ARGV[4], 'len', ARGV[5], 'by', ARGV[6], 'at', ARGV[7])
-if ARGV[8] == '1' then redis.call('HSET', key, 'data', ARGV[9]) end
-return 'saved'
-"#,
-    )
-});
 
 /// What Redis holds of a transcript, without the content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +152,7 @@ pub async fn before_turn<'a>(
     config: &Config,
     stop: &watch::Receiver<Option<StopReason>>,
 ) -> TurnTranscript<'a> {
-    let off = TurnTranscript { state: State::Off };
+    let off = TurnTranscript::off();
     let Some(cluster) = cluster else {
         return off;
     };
@@ -215,6 +197,11 @@ pub async fn before_turn<'a>(
 }
 
 impl TurnTranscript<'_> {
+    /// A turn whose transcript does not travel (no session, or not on Redis storage).
+    pub fn off() -> Self {
+        TurnTranscript { state: State::Off }
+    }
+
     /// The outcome of a turn that must not run, if this is one.
     pub fn failure(&self) -> Option<RunOutcome> {
         match &self.state {
@@ -226,6 +213,29 @@ impl TurnTranscript<'_> {
                 duration_ms: 0,
             }),
             _ => None,
+        }
+    }
+
+    /// What to store of the transcript the turn left (`None`: nothing, e.g. no session, no
+    /// file, or unchanged), for a caller that stores it with the turn's final record
+    /// (`RedisStore::finish_leased`) and then reports the answer with [`Self::stored`].
+    pub async fn to_store(&self) -> Option<TranscriptWrite> {
+        let State::Ready {
+            cluster,
+            id,
+            file,
+            base,
+        } = &self.state
+        else {
+            return None;
+        };
+        to_store(cluster, *id, file, base).await
+    }
+
+    /// Log what a save answered (see [`TranscriptWrite::invocation`]).
+    pub fn stored(&self, answer: &str) {
+        if let State::Ready { id, .. } = &self.state {
+            report_save(*id, answer);
         }
     }
 
@@ -385,14 +395,33 @@ async fn restore(
 
 /// Store `file` as the transcript of `id`, replacing the version `base` only.
 async fn save(cluster: &Cluster, id: SessionId, file: &Path, base: &str) -> Result<(), RedisError> {
+    let Some(write) = to_store(cluster, id, file, base).await else {
+        return Ok(());
+    };
+    let answer: String = write
+        .invocation(cluster.prefix())
+        .invoke_async(&mut cluster.conn())
+        .await?;
+    report_save(id, &answer);
+    Ok(())
+}
+
+/// What storing `file` as the transcript of `id` over version `base` writes; `None` when
+/// there is nothing to store.
+async fn to_store(
+    cluster: &Cluster,
+    id: SessionId,
+    file: &Path,
+    base: &str,
+) -> Option<TranscriptWrite> {
     let Some(data) = read_local(file).await else {
         // The CLI failed before writing anything (e.g. it could not start).
         tracing::debug!(session_id = %id, "no transcript after the turn; nothing to store");
-        return Ok(());
+        return None;
     };
     let sha = sha256_hex(&data);
     if sha == base {
-        return Ok(());
+        return None;
     }
     let fits = data.len() <= MAX_TRANSCRIPT_BYTES;
     if !fits {
@@ -403,18 +432,20 @@ async fn save(cluster: &Cluster, id: SessionId, file: &Path, base: &str) -> Resu
             "the session's transcript is over the limit for sessions shared through Redis: only its hash is stored, and its next turns can run on this instance only"
         );
     }
-    let mut inv = SAVE.prepare_invoke();
-    inv.arg(cluster.prefix())
-        .arg(id.to_string())
-        .arg(base)
-        .arg(&sha)
-        .arg(data.len())
-        .arg(cluster.instance().as_str())
-        .arg(chrono::Utc::now().timestamp_millis())
-        .arg(if fits { "1" } else { "0" })
-        .arg(if fits { &data[..] } else { &[][..] });
-    let answer: String = inv.invoke_async(&mut cluster.conn()).await?;
-    match answer.as_str() {
+    Some(TranscriptWrite {
+        session: id,
+        base: base.to_string(),
+        sha,
+        len: data.len() as u64,
+        by: cluster.instance().as_str().to_string(),
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        data: fits.then_some(data),
+    })
+}
+
+/// Log what a save of the transcript of `id` answered.
+fn report_save(id: SessionId, answer: &str) {
+    match answer {
         "saved" | "same" => {}
         "deleted" => {
             tracing::info!(session_id = %id, "the session was deleted during its turn; its transcript is not stored")
@@ -424,7 +455,6 @@ async fn save(cluster: &Cluster, id: SessionId, file: &Path, base: &str) -> Resu
             "the stored transcript changed during this turn (a turn of the session ran on another instance meanwhile); the stored one is kept"
         ),
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

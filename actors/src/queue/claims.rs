@@ -19,6 +19,7 @@ use super::Shared;
 use crate::cluster::{Cluster, Control};
 use crate::config::Config;
 use crate::model::TaskStatus;
+use crate::store::redis::Claimed;
 
 /// How often an idle instance looks for claimable work and for the end of tasks its callers
 /// wait for, should a control message have been lost. Bounded above by a third of the lease.
@@ -49,11 +50,10 @@ pub(super) fn claim(
                 want,
             )
             .await;
-        let ids = match claimed {
+        let tasks = match claimed {
             Ok(c) => {
-                let left = c.pending.saturating_sub(c.ids.len() as u64);
-                shared.pending.store(left, Ordering::SeqCst);
-                c.ids
+                shared.pending.store(left(&c), Ordering::SeqCst);
+                c.tasks
             }
             Err(e) => {
                 // The periodic wake tries again; meanwhile nothing is claimed.
@@ -61,8 +61,13 @@ pub(super) fn claim(
                 Vec::new()
             }
         };
-        let _ = tx.send(Msg::Claimed { asked: want, ids });
+        let _ = tx.send(Msg::Claimed { asked: want, tasks });
     });
+}
+
+/// The tasks a claim left pending in the namespace.
+pub(super) fn left(claimed: &Claimed) -> u64 {
+    claimed.pending.saturating_sub(claimed.tasks.len() as u64)
 }
 
 /// Drop this instance's lease on `id` (a task that never started goes back to the queue).

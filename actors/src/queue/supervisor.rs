@@ -10,12 +10,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::lanes::Schedule;
+use super::worker::SharedRun;
 use super::{claims, worker, Shared};
 use crate::claude::StopReason;
 use crate::cluster::{Cluster, Control};
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::model::{Priority, SessionId, Task, TaskId};
+use crate::store::redis::{Claimed, Leased};
 use crate::store::Store;
 
 pub(crate) enum Msg {
@@ -44,10 +46,13 @@ pub(crate) enum Msg {
     Reconfigure(Arc<Config>),
     /// A worker is done and its process is gone. `task` is the final record when readable;
     /// `wrote`: this worker wrote it (else a canceller or a reaper did, and told the listeners).
+    /// `handover` (shared queue): the final write also dropped the lease and claimed these
+    /// tasks for the freed slot; `None`: the lease is still to be released.
     Finished {
         id: TaskId,
         task: Option<Box<Task>>,
         wrote: bool,
+        handover: Option<Claimed>,
     },
     Shutdown {
         grace: Duration,
@@ -62,7 +67,7 @@ pub(crate) enum Msg {
     /// Shared queue: a claim came back with these tasks, leased to this instance.
     Claimed {
         asked: usize,
-        ids: Vec<TaskId>,
+        tasks: Vec<Leased>,
     },
     /// Shared queue: there may be work to claim (a task was queued somewhere).
     Wake,
@@ -221,16 +226,37 @@ impl Supervisor {
                     .store(config.task_queue.concurrency.into(), Ordering::SeqCst);
                 self.config = config;
             }
-            Msg::Finished { id, task, wrote } => {
+            Msg::Finished {
+                id,
+                task,
+                wrote,
+                handover,
+            } => {
                 self.running.remove(&id);
                 self.pending.finished(id);
                 self.shared
                     .running
                     .store(self.running.len() as u64, Ordering::SeqCst);
                 if let Some(sq) = self.shared_queue.as_mut() {
-                    sq.wanted = true;
                     let cluster = sq.cluster.clone();
-                    claims::release(cluster.clone(), id);
+                    match &handover {
+                        None => {
+                            sq.wanted = true;
+                            claims::release(cluster.clone(), id);
+                        }
+                        // Nothing was ready for the freed slot (or it was not to be kept):
+                        // claiming again now would find the same.
+                        Some(claimed) if claimed.tasks.is_empty() => {}
+                        Some(claimed) => {
+                            sq.wanted = true;
+                            self.shared
+                                .pending
+                                .store(claims::left(claimed), Ordering::SeqCst);
+                        }
+                    }
+                    if let Some(claimed) = handover {
+                        self.run_claimed(claimed.tasks);
+                    }
                     match task {
                         Some(task) if wrote => {
                             self.notify(id, &task);
@@ -268,23 +294,14 @@ impl Supervisor {
                 self.wake_waiters(task.id, &task);
                 self.tell_listeners(&task);
             }
-            Msg::Claimed { asked, ids } => {
+            Msg::Claimed { asked, tasks } => {
                 let Some(sq) = self.shared_queue.as_mut() else {
                     return;
                 };
                 sq.claiming = false;
-                if self.shutdown.is_some() {
-                    // Too late to start anything: back to the queue for the other instances.
-                    for id in ids {
-                        claims::release(sq.cluster.clone(), id);
-                    }
-                    return;
-                }
                 // A full claim may have left more behind; a short one emptied what was ready.
-                sq.wanted = ids.len() >= asked && asked > 0;
-                for id in ids {
-                    self.spawn_worker(id);
-                }
+                sq.wanted = tasks.len() >= asked && asked > 0;
+                self.run_claimed(tasks);
             }
             Msg::Wake => {
                 if let Some(sq) = self.shared_queue.as_mut() {
@@ -389,11 +406,33 @@ impl Supervisor {
         while self.running.len() < limit {
             let Some(id) = self.pending.pop() else { break };
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            self.spawn_worker(id);
+            self.spawn_worker(id, None);
         }
     }
 
-    fn spawn_worker(&mut self, id: TaskId) {
+    /// Shared queue: run tasks leased to this instance while slots are free; the others (a
+    /// shutdown began, or `concurrency` was lowered meanwhile) go back to the queue for the
+    /// other instances.
+    fn run_claimed(&mut self, tasks: Vec<Leased>) {
+        let Some(cluster) = self.shared_queue.as_ref().map(|sq| sq.cluster.clone()) else {
+            return;
+        };
+        let limit = self.config.task_queue.concurrency as usize;
+        for leased in tasks {
+            if self.shutdown.is_some() || self.running.len() >= limit {
+                claims::release(cluster.clone(), leased.task.id);
+                continue;
+            }
+            let run = SharedRun {
+                cluster: cluster.clone(),
+                leased,
+                queue: self.shared.clone(),
+            };
+            self.spawn_worker(run.leased.task.id, Some(run));
+        }
+    }
+
+    fn spawn_worker(&mut self, id: TaskId, shared_run: Option<SharedRun>) {
         let (stop_tx, stop_rx) = watch::channel(None);
         self.running.insert(id, stop_tx);
         tokio::spawn(worker::run_task(
@@ -403,7 +442,7 @@ impl Supervisor {
             stop_rx,
             self.tx.clone(),
             self.events.clone(),
-            sq_cluster(&self.shared_queue),
+            shared_run,
         ));
         self.shared
             .running
@@ -439,10 +478,6 @@ impl Supervisor {
         }
         done
     }
-}
-
-fn sq_cluster(sq: &Option<SharedQueue>) -> Option<Arc<Cluster>> {
-    sq.as_ref().map(|s| s.cluster.clone())
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -1,6 +1,7 @@
 //! The WorkerActor: one run of one task, from `pending` to its final record.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,12 +9,14 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::supervisor::Msg;
+use super::Shared;
 use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
 use crate::cluster::{transcripts, Cluster};
 use crate::config::Config;
 use crate::events::{init_data, EventHub};
-use crate::model::{SessionMode, Task, TaskId, TaskMode};
+use crate::model::{Session, SessionId, SessionMode, Task, TaskId, TaskMode};
 use crate::session::accounting::{apply_turn, cost_mode, run_cost};
+use crate::store::redis::{Claimed, Leased, NextClaim, SessionTurn};
 use crate::store::{Store, StoreError};
 
 /// The runner settings a config gives. Read at each dispatch, so a reload applies to the next run.
@@ -32,6 +35,15 @@ pub fn runner_settings(config: &Config) -> RunnerSettings {
     }
 }
 
+/// A run of the shared queue (Redis storage): the instances' cluster, the task as this
+/// instance's claim read it, and the queue's figures (whether the freed slot may claim the
+/// next task).
+pub(crate) struct SharedRun {
+    pub cluster: Arc<Cluster>,
+    pub leased: Leased,
+    pub queue: Arc<Shared>,
+}
+
 /// Run one task and report to the supervisor. The report is sent only after the process group
 /// is gone, so the slot is never freed while a process of the run lives.
 pub(crate) async fn run_task(
@@ -41,14 +53,19 @@ pub(crate) async fn run_task(
     stop: watch::Receiver<Option<StopReason>>,
     tx: mpsc::UnboundedSender<Msg>,
     events: Arc<EventHub>,
-    cluster: Option<Arc<Cluster>>,
+    shared: Option<SharedRun>,
 ) {
-    let (task, wrote) = match execute(id, &store, &config, stop, &events, cluster.as_deref()).await
-    {
+    let (ended, handover) = execute(id, &store, &config, stop, &events, shared).await;
+    let (task, wrote) = match ended {
         Ended::Wrote(t) => (Some(Box::new(t)), true),
         Ended::Read(t) => (t.map(Box::new), false),
     };
-    let _ = tx.send(Msg::Finished { id, task, wrote });
+    let _ = tx.send(Msg::Finished {
+        id,
+        task,
+        wrote,
+        handover,
+    });
 }
 
 /// How a run ended, as far as the final record goes.
@@ -60,42 +77,73 @@ enum Ended {
     Read(Option<Task>),
 }
 
+/// Runs the task; on the shared queue also returns what its final write did with the lease
+/// (see [`Msg::Finished`]).
 async fn execute(
     id: TaskId,
     store: &Arc<dyn Store>,
     config: &Config,
     stop: watch::Receiver<Option<StopReason>>,
     events: &EventHub,
-    cluster: Option<&Cluster>,
-) -> Ended {
+    shared: Option<SharedRun>,
+) -> (Ended, Option<Claimed>) {
     let read = || async { Ended::Read(store.get_task(id).await.ok().flatten()) };
-    let Some(started) = retry("start task", &stop, || store.start_task(id, Utc::now())).await
-    else {
-        return Ended::Read(None);
+    let read_session = |sid: Option<SessionId>| async move {
+        match sid {
+            Some(sid) => store.get_session(sid).await.ok().flatten(),
+            None => None,
+        }
     };
-    let Some(task) = started else {
+    // On the shared queue every wait on Redis holds the slot, so the start goes over the record
+    // the claim read, and the session's transcript is restored and its record read at the same
+    // time: one round trip for the three. (For a task cancelled meanwhile, the restore only
+    // refreshes a local copy.) The session is read before the run because its accounting is
+    // written over that version only (see `finish_leased`). Elsewhere it is read after the run.
+    let (started, portable, session_before) = match &shared {
+        Some(s) => {
+            let spec = &s.leased.task.spec;
+            let (started, portable, session) = tokio::join!(
+                retry("start task", &stop, || {
+                    s.cluster.store().start_leased(&s.leased, Utc::now())
+                }),
+                transcripts::before_turn(Some(&s.cluster), spec, config, &stop),
+                read_session(s.leased.task.session_id),
+            );
+            let started = started.map(|o| o.map(|l| (l.task.clone(), Some(l))));
+            (started, portable, Some(session))
+        }
+        // Transcripts travel only between the instances of a shared queue.
+        None => {
+            let started = retry("start task", &stop, || store.start_task(id, Utc::now()))
+                .await
+                .map(|o| o.map(|t| (t, None)));
+            (started, transcripts::TurnTranscript::off(), None)
+        }
+    };
+    let Some(started) = started else {
+        return (Ended::Read(None), None);
+    };
+    let Some((task, leased)) = started else {
         // Cancelled before it started: it never runs.
-        return read().await;
+        return (read().await, None);
     };
     if stop.borrow().is_some() {
         // Cancelled between dispatch and start; the canceller wrote the final record.
-        return read().await;
+        return (read().await, None);
     }
     tracing::info!(task_id = %id, "run started");
     tracing::debug!(task_id = %id, prompt = %task.spec.prompt, "run prompt");
     let mut settings = runner_settings(config);
     settings.run_marker = Some(id.to_string());
     let mut spec = task.spec.clone();
-    // Portable sessions: the transcript is restored before the mode is resolved (which looks
-    // for it on disk), and stored after the run whatever its outcome.
-    let portable = transcripts::before_turn(cluster, &spec, config, &stop).await;
+    // Portable sessions: the transcript was restored before the mode is resolved (which looks
+    // for it on disk), and is stored after the run whatever its outcome.
     spec.session = resolve_session_mode(&spec.session, &spec.project_path, config);
     let mut relay = EventRelay::new(&task, events);
     let mut outcome = match portable.failure() {
         Some(failed) => failed,
         None => process::run(&spec, &settings, stop.clone(), &mut |e| relay.relay(e)).await,
     };
-    portable.after_turn(&stop).await;
     tracing::info!(
         task_id = %id,
         status = outcome.status.as_str(),
@@ -104,9 +152,9 @@ async fn execute(
         "run ended"
     );
     let mut task = task;
-    let session = match task.session_id {
-        Some(sid) => store.get_session(sid).await.ok().flatten(),
-        None => None,
+    let session = match session_before {
+        Some(s) => s,
+        None => read_session(task.session_id).await,
     };
     // A session turn's cost is what this run added (a cumulative CLI reports the session's
     // total), computed against the session's baseline before the lane lets the next turn in.
@@ -125,27 +173,7 @@ async fn execute(
         outcome.cost_usd = run_cost(mode, reported, s.last_reported_cost_usd);
     }
     task.finish(&outcome, Utc::now());
-    // Whoever wrote a final status first (a cancel) wins; then report what is stored.
-    let (never_stop_tx, never_stop) = watch::channel(None);
-    // A sync run's answer carries its result: its record need not wait for the fsync.
-    let written = retry("finish task", &never_stop, || async {
-        if task.mode == TaskMode::Sync {
-            store.finish_task_lazily(&task).await
-        } else {
-            store.finish_task(&task).await
-        }
-    })
-    .await;
-    drop(never_stop_tx);
-    let ended = match written {
-        Some(true) => Ended::Wrote(task),
-        _ => read().await,
-    };
-    let final_task = match &ended {
-        Ended::Wrote(t) => Some(t),
-        Ended::Read(t) => t.as_ref(),
-    };
-    if let (Some(mut s), Some(t)) = (session, final_task) {
+    let with_turn = |mut s: Session, t: &Task| {
         apply_turn(
             &mut s,
             t,
@@ -154,12 +182,105 @@ async fn execute(
             t.cost_usd.unwrap_or(0.0),
             Utc::now(),
         );
+        s
+    };
+    // Whoever wrote a final status first (a cancel) wins; then report what is stored.
+    let (never_stop_tx, never_stop) = watch::channel(None);
+    let sid = task.session_id;
+    let mut handover = None;
+    let mut accounted = false;
+    let written = match (&shared, &leased) {
+        (Some(s), Some(started)) => {
+            // One script: the transcript, the final record over the start's revision, the
+            // session's accounting, the lease dropped, and the next task for this slot.
+            let transcript = portable.to_store().await;
+            let updated = session.clone().map(|s| with_turn(s, &task));
+            let turn = session
+                .as_ref()
+                .zip(updated.as_ref())
+                .map(|(read, updated)| SessionTurn { read, updated });
+            let next = next_claim(s, config, &stop);
+            let end = retry("finish task", &never_stop, || {
+                s.cluster.store().finish_leased(
+                    s.cluster.instance().as_str(),
+                    started,
+                    &task,
+                    turn,
+                    transcript.as_ref(),
+                    next,
+                )
+            })
+            .await;
+            match end {
+                Some(Some(end)) => {
+                    if let Some(answer) = &end.transcript {
+                        portable.stored(answer);
+                    }
+                    accounted = end.accounted;
+                    handover = Some(end.claimed);
+                    Some(true)
+                }
+                // Someone else ended the task since its start, and nothing was written: the
+                // usual way.
+                Some(None) => {
+                    portable.after_turn(&stop).await;
+                    retry("finish task", &never_stop, || write_final(store, &task)).await
+                }
+                None => None,
+            }
+        }
+        _ => {
+            portable.after_turn(&stop).await;
+            retry("finish task", &never_stop, || write_final(store, &task)).await
+        }
+    };
+    drop(never_stop_tx);
+    let ended = match written {
+        Some(true) => Ended::Wrote(task),
+        _ => read().await,
+    };
+    if accounted {
+        return (ended, handover);
+    }
+    // The session's accounting did not go with the final record: write it now. On the shared
+    // queue the session is read again, as it changed during the run or the task was ended by
+    // someone else meanwhile; elsewhere it was read after the run.
+    let session = match (&shared, session) {
+        (Some(_), Some(_)) => read_session(sid).await,
+        (_, session) => session,
+    };
+    let final_task = match &ended {
+        Ended::Wrote(t) => Some(t),
+        Ended::Read(t) => t.as_ref(),
+    };
+    if let (Some(s), Some(t)) = (session, final_task) {
+        let s = with_turn(s, t);
         // Lazily: this bookkeeping rides on the next fsync (as a sync run's final record does).
         if let Err(e) = store.update_session_lazily(&s).await {
             tracing::error!(session_id = %s.id, error = %e, "cannot record the turn on its session");
         }
     }
-    ended
+    (ended, handover)
+}
+
+/// What the final write of a shared-queue run claims for the slot it frees: the next task,
+/// unless this instance is shutting down, the run was stopped for a shutdown, or a lowered
+/// `concurrency` wants the slot gone. The supervisor checks again on arrival (and releases a
+/// task it cannot run), so this only saves claims that would be released.
+fn next_claim(
+    s: &SharedRun,
+    config: &Config,
+    stop: &watch::Receiver<Option<StopReason>>,
+) -> NextClaim {
+    let q = &s.queue;
+    let keep_slot = q.accepting.load(Ordering::SeqCst)
+        && q.running.load(Ordering::SeqCst) <= q.concurrency.load(Ordering::SeqCst)
+        && *stop.borrow() != Some(StopReason::Shutdown);
+    NextClaim {
+        lease_ms: config.task_queue.lease_ms,
+        cap: config.task_queue.global_concurrency.unwrap_or(0),
+        want: usize::from(keep_slot),
+    }
 }
 
 /// The first turn of a session creates it (`--session-id`); if its transcript already exists
@@ -177,6 +298,16 @@ fn resolve_session_mode(mode: &SessionMode, cwd: &std::path::Path, config: &Conf
             }
         }
         other => other.clone(),
+    }
+}
+
+/// Write a run's final record. A sync run's answer carries its result, so its record need not
+/// wait for the disk's fsync (SQLite: `LAZY_SYNC_WITHIN`, module docs).
+async fn write_final(store: &Arc<dyn Store>, task: &Task) -> Result<bool, StoreError> {
+    if task.mode == TaskMode::Sync {
+        store.finish_task_lazily(task).await
+    } else {
+        store.finish_task(task).await
     }
 }
 

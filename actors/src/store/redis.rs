@@ -48,8 +48,10 @@
 //! `interrupt_processing` end in, deletes with their indexes, session writes, idempotency
 //! claims, webhook attempts. Changes that need the task's JSON (the shared `rules` decide the
 //! new record in Rust, exactly as in the other backends) read the task with its `rev`, compute
-//! the new version, and write it only if `rev` is unchanged; otherwise they read again. So a
-//! final status is written exactly once whoever races. Multi-command writes without a decision
+//! the new version, and write it only if `rev` is unchanged; otherwise they read again (the
+//! shared queue's start and end skip the first read: the claim handed out the record and its
+//! `rev`, and the start's write gives the next). So a final status is written exactly once
+//! whoever races. Multi-command writes without a decision
 //! (statistics, the webhook outbox) go in `MULTI`/`EXEC`.
 //!
 //! # Efficiency (10,000+ tasks)
@@ -80,7 +82,7 @@ use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilte
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
 use crate::webhook::{WebhookAttempt, WebhookJob};
 
-pub use queue::{Claimed, Refused};
+pub use queue::{Claimed, Leased, NextClaim, Refused, RunEnd, SessionTurn, TranscriptWrite};
 
 mod queue;
 mod scripts;
@@ -327,24 +329,65 @@ impl RedisStore {
     }
 
     /// Read, decide, compare-and-set, until the write lands or `change` declines (`None`).
-    async fn update_task<F>(&self, id: TaskId, mut change: F) -> StoreResult<Option<Task>>
+    async fn update_task<F>(&self, id: TaskId, change: F) -> StoreResult<Option<Task>>
+    where
+        F: FnMut(Task) -> Option<Task> + Send,
+    {
+        Ok(self
+            .update_task_from(id, None, change)
+            .await?
+            .map(|(task, _)| task))
+    }
+
+    /// [`RedisStore::update_task`] starting from `known` (a record and the revision it was read
+    /// at) instead of a read, when the caller has one. Returns the record written and its new
+    /// revision.
+    async fn update_task_from<F>(
+        &self,
+        id: TaskId,
+        mut known: Option<(Task, String)>,
+        mut change: F,
+    ) -> StoreResult<Option<(Task, String)>>
     where
         F: FnMut(Task) -> Option<Task> + Send,
     {
         for _ in 0..CAS_TRIES {
-            let Some((stored, rev)) = self.read_task(id).await? else {
+            let read = match known.take() {
+                Some(k) => Some(k),
+                None => self.read_task(id).await?,
+            };
+            let Some((stored, rev)) = read else {
                 return Ok(None);
             };
             let Some(new) = change(stored) else {
                 return Ok(None);
             };
             if self.cas_task(&new, &rev).await? {
-                return Ok(Some(new));
+                return Ok(Some((new, next_rev(&rev)?)));
             }
         }
         Err(StoreError::Unavailable(format!(
             "task {id} kept changing during {CAS_TRIES} attempts to update it"
         )))
+    }
+
+    /// Start task `id` (`pending` → `processing`), from `known` when the caller read it (see
+    /// [`RedisStore::update_task_from`]). `None` when it is not pending any more.
+    async fn start_task_from(
+        &self,
+        id: TaskId,
+        known: Option<(Task, String)>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<(Task, String)>> {
+        self.update_task_from(id, known, |mut t| {
+            (t.status == TaskStatus::Pending).then(|| {
+                t.status = TaskStatus::Processing;
+                t.started_at = Some(rules::trunc(at));
+                t.attempts += 1;
+                t
+            })
+        })
+        .await
     }
 
     /// Run the list script (see [`scripts::LIST`]).
@@ -423,25 +466,9 @@ impl RedisStore {
     // ---- sessions
 
     async fn put_session(&self, session: &Session, mode: &str) -> StoreResult<bool> {
-        let mut s = session.clone();
-        rules::normalize_session(&mut s);
-        let doc = encode("session", &s)?;
-        let (has_owner, owner) = match &s.owner {
-            Some(o) => ("1", o.as_str()),
-            None => ("0", ""),
-        };
         let mut inv = scripts::PUT_SESSION.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(s.id.to_string())
-            .arg(mode)
-            .arg(doc)
-            .arg(rules::ms(&s.created_at))
-            .arg(rules::ms(&s.updated_at))
-            .arg(rules::session_status_str(s.status))
-            .arg(s.project_path.to_string_lossy().as_ref())
-            .arg(has_owner)
-            .arg(owner)
-            .arg(rules::session_search_text(&s));
+        inv.arg(&self.prefix);
+        session_args(&mut inv, session, mode)?;
         let written: i64 = self.run(&inv).await?;
         Ok(written == 1)
     }
@@ -468,8 +495,47 @@ impl RedisStore {
     }
 }
 
+/// A session as stored: normalised, and its JSON (`doc` in `s:<id>`). Deterministic, so the
+/// doc of a session read back equals the stored one as long as this build wrote it.
+fn session_doc(session: &Session) -> StoreResult<(Session, String)> {
+    let mut s = session.clone();
+    rules::normalize_session(&mut s);
+    let doc = encode("session", &s)?;
+    Ok((s, doc))
+}
+
+/// The arguments of a session write (`session_put` in the scripts' session library): id, mode
+/// (`insert` or `update`), then the record and the copies of its indexed fields.
+fn session_args(inv: &mut ScriptInvocation<'_>, session: &Session, mode: &str) -> StoreResult<()> {
+    let (s, doc) = session_doc(session)?;
+    let (has_owner, owner) = match &s.owner {
+        Some(o) => ("1", o.as_str()),
+        None => ("0", ""),
+    };
+    inv.arg(s.id.to_string())
+        .arg(mode)
+        .arg(doc)
+        .arg(rules::ms(&s.created_at))
+        .arg(rules::ms(&s.updated_at))
+        .arg(rules::session_status_str(s.status))
+        .arg(s.project_path.to_string_lossy().as_ref())
+        .arg(has_owner)
+        .arg(owner)
+        .arg(rules::session_search_text(&s));
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // encoding and errors
+
+/// The revision a compare-and-set over `rev` writes (the scripts' `cas`: one more).
+fn next_rev(rev: &str) -> StoreResult<String> {
+    rev.parse::<u64>()
+        .ok()
+        .and_then(|r| r.checked_add(1))
+        .map(|r| r.to_string())
+        .ok_or_else(|| StoreError::Corrupt(format!("a task has revision {rev:?}")))
+}
 
 fn redis_err(e: RedisError) -> StoreError {
     // A reply of the wrong type, or a key of the wrong type in our namespace, means the stored
@@ -595,15 +661,10 @@ impl Store for RedisStore {
     }
 
     async fn start_task(&self, id: TaskId, at: DateTime<Utc>) -> StoreResult<Option<Task>> {
-        self.update_task(id, |mut t| {
-            (t.status == TaskStatus::Pending).then(|| {
-                t.status = TaskStatus::Processing;
-                t.started_at = Some(rules::trunc(at));
-                t.attempts += 1;
-                t
-            })
-        })
-        .await
+        Ok(self
+            .start_task_from(id, None, at)
+            .await?
+            .map(|(task, _)| task))
     }
 
     async fn finish_task(&self, task: &Task) -> StoreResult<bool> {

@@ -10,15 +10,20 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Helpers shared by the task scripts: reading a task's indexed fields, and removing or adding
-/// a task and all its index entries. The hash `t:<id>` keeps a copy of every field an index
-/// depends on, so a script can unindex the old version without parsing JSON.
-const TASK_LIB: &str = r#"
+/// What every script that computes key names starts with: the namespace's key prefix, and the
+/// formatting of numbers that become keys, members or scores.
+const PREFIX_LIB: &str = r#"
 local P = ARGV[1]
+local function int(n) return string.format('%.0f', n) end
+"#;
+
+/// Helpers shared by the task scripts: reading a task's indexed fields, and removing, adding or
+/// replacing a task and its index entries. The hash `t:<id>` keeps a copy of every field an
+/// index depends on, so a script can unindex the old version without parsing JSON.
+const TASK_LIB: &str = r#"
 -- Seqs per priority band of the run-order score: (10 - priority) * BAND + seq stays below
 -- 2^53 (exact in a double) for every priority while seq < BAND.
 local BAND = 562949953421312
-local function int(n) return string.format('%.0f', n) end
 local function owner_key(owner)
   if owner then return P .. 't-owner:' .. owner end
   return P .. 't-anon'
@@ -74,32 +79,65 @@ local function unindex(id, f)
   if f.sess then redis.call('ZREM', P .. 't-session:' .. f.sess, id) end
   if f.costn and f.costn ~= '0' then redis.call('DECRBY', P .. 't-cost', f.costn) end
 end
-local function put(id, key, f)
-  redis.call('DEL', key)
+-- The sorted-set entries of version `f` that follow from its fields alone (`q-ready` also
+-- depends on leases and lanes): key -> score.
+local function entries(f)
+  local e = {[P .. 't-all'] = f.seq, [P .. 't-status:' .. f.status] = f.seq,
+             [owner_key(f.owner)] = f.seq}
+  if f.sess then e[P .. 't-session:' .. f.sess] = f.seq end
+  if f.status == 'pending' then e[P .. 't-run'] = run_score(f.prio, f.seq) end
+  if f.sess and (f.status == 'pending' or f.status == 'processing') then
+    e[P .. 't-lane:' .. f.sess] = f.seq
+  end
+  if f.fin then e[P .. 't-finished'] = f.fin end
+  return e
+end
+-- Write version `f` of task `id` over `old` (nil: a new task): the hash, the index entries
+-- that differ, readiness, the session's lane and the cost total.
+local function write(id, key, old, f)
   local h = {'doc', f.doc, 'seq', f.seq, 'rev', f.rev, 'status', f.status, 'prio', f.prio,
              'costn', f.costn}
   if f.sess then h[#h + 1] = 'sess'; h[#h + 1] = f.sess end
   if f.owner then h[#h + 1] = 'owner'; h[#h + 1] = f.owner end
   if f.fin then h[#h + 1] = 'fin'; h[#h + 1] = f.fin end
   redis.call('HSET', key, unpack(h))
-  redis.call('ZADD', P .. 't-all', f.seq, id)
-  redis.call('ZADD', P .. 't-status:' .. f.status, f.seq, id)
-  redis.call('ZADD', owner_key(f.owner), f.seq, id)
-  if f.sess then redis.call('ZADD', P .. 't-session:' .. f.sess, f.seq, id) end
-  if f.status == 'pending' then
-    redis.call('ZADD', P .. 't-run', run_score(f.prio, f.seq), id)
-    if not f.sess and not leased(id) then
-      redis.call('ZADD', P .. 'q-ready', run_score(f.prio, f.seq), id)
-    end
+  local before = {}
+  if old then
+    local gone = {}
+    if old.sess and not f.sess then gone[#gone + 1] = 'sess' end
+    if old.owner and not f.owner then gone[#gone + 1] = 'owner' end
+    if old.fin and not f.fin then gone[#gone + 1] = 'fin' end
+    if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+    before = entries(old)
+    if old.status == 'pending' then redis.call('ZREM', P .. 'q-ready', id) end
   end
-  if f.sess then
-    if f.status == 'pending' or f.status == 'processing' then
-      redis.call('ZADD', P .. 't-lane:' .. f.sess, f.seq, id)
-    end
-    relane(f.sess)
+  local after = entries(f)
+  for k in pairs(before) do
+    if after[k] == nil then redis.call('ZREM', k, id) end
   end
-  if f.fin then redis.call('ZADD', P .. 't-finished', f.fin, id) end
-  if f.costn ~= '0' then redis.call('INCRBY', P .. 't-cost', f.costn) end
+  for k, score in pairs(after) do
+    if before[k] ~= score then redis.call('ZADD', k, score, id) end
+  end
+  if f.status == 'pending' and not f.sess and not leased(id) then
+    redis.call('ZADD', P .. 'q-ready', run_score(f.prio, f.seq), id)
+  end
+  if f.sess then relane(f.sess) end
+  local cost = tonumber(f.costn) - tonumber((old and old.costn) or '0')
+  if cost ~= 0 then redis.call('INCRBY', P .. 't-cost', int(cost)) end
+end
+local function put(id, key, f)
+  redis.call('DEL', key)
+  write(id, key, nil, f)
+end
+-- Compare-and-set: replace task ARGV[2] by the version in ARGV[4..11] if its revision is still
+-- ARGV[3]; the seq stays, the revision goes up by one. Returns whether it wrote.
+local function cas()
+  local id = ARGV[2]
+  local key = P .. 't:' .. id
+  local old = stored(key)
+  if not old or old.rev ~= ARGV[3] then return false end
+  write(id, key, old, given(old.seq, int(tonumber(old.rev) + 1)))
+  return true
 end
 "#;
 
@@ -111,7 +149,7 @@ end
 /// `"full:<pending>"`.
 pub(super) static INSERT_TASK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{}",
         r#"
 local id = ARGV[2]
 local key = P .. 't:' .. id
@@ -138,15 +176,10 @@ return seq
 /// Keeps the stored seq. Returns 1 when written, 0 when the task changed or vanished meanwhile.
 pub(super) static CAS_TASK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{}",
         r#"
-local id = ARGV[2]
-local key = P .. 't:' .. id
-local old = stored(key)
-if not old or old.rev ~= ARGV[3] then return 0 end
-unindex(id, old)
-put(id, key, given(old.seq, int(tonumber(old.rev) + 1)))
-return 1
+if cas() then return 1 end
+return 0
 "#
     ))
 });
@@ -155,7 +188,7 @@ return 1
 /// Returns {entries looked at, tasks deleted}: the caller repeats while a batch was full.
 pub(super) static DELETE_FINISHED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{}",
         r#"
 local ids = redis.call('ZRANGEBYSCORE', P .. 't-finished', '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
 local deleted = 0
@@ -253,55 +286,97 @@ return out
     )
 });
 
-/// Helpers of the session scripts, like [`TASK_LIB`] for tasks. Every index scores a session by
+/// Helpers of the session scripts, like [`TASK_LIB`] for tasks (their names start with
+/// `session_`, so that a script can use both libraries). Every index scores a session by
 /// `created` (ms) except `s-updated`, which serves idle-session deletion.
 const SESSION_LIB: &str = r#"
-local P = ARGV[1]
-local function owner_key(owner)
+local function session_owner_key(owner)
   if owner then return P .. 's-owner:' .. owner end
   return P .. 's-anon'
 end
-local function stored(key)
-  local v = redis.call('HMGET', key, 'created', 'status', 'path', 'owner')
+local function session_stored(key)
+  local v = redis.call('HMGET', key, 'created', 'status', 'path', 'owner', 'updated')
   if not v[1] then return nil end
-  return {created = v[1], status = v[2], path = v[3], owner = v[4]}
+  return {created = v[1], status = v[2], path = v[3], owner = v[4], updated = v[5]}
 end
-local function unindex(id, f)
+local function session_unindex(id, f)
   redis.call('ZREM', P .. 's-all', id)
   redis.call('ZREM', P .. 's-updated', id)
   redis.call('ZREM', P .. 's-status:' .. f.status, id)
   redis.call('ZREM', P .. 's-path:' .. f.path, id)
-  redis.call('ZREM', owner_key(f.owner), id)
+  redis.call('ZREM', session_owner_key(f.owner), id)
+end
+-- Insert or replace a session from ARGV[b + 2 ..= b + 11]: id, mode ('insert': refused when it
+-- exists, 'update': refused when missing), doc, created, updated, status, path, owner flag,
+-- owner, search text. Returns 1 when written.
+-- The sorted-set entries of a session version: key -> score.
+local function session_entries(f)
+  return {[P .. 's-all'] = f.created, [P .. 's-updated'] = f.updated,
+          [P .. 's-status:' .. f.status] = f.created, [P .. 's-path:' .. f.path] = f.created,
+          [session_owner_key(f.owner)] = f.created}
+end
+local function session_put(b)
+  local id, mode = ARGV[b + 2], ARGV[b + 3]
+  local key = P .. 's:' .. id
+  local old = session_stored(key)
+  if (mode == 'insert' and old) or (mode == 'update' and not old) then return 0 end
+  local f = {created = ARGV[b + 5], updated = ARGV[b + 6], status = ARGV[b + 7],
+             path = ARGV[b + 8], owner = false}
+  if ARGV[b + 9] == '1' then f.owner = ARGV[b + 10] end
+  local h = {'doc', ARGV[b + 4], 'created', f.created, 'updated', f.updated,
+             'status', f.status, 'path', f.path, 'search', ARGV[b + 11]}
+  if f.owner then h[#h + 1] = 'owner'; h[#h + 1] = f.owner end
+  -- Nothing of a record without its fields is kept (as for tasks, `put`).
+  if not old then redis.call('DEL', key) end
+  redis.call('HSET', key, unpack(h))
+  -- Only the index entries that differ from the stored version's.
+  local before = {}
+  if old then
+    if old.owner and not f.owner then redis.call('HDEL', key, 'owner') end
+    before = session_entries(old)
+  end
+  local after = session_entries(f)
+  for k in pairs(before) do
+    if after[k] == nil then redis.call('ZREM', k, id) end
+  end
+  for k, score in pairs(after) do
+    if before[k] ~= score then redis.call('ZADD', k, score, id) end
+  end
+  return 1
 end
 "#;
 
-/// Insert (`ARGV[3] = 'insert'`: refused when it exists) or replace (`'update'`: refused when
-/// missing) a session. ARGV: prefix, id, mode, doc, created, updated, status, path, owner
-/// flag, owner, search text. Returns 1 when written.
-pub(super) static PUT_SESSION: LazyLock<Script> = LazyLock::new(|| {
+/// Insert or replace a session: ARGV: prefix, then the fields of [`SESSION_LIB`]'s
+/// `session_put`. Returns 1 when written.
+pub(super) static PUT_SESSION: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PREFIX_LIB}{SESSION_LIB}return session_put(0)")));
+
+/// Helpers of the transcript scripts (see `cluster::transcripts`).
+const TRANSCRIPT_LIB: &str = r#"
+-- Store a session's CLI transcript from ARGV[b + 2 ..= b + 9]: session id, base sha ('' =
+-- nothing stored), sha, len, instance, at (ms), has data ('1'/'0'), data; unless the session
+-- is gone or another save replaced the version the turn started from. Returns 'saved',
+-- 'same', 'moved' or 'deleted'.
+local function transcript_save(b)
+  local id = ARGV[b + 2]
+  if redis.call('EXISTS', P .. 's:' .. id) == 0 then return 'deleted' end
+  local key = P .. 'tr:' .. id
+  local cur = redis.call('HGET', key, 'sha')
+  if not cur then cur = '' end
+  if cur == ARGV[b + 4] then return 'same' end
+  if cur ~= ARGV[b + 3] then return 'moved' end
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'sha', ARGV[b + 4], 'len', ARGV[b + 5], 'by', ARGV[b + 6], 'at', ARGV[b + 7])
+  if ARGV[b + 8] == '1' then redis.call('HSET', key, 'data', ARGV[b + 9]) end
+  return 'saved'
+end
+"#;
+
+/// Store a session's transcript: ARGV: prefix, then the fields of [`TRANSCRIPT_LIB`]'s
+/// `transcript_save`. Returns its answer.
+pub(super) static SAVE_TRANSCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{SESSION_LIB}{}",
-        r#"
-local id, mode = ARGV[2], ARGV[3]
-local key = P .. 's:' .. id
-local old = stored(key)
-if (mode == 'insert' and old) or (mode == 'update' and not old) then return 0 end
-if old then unindex(id, old) end
-redis.call('DEL', key)
-local owner = false
-if ARGV[9] == '1' then owner = ARGV[10] end
-local h = {'doc', ARGV[4], 'created', ARGV[5], 'updated', ARGV[6], 'status', ARGV[7],
-           'path', ARGV[8], 'search', ARGV[11]}
-if owner then h[#h + 1] = 'owner'; h[#h + 1] = owner end
-redis.call('HSET', key, unpack(h))
-local created = ARGV[5]
-redis.call('ZADD', P .. 's-all', created, id)
-redis.call('ZADD', P .. 's-updated', ARGV[6], id)
-redis.call('ZADD', P .. 's-status:' .. ARGV[7], created, id)
-redis.call('ZADD', P .. 's-path:' .. ARGV[8], created, id)
-redis.call('ZADD', owner_key(owner), created, id)
-return 1
-"#
+        "{PREFIX_LIB}{TRANSCRIPT_LIB}return transcript_save(0)"
     ))
 });
 
@@ -310,12 +385,12 @@ return 1
 /// is written only while `s:<id>` exists, so it cannot come back). Returns 1 when it existed.
 pub(super) static DELETE_SESSION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{SESSION_LIB}{}",
+        "{PREFIX_LIB}{SESSION_LIB}{}",
         r#"
 local key = P .. 's:' .. ARGV[2]
-local old = stored(key)
+local old = session_stored(key)
 if not old then return 0 end
-unindex(ARGV[2], old)
+session_unindex(ARGV[2], old)
 redis.call('DEL', key, P .. 'tr:' .. ARGV[2])
 return 1
 "#
@@ -326,15 +401,15 @@ return 1
 /// (as [`DELETE_SESSION`]). Returns {looked at, deleted}.
 pub(super) static DELETE_IDLE_SESSIONS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{SESSION_LIB}{}",
+        "{PREFIX_LIB}{SESSION_LIB}{}",
         r#"
 local ids = redis.call('ZRANGEBYSCORE', P .. 's-updated', '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
 local deleted = 0
 for _, id in ipairs(ids) do
   local key = P .. 's:' .. id
-  local old = stored(key)
+  local old = session_stored(key)
   if old then
-    unindex(id, old)
+    session_unindex(id, old)
     redis.call('DEL', key, P .. 'tr:' .. id)
     deleted = deleted + 1
   else
@@ -440,27 +515,81 @@ local function drop_lease(id)
   redis.call('ZREM', P .. 'q-lease', id)
   redis.call('HDEL', P .. 'q-owner', id)
 end
+-- Claim up to `want` ready tasks in run order for `instance`, leased until `until_ms`, while
+-- fewer than `cap` tasks are leased across all instances (0: no cap). Appends each one's id,
+-- doc, seq and rev to `out` (its record as the claim read it, so that its start needs no read).
+local function claim_ready(out, instance, until_ms, cap, want)
+  for _ = 1, want do
+    if cap > 0 and redis.call('ZCARD', P .. 'q-lease') >= cap then return end
+    local first = redis.call('ZPOPMIN', P .. 'q-ready')
+    local id = first[1]
+    if not id then return end
+    local h = redis.call('HMGET', P .. 't:' .. id, 'doc', 'seq', 'rev')
+    -- Indexes never outlive their record (every write and delete goes through a script); a
+    -- ready id without one is skipped rather than handed out.
+    if h[1] and h[2] and h[3] then
+      take_lease(id, instance, until_ms)
+      out[#out + 1] = id
+      out[#out + 1] = h[1]
+      out[#out + 1] = h[2]
+      out[#out + 1] = h[3]
+    end
+  end
+end
 "#;
 
 /// Claim up to `ARGV[5]` ready tasks for instance `ARGV[2]`, each with a lease of `ARGV[3]` ms,
 /// while fewer than `ARGV[4]` tasks are leased across all instances (0: no global cap). The
 /// claimed tasks are still `pending`; the claimant starts them (`start_task`) or releases them.
-/// Returns {pending tasks in the namespace, id, id, ...} in run order.
+/// Returns {pending tasks in the namespace, then id, doc, seq, rev of each claimed task} in run
+/// order.
 pub(super) static CLAIM_TASKS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{LEASE_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{LEASE_LIB}{}",
         r#"
 local instance, lease, cap, want = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local until_ms = now_ms() + lease
 local out = {redis.call('ZCARD', P .. 't-run')}
-for _ = 1, want do
-  if cap > 0 and redis.call('ZCARD', P .. 'q-lease') >= cap then break end
-  local id = redis.call('ZRANGE', P .. 'q-ready', 0, 0)[1]
-  if not id then break end
-  redis.call('ZREM', P .. 'q-ready', id)
-  take_lease(id, instance, until_ms)
-  out[#out + 1] = id
+claim_ready(out, instance, now_ms() + lease, cap, want)
+return out
+"#
+    ))
+});
+
+/// The end of a run on the shared queue, in one step. ARGV:
+///
+/// * 1..=11: the final record of task `ARGV[2]`, written over the revision its start wrote
+///   (`ARGV[3]`; the compare-and-set of [`CAS_TASK`]);
+/// * 12..=15: instance, lease (ms), global cap, tasks wanted: the instance's lease on the task
+///   is dropped, and up to that many next tasks are claimed for the freed slot (as
+///   [`CLAIM_TASKS`]);
+/// * 16 = `'1'`: the session's accounting for the turn, 17: the session's record as read
+///   before the run, 18..=27: its new version (`session_put`); written only if the record is
+///   still the one read (else the caller reads it again and writes the accounting itself);
+/// * 28 = `'1'`: the turn's transcript, 29..=36 (`transcript_save`).
+///
+/// Atomic: the session's next turn, which the final record lets into the queue (on any
+/// instance), never finds the session without this turn's accounting or transcript, and the
+/// freed slot's lease goes to the next task under the same cap.
+///
+/// Returns {0} when the task changed since its start (a cancel or a reaper ended it): nothing
+/// is written. Else {1, pending tasks in the namespace, the transcript save's answer ('' when
+/// none), 1 when the accounting was written, then id, doc, seq, rev of each claimed task}.
+pub(super) static FINISH_RUN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{PREFIX_LIB}{TASK_LIB}{LEASE_LIB}{SESSION_LIB}{TRANSCRIPT_LIB}{}",
+        r#"
+if not cas() then return {0} end
+local id, instance = ARGV[2], ARGV[12]
+if redis.call('HGET', P .. 'q-owner', id) == instance then drop_lease(id) end
+local saved = ''
+if ARGV[28] == '1' then saved = transcript_save(27) end
+local accounted = 0
+if ARGV[16] == '1' and redis.call('HGET', P .. 's:' .. ARGV[18], 'doc') == ARGV[17] then
+  accounted = session_put(16)
 end
+local out = {1, redis.call('ZCARD', P .. 't-run'), saved, accounted}
+local want = tonumber(ARGV[15])
+if want > 0 then claim_ready(out, instance, now_ms() + tonumber(ARGV[13]), tonumber(ARGV[14]), want) end
 return out
 "#
     ))
@@ -471,7 +600,7 @@ return out
 /// is final or gone (cancelled or ended by another instance).
 pub(super) static RENEW_LEASES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{LEASE_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{LEASE_LIB}{}",
         r#"
 local instance, lease = ARGV[2], tonumber(ARGV[3])
 local until_ms = now_ms() + lease
@@ -495,7 +624,7 @@ return stop
 /// task back in the queue if it never started. Returns 1 when the lease was its own.
 pub(super) static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{LEASE_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{LEASE_LIB}{}",
         r#"
 local instance, id = ARGV[2], ARGV[3]
 if redis.call('HGET', P .. 'q-owner', id) ~= instance then return 0 end
@@ -514,7 +643,7 @@ return 1
 /// Returns {id, status, id, status, ...} of the leases taken over.
 pub(super) static REAP_LEASES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{LEASE_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{LEASE_LIB}{}",
         r#"
 local instance, lease, batch = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
@@ -551,7 +680,7 @@ return out
 /// pending and processing tasks. Idempotent; runs once per namespace, atomically.
 pub(super) static MIGRATE_QUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{TASK_LIB}{}",
+        "{PREFIX_LIB}{TASK_LIB}{}",
         r#"
 local sessions = {}
 for _, status in ipairs({'pending', 'processing'}) do

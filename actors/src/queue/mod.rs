@@ -152,6 +152,7 @@ impl Shared {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 map.remove(&sid);
+                crate::mem::shrink_sparse(&mut *map);
             }
         }
     }

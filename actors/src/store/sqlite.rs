@@ -112,10 +112,8 @@ pub const MAX_BATCH: usize = 4096;
 /// Read-only connections (and so reads running at once).
 pub const MAX_READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Without a write for this long, the writer gives memory back (see the module docs). Short
-/// enough to run between a burst and the next look at RSS, long enough not to run between the
-/// writes of a busy queue.
-pub const IDLE_AFTER: Duration = Duration::from_millis(500);
+/// Without a write for this long, the writer gives memory back (see the module docs).
+pub const IDLE_AFTER: Duration = crate::mem::QUIET_AFTER;
 /// While the last commit failed, the writer probes the disk this often.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A batch running longer than this makes the store unhealthy (a hung disk). Far above any

@@ -181,6 +181,7 @@ impl Queue {
         events: Arc<EventHub>,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<Queue, StoreError> {
+        events.set_replay_bytes(config.limits.event_replay_bytes);
         if let Some(cluster) = cluster {
             return Ok(Queue::start_shared(store, config, events, cluster));
         }
@@ -555,6 +556,8 @@ impl Queue {
         self.shared
             .max_pending
             .store(config.task_queue.max_pending, Ordering::SeqCst);
+        self.events
+            .set_replay_bytes(config.limits.event_replay_bytes);
         let _ = self.tx.send(Msg::Reconfigure(config));
     }
 

@@ -104,6 +104,8 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
+    // Before the runtime's threads start (they get their own allocator arenas).
+    actors::mem::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

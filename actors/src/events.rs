@@ -12,15 +12,18 @@
 //! reader on another instance can follow the run: [`EventHub::source`] picks the local log when
 //! this instance runs the task, the stream otherwise.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::cluster::events::{EventMirror, RemoteLog};
 use crate::cluster::Cluster;
+use crate::mem;
 use crate::model::{Task, TaskId};
 use crate::store::Store;
 
@@ -38,11 +41,36 @@ pub fn known_kind(kind: &str) -> Option<&'static str> {
 }
 
 /// One event: `id` is its position in the task's log (from 1), `kind` the SSE event name.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TaskEvent {
     pub id: u64,
     pub kind: &'static str,
-    pub data: Value,
+    /// The data as compact JSON, serialized once when the event is made: what SSE sends and
+    /// the cluster copies, and far smaller than a tree of values.
+    pub data: Box<RawValue>,
+}
+
+impl TaskEvent {
+    pub fn new(id: u64, kind: &'static str, data: &Value) -> TaskEvent {
+        TaskEvent {
+            id,
+            kind,
+            // A `Value` always serializes (its map keys are strings).
+            data: serde_json::value::to_raw_value(data)
+                .unwrap_or_else(|_| RawValue::NULL.to_owned()),
+        }
+    }
+
+    /// The data as a value (for readers that look inside it).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.data.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for TaskEvent {
+    fn eq(&self, other: &TaskEvent) -> bool {
+        self.id == other.id && self.kind == other.kind && self.data.get() == other.data.get()
+    }
 }
 
 /// Builds the final event of a task (`("result", answer)` or `("error", error body)`). The
@@ -68,8 +96,12 @@ pub struct TaskLog {
 
 impl TaskLog {
     fn new() -> TaskLog {
+        TaskLog::with_state(LogState::default())
+    }
+
+    fn with_state(state: LogState) -> TaskLog {
         TaskLog {
-            state: Mutex::new(LogState::default()),
+            state: Mutex::new(state),
             version: watch::channel(0).0,
         }
     }
@@ -100,7 +132,8 @@ impl TaskLog {
             return;
         }
         let id = st.events.len() as u64 + 1;
-        let event = Arc::new(TaskEvent { id, kind, data });
+        let event = Arc::new(TaskEvent::new(id, kind, &data));
+        drop(data);
         copy(&event);
         st.events.push(event);
         match how {
@@ -151,6 +184,139 @@ enum Append {
     Rebuilt,
 }
 
+/// A closed log kept for replay, compact: its events one after the other in one allocation,
+/// each as its kind (the index in [`KINDS`]), its data's length (u32, little-endian) and its
+/// data's JSON. Ids are positions, so they need no room. A finished run costs about the size
+/// of its JSON, in one block instead of one per event and value.
+#[derive(Debug)]
+struct ClosedLog {
+    task: TaskId,
+    closed_at: Instant,
+    published: bool,
+    events: Box<[u8]>,
+}
+
+/// Bytes of a closed log's event besides its data: kind and length.
+const EVENT_HEADER: usize = 5;
+
+impl ClosedLog {
+    /// `None` if an event cannot be encoded (data over 4 GiB, unknown kind).
+    fn encode(task: TaskId, st: &LogState) -> Option<ClosedLog> {
+        let size = st
+            .events
+            .iter()
+            .map(|e| EVENT_HEADER + e.data.get().len())
+            .sum();
+        let mut bytes = Vec::with_capacity(size);
+        for e in &st.events {
+            let kind = KINDS.iter().position(|k| *k == e.kind)?;
+            let data = e.data.get().as_bytes();
+            bytes.push(u8::try_from(kind).ok()?);
+            bytes.extend_from_slice(&u32::try_from(data.len()).ok()?.to_le_bytes());
+            bytes.extend_from_slice(data);
+        }
+        Some(ClosedLog {
+            task,
+            closed_at: st.closed_at?,
+            published: st.published,
+            events: bytes.into_boxed_slice(),
+        })
+    }
+
+    /// The log again, closed, for a reader.
+    fn decode(&self) -> TaskLog {
+        let mut events = Vec::new();
+        let mut rest = &self.events[..];
+        while let Some((&kind, tail)) = rest.split_first() {
+            let Some((len, tail)) = tail.split_first_chunk::<4>() else {
+                break;
+            };
+            let len = usize::try_from(u32::from_le_bytes(*len)).unwrap_or(usize::MAX);
+            let (Some(kind), Some(data)) = (KINDS.get(usize::from(kind)), tail.get(..len)) else {
+                break;
+            };
+            // Written by `encode` from a `RawValue`: valid JSON, so this never fails.
+            let data = std::str::from_utf8(data)
+                .ok()
+                .and_then(|d| RawValue::from_string(d.to_string()).ok())
+                .unwrap_or_else(|| RawValue::NULL.to_owned());
+            events.push(Arc::new(TaskEvent {
+                id: events.len() as u64 + 1,
+                kind,
+                data,
+            }));
+            rest = &tail[len..];
+        }
+        TaskLog::with_state(LogState {
+            events,
+            closed_at: Some(self.closed_at),
+            published: self.published,
+        })
+    }
+
+    /// What keeping it costs, counted against `limits.eventReplayBytes`.
+    fn cost(&self) -> usize {
+        self.events.len() + std::mem::size_of::<ClosedLog>() + std::mem::size_of::<(TaskId, u64)>()
+    }
+}
+
+/// The closed logs kept for replay, oldest first: at most [`MAX_CLOSED_LOGS`], for
+/// [`CLOSED_LOG_TTL`], and within a byte budget (`limits.eventReplayBytes`).
+#[derive(Debug, Default)]
+struct ClosedLogs {
+    logs: VecDeque<ClosedLog>,
+    /// Task → the number of its log: its position in `logs` plus `first`.
+    index: HashMap<TaskId, u64>,
+    first: u64,
+    /// The cost of everything kept.
+    bytes: usize,
+}
+
+impl ClosedLogs {
+    fn get(&self, id: TaskId, now: Instant) -> Option<&ClosedLog> {
+        let n = self.index.get(&id)?.checked_sub(self.first)?;
+        let log = self.logs.get(usize::try_from(n).ok()?)?;
+        (now.duration_since(log.closed_at) < CLOSED_LOG_TTL).then_some(log)
+    }
+
+    /// Keep `log`, dropping the oldest as the bounds require; one bigger than the whole budget
+    /// is not kept.
+    fn push(&mut self, log: ClosedLog, now: Instant, max_bytes: usize) {
+        while self
+            .logs
+            .front()
+            .is_some_and(|l| now.duration_since(l.closed_at) >= CLOSED_LOG_TTL)
+        {
+            self.pop_oldest();
+        }
+        let cost = log.cost();
+        if cost > max_bytes {
+            return;
+        }
+        while self.logs.len() >= MAX_CLOSED_LOGS || self.bytes + cost > max_bytes {
+            self.pop_oldest();
+        }
+        self.index
+            .insert(log.task, self.first + self.logs.len() as u64);
+        self.bytes += cost;
+        self.logs.push_back(log);
+    }
+
+    fn pop_oldest(&mut self) {
+        let Some(log) = self.logs.pop_front() else {
+            return;
+        };
+        // A task's log is kept again if it closed again after expiring: keep the newer one.
+        if self.index.get(&log.task) == Some(&self.first) {
+            self.index.remove(&log.task);
+        }
+        self.first += 1;
+        self.bytes -= log.cost();
+        mem::shrink_sparse(&mut self.logs);
+        mem::shrink_sparse(&mut self.index);
+    }
+}
+
 /// Where a reader gets a task's events: the local log, or the cluster's copy of a run on
 /// another instance.
 pub enum EventSource {
@@ -168,12 +334,25 @@ impl EventSource {
     }
 }
 
+/// The logs of runs going on (and of tasks a reader waits for), and the closed ones kept.
+#[derive(Debug, Default)]
+struct Logs {
+    live: HashMap<TaskId, Arc<TaskLog>>,
+    closed: ClosedLogs,
+}
+
 /// All live and recently closed logs.
+///
+/// A log leaves `live` when it closes and is kept compact in `closed` ([`ClosedLog`]); a
+/// reader of a closed log gets a copy rebuilt from it. Readers that hold the live log keep it
+/// until they have read it.
 pub struct EventHub {
-    logs: Mutex<HashMap<TaskId, Arc<TaskLog>>>,
+    logs: Mutex<Logs>,
     final_event: FinalEvent,
     /// With a cluster: the copy of every event to Redis, and what readers follow there.
     cluster: Option<(Arc<Cluster>, EventMirror)>,
+    /// `limits.eventReplayBytes`.
+    replay_bytes: AtomicUsize,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -185,9 +364,11 @@ impl std::fmt::Debug for EventHub {
 impl EventHub {
     pub fn new(final_event: FinalEvent) -> EventHub {
         EventHub {
-            logs: Mutex::new(HashMap::new()),
+            logs: Mutex::new(Logs::default()),
             final_event,
             cluster: None,
+            // No byte bound until the queue applies the config (count and time still apply).
+            replay_bytes: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -198,6 +379,15 @@ impl EventHub {
         let mirror = EventMirror::start(&cluster);
         self.cluster = Some((cluster, mirror));
         self
+    }
+
+    /// The budget of the closed logs kept for replay (`limits.eventReplayBytes`); applies as
+    /// the next log closes.
+    pub fn set_replay_bytes(&self, bytes: u64) {
+        self.replay_bytes.store(
+            usize::try_from(bytes).unwrap_or(usize::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Events that could not be copied to Redis so far (buffer full, Redis down or refusing);
@@ -233,9 +423,13 @@ impl EventHub {
 
     /// The log of a run on this instance, once it published an event.
     pub fn local_run(&self, id: TaskId) -> Option<Arc<TaskLog>> {
-        let log = self.lock().get(&id).cloned()?;
-        let published = log.lock().published;
-        published.then_some(log)
+        let logs = self.lock();
+        if let Some(log) = logs.live.get(&id) {
+            let published = log.lock().published;
+            return published.then(|| log.clone());
+        }
+        let closed = logs.closed.get(id, Instant::now())?;
+        closed.published.then(|| Arc::new(closed.decode()))
     }
 
     /// A hub whose final events are plain records (for tests of the actors alone).
@@ -253,26 +447,35 @@ impl EventHub {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<TaskLog>>> {
+    fn lock(&self) -> MutexGuard<'_, Logs> {
         self.logs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The log of a task, created empty if it has none (a reader may come before the run).
+    /// The log of a task: the live one, a copy of the closed one kept, or a new empty one (a
+    /// reader may come before the run).
     pub fn log(&self, id: TaskId) -> Arc<TaskLog> {
-        self.lock()
+        let mut logs = self.lock();
+        if let Some(log) = logs.live.get(&id) {
+            return log.clone();
+        }
+        if let Some(closed) = logs.closed.get(id, Instant::now()) {
+            return Arc::new(closed.decode());
+        }
+        logs.live
             .entry(id)
             .or_insert_with(|| Arc::new(TaskLog::new()))
             .clone()
     }
 
-    /// The log of a task that already ended: the live one if still kept, else rebuilt from its
-    /// record (init and the final event).
+    /// The log of a task that already ended: the run's own if still kept, else rebuilt from
+    /// its record (init and the final event).
     pub fn log_of_finished(&self, task: &Task) -> Arc<TaskLog> {
         let log = self.log(task.id);
         if !log.is_closed() && log.lock().events.is_empty() {
             log.push("init", init_data(task, None, None));
             let (kind, data) = (self.final_event)(task);
             log.close_with(kind, data);
+            self.retire(task.id);
         }
         log
     }
@@ -282,12 +485,13 @@ impl EventHub {
             .append(kind, data, Append::Published, |e| self.mirror(id, e, false));
     }
 
-    /// The task ended: append its final event, close its log, and drop old closed logs.
+    /// The task ended: append its final event and close its log, which is then kept compact
+    /// for replay.
     pub fn finish(&self, task: &Task) {
         let (kind, data) = (self.final_event)(task);
         self.log(task.id)
             .append(kind, data, Append::Close, |e| self.mirror(task.id, e, true));
-        self.prune();
+        self.retire(task.id);
     }
 
     fn mirror(&self, id: TaskId, event: &Arc<TaskEvent>, last: bool) {
@@ -296,22 +500,24 @@ impl EventHub {
         }
     }
 
-    fn prune(&self) {
+    /// Move `id`'s log, once closed, from the live logs to the closed ones kept for replay.
+    fn retire(&self, id: TaskId) {
+        let max_bytes = self.replay_bytes.load(Ordering::Relaxed);
         let mut logs = self.lock();
-        let now = Instant::now();
-        logs.retain(|_, log| match log.lock().closed_at {
-            Some(at) => now.duration_since(at) < CLOSED_LOG_TTL,
-            None => true,
-        });
-        let mut closed: Vec<(Instant, TaskId)> = logs
-            .iter()
-            .filter_map(|(id, log)| log.lock().closed_at.map(|at| (at, *id)))
-            .collect();
-        if closed.len() > MAX_CLOSED_LOGS {
-            closed.sort();
-            for (_, id) in &closed[..closed.len() - MAX_CLOSED_LOGS] {
-                logs.remove(id);
+        let Some(log) = logs.live.get(&id) else {
+            return;
+        };
+        let closed = {
+            let st = log.lock();
+            if st.closed_at.is_none() {
+                return;
             }
+            ClosedLog::encode(id, &st)
+        };
+        logs.live.remove(&id);
+        mem::shrink_sparse(&mut logs.live);
+        if let Some(closed) = closed {
+            logs.closed.push(closed, Instant::now(), max_bytes);
         }
     }
 }
@@ -387,5 +593,143 @@ mod tests {
             events.iter().map(|e| e.kind).collect::<Vec<_>>(),
             vec!["init", "error"]
         );
+    }
+
+    /// Every event of a closed `log` as (id, kind, data).
+    async fn all(log: &TaskLog) -> Vec<(u64, &'static str, Value)> {
+        assert!(log.is_closed(), "a closed log");
+        let events = log.next_after(0).await.unwrap_or_default();
+        events.iter().map(|e| (e.id, e.kind, e.value())).collect()
+    }
+
+    /// A run of `task` on this hub: init, a text, a tool and its final event.
+    fn run(hub: &EventHub, t: &mut Task) {
+        hub.publish(t.id, "init", init_data(t, Some("m"), Some("1.0")));
+        hub.publish(
+            t.id,
+            "text",
+            serde_json::json!({"text": "é\n\"x\"", "n": 1.5}),
+        );
+        hub.publish(
+            t.id,
+            "tool_use",
+            serde_json::json!({"id": "t1", "input": {"a": [1, null]}}),
+        );
+        t.status = TaskStatus::Completed;
+        hub.finish(t);
+    }
+
+    #[tokio::test]
+    async fn a_closed_log_is_kept_compact_and_replays_exactly() {
+        let hub = EventHub::plain();
+        let mut t = task();
+        let live = hub.log(t.id);
+        run(&hub, &mut t);
+        let want = all(&live).await;
+        assert_eq!(want.len(), 4);
+        {
+            let logs = hub.lock();
+            assert!(logs.live.is_empty(), "the closed log left the live ones");
+            assert_eq!(logs.closed.logs.len(), 1);
+        }
+        // Readers after the end get the same events, ids and bytes, from the compact copy.
+        let replayed = hub.log(t.id);
+        assert!(replayed.is_closed());
+        assert_eq!(all(&replayed).await, want);
+        let raw = |log: &TaskLog| {
+            log.lock()
+                .events
+                .iter()
+                .map(|e| e.data.get().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(raw(&replayed), raw(&live));
+        let rest = replayed.next_after(2).await.expect("events");
+        assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
+        // Still the run's own log (with a cluster, read here rather than from Redis).
+        assert!(hub.local_run(t.id).is_some());
+        assert_eq!(all(&hub.log_of_finished(&t)).await, want);
+        // Late events and a second final event change nothing.
+        hub.publish(t.id, "text", serde_json::json!({"text": "late"}));
+        hub.finish(&t);
+        assert_eq!(all(&hub.log(t.id)).await, want);
+        assert_eq!(hub.lock().closed.logs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_log_rebuilt_from_the_record_is_kept_like_a_run_and_not_rewritten() {
+        let hub = EventHub::plain();
+        let mut t = task();
+        t.status = TaskStatus::Failed;
+        let first = all(&hub.log_of_finished(&t)).await;
+        assert_eq!(
+            first.iter().map(|e| e.1).collect::<Vec<_>>(),
+            vec!["init", "error"]
+        );
+        // The queue's own end of the task comes after a reader rebuilt it: no third event.
+        hub.finish(&t);
+        assert_eq!(all(&hub.log(t.id)).await, first);
+        // Not a run of this instance.
+        assert!(hub.local_run(t.id).is_none());
+    }
+
+    #[tokio::test]
+    async fn closed_logs_are_bounded_by_count_and_bytes_oldest_first() {
+        let hub = EventHub::plain();
+        let mut tasks: Vec<Task> = (0..MAX_CLOSED_LOGS + 1).map(|_| task()).collect();
+        for t in &mut tasks {
+            run(&hub, t);
+        }
+        assert_eq!(hub.lock().closed.logs.len(), MAX_CLOSED_LOGS);
+        // The oldest is gone: a reader gets init and the final event from the record (and that
+        // rebuilt log is kept in turn, so the next oldest goes).
+        assert!(hub.local_run(tasks[0].id).is_none());
+        let oldest = all(&hub.log_of_finished(&tasks[0])).await;
+        assert_eq!(
+            oldest.iter().map(|e| e.1).collect::<Vec<_>>(),
+            vec!["init", "result"]
+        );
+        assert!(hub.local_run(tasks[1].id).is_none());
+        assert_eq!(all(&hub.log(tasks[2].id)).await.len(), 4);
+
+        // A budget of about two runs keeps the last two.
+        let one = hub
+            .lock()
+            .closed
+            .logs
+            .iter()
+            .map(ClosedLog::cost)
+            .max()
+            .expect("a log");
+        hub.set_replay_bytes((2 * one + one / 2) as u64);
+        let mut more: Vec<Task> = (0..3).map(|_| task()).collect();
+        for t in &mut more {
+            run(&hub, t);
+        }
+        {
+            let logs = hub.lock();
+            assert_eq!(logs.closed.logs.len(), 2);
+            assert!(logs.closed.bytes <= 2 * one + one / 2);
+            assert_eq!(logs.closed.index.len(), 2);
+        }
+        assert!(hub.local_run(more[0].id).is_none());
+        assert_eq!(all(&hub.log(more[2].id)).await.len(), 4);
+        // A run bigger than the whole budget is not kept; the others stay.
+        hub.set_replay_bytes(one as u64);
+        let mut big = task();
+        hub.publish(
+            big.id,
+            "text",
+            serde_json::json!({"text": "x".repeat(2 * one)}),
+        );
+        big.status = TaskStatus::Completed;
+        hub.finish(&big);
+        assert!(hub.local_run(big.id).is_none());
+        assert!(hub.local_run(more[2].id).is_some());
+        // Nothing kept at all with a budget of 0.
+        hub.set_replay_bytes(0);
+        let mut last = task();
+        run(&hub, &mut last);
+        assert!(hub.local_run(last.id).is_none());
     }
 }

@@ -104,11 +104,11 @@ pub fn stream_source(source: EventSource, after: u64, guard: Option<CancelOnDrop
         loop {
             if let Some(e) = r.buffered.pop_front() {
                 r.after = e.id;
+                // The data is compact JSON already: one line, sent as it is.
                 let event = Event::default()
                     .id(e.id.to_string())
                     .event(e.kind)
-                    .json_data(&e.data)
-                    .unwrap_or_else(|_| Event::default().event(e.kind).data("{}"));
+                    .data(e.data.get());
                 return Some((Ok::<Event, Infallible>(event), r));
             }
             match r.source.next_after(r.after).await {

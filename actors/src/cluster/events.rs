@@ -32,6 +32,7 @@ use ::redis::aio::{ConnectionManager, MultiplexedConnection};
 use ::redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use ::redis::{AsyncConnectionConfig, RedisResult, Value as RedisValue};
 use chrono::Utc;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::Cluster;
@@ -190,7 +191,7 @@ fn append_batch(pipe: &mut ::redis::Pipeline, prefix: &str, batch: &[Copy]) {
 /// with `XADD`s.
 fn append_copy(pipe: &mut ::redis::Pipeline, prefix: &str, c: &Copy, expire: bool) {
     let key = stream_key(prefix, c.task);
-    let data = serde_json::to_string(&c.event.data).unwrap_or_else(|_| "null".into());
+    let data = c.event.data.get();
     let xadd = pipe
         .cmd("XADD")
         .arg(&key)
@@ -232,8 +233,8 @@ fn parse_entry(entry: &StreamId) -> Option<(TaskEvent, bool)> {
     };
     let data = entry
         .get::<String>("data")
-        .and_then(|d| serde_json::from_str(&d).ok())
-        .unwrap_or(serde_json::Value::Null);
+        .and_then(|d| RawValue::from_string(d).ok())
+        .unwrap_or_else(|| RawValue::NULL.to_owned());
     let last = entry.get::<String>("final").as_deref() == Some("1");
     Some((TaskEvent { id, kind, data }, last))
 }
@@ -264,18 +265,14 @@ fn closing_events(hub: &EventHub, task: &Task, after: u64) -> Vec<Arc<TaskEvent>
     let mut id = after;
     if after == 0 {
         id += 1;
-        out.push(Arc::new(TaskEvent {
+        out.push(Arc::new(TaskEvent::new(
             id,
-            kind: "init",
-            data: init_data(task, None, None),
-        }));
+            "init",
+            &init_data(task, None, None),
+        )));
     }
     let (kind, data) = hub.final_event(task);
-    out.push(Arc::new(TaskEvent {
-        id: id + 1,
-        kind,
-        data,
-    }));
+    out.push(Arc::new(TaskEvent::new(id + 1, kind, &data)));
     out
 }
 
@@ -524,7 +521,7 @@ mod tests {
             events.iter().map(|e| (e.id, e.kind)).collect::<Vec<_>>(),
             vec![(1, "init"), (2, "text"), (4, "result")]
         );
-        assert_eq!(events[1].data, serde_json::json!({"text": "x"}));
+        assert_eq!(events[1].value(), serde_json::json!({"text": "x"}));
         let (events, last) = to_events(&entries[..2], 1);
         assert!(!last);
         assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2]);
@@ -587,13 +584,8 @@ mod tests {
     fn a_copy_is_capped_and_expires_later_while_the_run_goes_on_than_after_it() {
         let task = uuid::Uuid::nil();
         let key = stream_key("ns:", task);
-        let event = |id, kind| {
-            Arc::new(TaskEvent {
-                id,
-                kind,
-                data: serde_json::json!({"text": "a"}),
-            })
-        };
+        let event =
+            |id, kind| Arc::new(TaskEvent::new(id, kind, &serde_json::json!({"text": "a"})));
         let copy = |id, kind, last| Copy {
             task,
             event: event(id, kind),
@@ -768,7 +760,7 @@ mod redis_tests {
                 .await
                 .expect("an event in less than one blocking read")
                 .expect("not the end");
-            live.extend(events.iter().map(|e| (e.id, e.kind, e.data.clone())));
+            live.extend(events.iter().map(|e| (e.id, e.kind, e.value())));
         }
         assert_eq!(
             live,

@@ -209,6 +209,9 @@ pub struct LimitsConfig {
     pub max_output_line_bytes: u64,
     /// How much of the CLI's stderr is kept for error details.
     pub stderr_tail_bytes: u64,
+    /// Memory for the events of finished runs kept for SSE replay (`Last-Event-ID`), besides
+    /// the count and time bounds of [`crate::events`].
+    pub event_replay_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

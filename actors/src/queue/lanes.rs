@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::order::PendingOrder;
+use crate::mem;
 use crate::model::{Priority, SessionId, TaskId};
 
 #[derive(Debug, Default)]
@@ -53,20 +54,16 @@ impl Schedule {
     /// [`Schedule::finished`].
     pub fn pop(&mut self) -> Option<TaskId> {
         let id = self.order.pop();
-        self.shrink_when_idle();
+        self.order.shrink_sparse();
         id
     }
 
-    /// Hash maps keep the capacity of their largest size: after a burst of 10,000 pending
-    /// tasks, give that memory back once nothing is pending.
-    fn shrink_when_idle(&mut self) {
-        if self.order.is_empty() {
-            self.order.shrink_to_fit();
-        }
-        if self.lanes.is_empty() {
-            self.lanes.shrink_to_fit();
-            self.session_of.shrink_to_fit();
-        }
+    /// After a burst of 10,000 pending tasks the maps would keep room for 10,000: give most of
+    /// it back as they empty.
+    fn shrink_sparse(&mut self) {
+        self.order.shrink_sparse();
+        mem::shrink_sparse(&mut self.lanes);
+        mem::shrink_sparse(&mut self.session_of);
     }
 
     /// Whether the task is pending here (eligible or waiting).
@@ -89,14 +86,17 @@ impl Schedule {
     pub fn remove_pending(&mut self, id: TaskId) -> bool {
         if self.order.remove(id) {
             self.release(id);
+            self.shrink_sparse();
             return true;
         }
         if let Some((sid, pos)) = self.waiting_position(id) {
             if let Some(lane) = self.lanes.get_mut(&sid) {
                 lane.waiting.remove(pos);
+                mem::shrink_sparse(&mut lane.waiting);
                 self.waiting_count -= 1;
             }
             self.session_of.remove(&id);
+            self.shrink_sparse();
             return true;
         }
         false
@@ -105,6 +105,7 @@ impl Schedule {
     /// A running task ended: its session's next turn becomes eligible.
     pub fn finished(&mut self, id: TaskId) {
         self.release(id);
+        self.shrink_sparse();
     }
 
     /// `id` leaves its lane's active place; promote the next waiting turn.
@@ -120,13 +121,13 @@ impl Schedule {
         }
         match lane.waiting.pop_front() {
             Some((next, priority, seq)) => {
+                mem::shrink_sparse(&mut lane.waiting);
                 lane.active = Some(next);
                 self.waiting_count -= 1;
                 self.order.push(next, priority, seq);
             }
             None => {
                 self.lanes.remove(&sid);
-                self.shrink_when_idle();
             }
         }
     }
@@ -186,6 +187,25 @@ mod tests {
         s.finished(t3);
         assert_eq!(s.pending_len(), 0);
         assert!(s.lanes.is_empty());
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_room_back() {
+        let mut s = Schedule::default();
+        for seq in 0..10_000 {
+            s.push(Uuid::new_v4(), p(5), seq, Some(Uuid::new_v4()));
+        }
+        let full = s.lanes.capacity();
+        while let Some(id) = s.pop() {
+            s.finished(id);
+        }
+        assert_eq!(s.pending_len(), 0);
+        assert!(
+            s.lanes.capacity() < full / 10,
+            "{} of {full}",
+            s.lanes.capacity()
+        );
+        assert!(s.session_of.capacity() < full / 10);
     }
 
     #[test]

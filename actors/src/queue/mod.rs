@@ -155,6 +155,7 @@ impl Shared {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 map.remove(&sid);
+                crate::mem::shrink_sparse(&mut *map);
             }
         }
     }
@@ -187,6 +188,7 @@ impl Queue {
         events: Arc<EventHub>,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<Queue, StoreError> {
+        events.set_replay_bytes(config.limits.event_replay_bytes);
         if let Some(cluster) = cluster {
             return Ok(Queue::start_shared(store, config, events, cluster));
         }
@@ -591,6 +593,8 @@ impl Queue {
         self.shared
             .max_pending
             .store(config.task_queue.max_pending, Ordering::SeqCst);
+        self.events
+            .set_replay_bytes(config.limits.event_replay_bytes);
         let _ = self.tx.send(Msg::Reconfigure(config));
     }
 

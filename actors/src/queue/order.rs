@@ -54,9 +54,10 @@ impl PendingOrder {
         }
     }
 
-    /// Give back the capacity a burst left behind (the set's nodes are freed as it empties).
-    pub fn shrink_to_fit(&mut self) {
-        self.keys.shrink_to_fit();
+    /// Give back the capacity a burst left behind once mostly empty (the set's nodes are
+    /// freed as it empties).
+    pub fn shrink_sparse(&mut self) {
+        crate::mem::shrink_sparse(&mut self.keys);
     }
 
     /// Take the task that runs next.

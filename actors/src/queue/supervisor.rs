@@ -16,6 +16,7 @@ use crate::claude::StopReason;
 use crate::cluster::{Cluster, Control};
 use crate::config::Config;
 use crate::events::EventHub;
+use crate::mem;
 use crate::model::{Priority, SessionId, Task, TaskId};
 use crate::store::redis::{Claimed, Leased};
 use crate::store::Store;
@@ -103,6 +104,10 @@ pub(crate) struct Supervisor {
     shutdown: Option<ShutdownState>,
     /// With Redis: the shared queue, which replaces `pending` as the source of work.
     shared_queue: Option<SharedQueue>,
+    /// Since when nothing has been pending or running, while a trim of the heap is due.
+    quiet_since: Option<Instant>,
+    /// The heap was trimmed since the queue last had work.
+    trimmed: bool,
 }
 
 /// The supervisor's view of the shared queue.
@@ -147,6 +152,8 @@ impl Supervisor {
                 claiming: false,
                 wanted: true,
             }),
+            quiet_since: None,
+            trimmed: false,
         }
     }
 
@@ -158,14 +165,17 @@ impl Supervisor {
                 .as_ref()
                 .filter(|s| !s.killed)
                 .map(|s| s.deadline);
+            let trim_at = self.quiet_since.map(|at| at + mem::QUIET_AFTER);
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => self.handle(msg),
                     None => break,
                 },
                 _ = sleep_until_opt(kill_at) => self.kill_all_running(),
+                _ = sleep_until_opt(trim_at) => self.trim(),
             }
             self.dispatch();
+            self.note_quiet();
             if self.shutdown_complete() {
                 break;
             }
@@ -233,6 +243,7 @@ impl Supervisor {
                 handover,
             } => {
                 self.running.remove(&id);
+                mem::shrink_sparse(&mut self.running);
                 self.pending.finished(id);
                 self.shared
                     .running
@@ -267,17 +278,14 @@ impl Supervisor {
                             self.wake_waiters(id, &task);
                         }
                         // Unreadable (storage gone): its waiters read the store.
-                        None => {
-                            self.waiters.remove(&id);
-                        }
+                        None => drop(self.take_waiters(id)),
                     }
                     return;
                 }
                 match task {
                     Some(task) => self.notify(id, &task),
-                    None => {
-                        self.waiters.remove(&id);
-                    }
+                    // Unreadable: its waiters, dropped, read the store.
+                    None => drop(self.take_waiters(id)),
                 }
             }
             Msg::Shutdown { grace, done } => {
@@ -340,9 +348,16 @@ impl Supervisor {
 
     /// Wake the callers waiting for `id` with its final record.
     fn wake_waiters(&mut self, id: TaskId, task: &Task) {
-        for w in self.waiters.remove(&id).unwrap_or_default() {
+        for w in self.take_waiters(id) {
             let _ = w.send(task.clone());
         }
+    }
+
+    /// The callers waiting for `id`, no longer kept here.
+    fn take_waiters(&mut self, id: TaskId) -> Vec<oneshot::Sender<Task>> {
+        let waiters = self.waiters.remove(&id).unwrap_or_default();
+        mem::shrink_sparse(&mut self.waiters);
+        waiters
     }
 
     /// Tell the listeners (statistics, webhooks, metrics) about a final record.
@@ -447,6 +462,25 @@ impl Supervisor {
         self.shared
             .running
             .store(self.running.len() as u64, Ordering::SeqCst);
+    }
+
+    /// Track whether the queue has gone quiet (nothing pending or running), to give memory
+    /// back once, [`mem::QUIET_AFTER`] later: after a burst, what its runs freed.
+    fn note_quiet(&mut self) {
+        let quiet = self.running.is_empty() && self.pending.pending_len() == 0;
+        if !quiet {
+            self.quiet_since = None;
+            self.trimmed = false;
+        } else if self.quiet_since.is_none() && !self.trimmed {
+            self.quiet_since = Some(Instant::now());
+        }
+    }
+
+    fn trim(&mut self) {
+        self.quiet_since = None;
+        self.trimmed = true;
+        // It walks the whole heap under the allocator's locks: not on the runtime's threads.
+        tokio::task::spawn_blocking(mem::trim_heap);
     }
 
     fn kill_all_running(&mut self) {

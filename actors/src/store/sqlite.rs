@@ -119,10 +119,8 @@ pub const MAX_BATCH: usize = 4096;
 /// Read-only connections (and so reads running at once).
 pub const MAX_READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Without a write for this long, the writer gives memory back (see the module docs). Short
-/// enough to run between a burst and the next look at RSS, long enough not to run between the
-/// writes of a busy queue.
-pub const IDLE_AFTER: Duration = Duration::from_millis(500);
+/// Without a write for this long, the writer gives memory back (see the module docs).
+pub const IDLE_AFTER: Duration = crate::mem::QUIET_AFTER;
 /// A lazy write is made durable against a power cut at most this long after its commit: by the
 /// next durable commit if one comes, else by a small durable write of the writer's own. The
 /// bound on what a power cut can take from lazy writes (a crash of the process takes nothing).

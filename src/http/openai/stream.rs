@@ -105,9 +105,12 @@ impl Writer {
         if self.done {
             return;
         }
+        // Parsed only for the kinds looked into.
+        let value = || e.value();
         match e.kind {
             "text" => {
-                let Some(text) = e.data.get("text").and_then(Value::as_str) else {
+                let event = value();
+                let Some(text) = event.get("text").and_then(Value::as_str) else {
                     return;
                 };
                 if text.is_empty() {
@@ -128,8 +131,7 @@ impl Writer {
                 self.out
                     .push_back(data(&self.env.finish_chunk(self.include_usage)));
                 if self.include_usage {
-                    let usage = e
-                        .data
+                    let usage = value()
                         .get("usage")
                         .cloned()
                         .and_then(|u| serde_json::from_value::<Usage>(u).ok())
@@ -139,14 +141,14 @@ impl Writer {
                 self.end();
             }
             "error" => {
-                let status = e
-                    .data
+                let event = value();
+                let status = event
                     .get("code")
                     .cloned()
                     .and_then(|c| serde_json::from_value::<ErrorCode>(c).ok())
                     .and_then(|c| StatusCode::from_u16(c.http_status()).ok())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                self.fail(status, &e.data);
+                self.fail(status, &event);
             }
             // `init` is announced by the role chunk already.
             _ => {}

@@ -48,6 +48,8 @@ const MAILBOX: usize = 256;
 /// With a cluster: how soon records that could not be added to the shared counters are tried
 /// again.
 pub const SHARED_RETRY: Duration = Duration::from_secs(1);
+/// Runs added to the shared counters in one script at most (bounds the script's arguments).
+const ADD_BATCH: usize = 100;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum StatsError {
@@ -269,6 +271,8 @@ impl StatsActor {
                 task = recv_or_pending(&mut self.finished) => match task {
                     Some(task) => {
                         self.record(&task);
+                        // With the others that ended meanwhile: one script for all of them.
+                        self.take_waiting_records();
                         let _ = self.add_shared(false).await;
                     }
                     None => self.finished = None,
@@ -375,11 +379,28 @@ impl StatsActor {
         if !now && shared.retry_at.is_some_and(|t| Instant::now() < t) {
             return Ok(());
         }
+        // Runs of one day go in batches; after a batch Redis refused, one at a time, so that
+        // only the run it cannot take is left out.
+        let mut batch = ADD_BATCH;
         while let Some(p) = shared.pending.front() {
-            match shared.stats.add(p.task, p.day, &p.delta).await {
+            let day = p.day;
+            let n = shared
+                .pending
+                .iter()
+                .take(batch)
+                .take_while(|p| p.day == day)
+                .count();
+            let runs: Vec<(TaskId, &DayStats)> = shared
+                .pending
+                .iter()
+                .take(n)
+                .map(|p| (p.task, &p.delta))
+                .collect();
+            match shared.stats.add(day, &runs).await {
                 Ok(_) => {
-                    shared.pending.pop_front();
+                    shared.pending.drain(..n);
                 }
+                Err(StoreError::Corrupt(_)) if n > 1 => batch = 1,
                 Err(StoreError::Corrupt(e)) => {
                     // Trying again would fail again and hold up every record behind it.
                     tracing::error!(task_id = %p.task, day = %p.day, error = %e, "a run could not be added to the shared statistics; it is left out");
@@ -863,6 +884,64 @@ mod tests {
             b.stats.check_budget(Some("a"), &cfg).await,
             Err(BudgetError::Exceeded { spent_usd, .. }) if spent_usd == 0.5
         ));
+    }
+
+    #[tokio::test]
+    async fn runs_that_ended_together_are_added_by_one_script_per_day_and_once_each() {
+        let server = crate::store::redis::test_server::RedisServer::start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = config(true, 3_600_000);
+        let cluster = cluster_on(&server.url(), "st").await;
+        let scripts = || {
+            let mut conn = cluster.conn();
+            async move {
+                let text: String = ::redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("info");
+                // Calls that ran: the first one of a script fails (NOSCRIPT) and is sent again.
+                let line = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+                    .unwrap_or_default();
+                let field = |name: &str| -> u64 {
+                    line.split(',')
+                        .find_map(|f| f.strip_prefix(name))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                field("calls=") - field("failed_calls=")
+            }
+        };
+        let a = start_shared(cluster.clone(), cfg).await;
+        let before = scripts().await;
+        // Sent before the actor runs: it takes them in together.
+        let one = task(Some("a"), "m", TaskStatus::Completed, 0.25);
+        a.feed.send(one.clone()).expect("feed");
+        a.feed
+            .send(task(Some("a"), "m", TaskStatus::Failed, 0.125))
+            .expect("feed");
+        a.feed.send(one).expect("feed");
+        let yesterday = Utc::now() - chrono::Duration::days(1);
+        a.feed
+            .send(task_at(
+                Some("b"),
+                "m",
+                TaskStatus::Completed,
+                0.5,
+                yesterday,
+            ))
+            .expect("feed");
+        a.stats.flush().await.expect("flush");
+        let r = a
+            .stats
+            .rollup(DaySelection::All, Scope::All)
+            .await
+            .expect("rollup");
+        assert_eq!((r.total.requests, r.total.failed), (3, 1));
+        assert_eq!(r.total.cost_usd, 0.75);
+        assert_eq!(scripts().await - before, 2, "one script per day");
     }
 
     #[tokio::test]

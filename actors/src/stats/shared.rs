@@ -8,7 +8,8 @@
 //! started on the other instances meanwhile. Counters are up to date as soon as the run's final
 //! record is: a client that got its answer from instance A and asks instance B sees its run.
 //! They also survive any instance (nothing is kept in one process's memory) and need no merge
-//! on read. The cost is one small script per finished run and one read per query.
+//! on read. The cost is one small script per finished run (or per batch of runs that ended
+//! together) and one read per query.
 //!
 //! Keys (under `<ns>:`):
 //!
@@ -18,9 +19,10 @@
 //! | `stc-seen:<day>` | set | ids of the tasks counted that day |
 //! | `stc-days` | zset | days with counters (`YYYY-MM-DD`), scored by day number |
 //!
-//! A run is added by one script that first adds its task id to `stc-seen:<day>` and does
-//! nothing if it was there: a retry after a lost answer, or two instances announcing the same
-//! end, count the run once. Both day keys expire (`EXPIREAT`) after the retention period, so
+//! Runs are added by one script (several runs of a day at a time: those that ended while the
+//! previous script was on its way) that first adds each run's task id to `stc-seen:<day>` and
+//! skips the run if it was there: a retry after a lost answer, or two instances announcing the
+//! same end, count the run once. Both day keys expire (`EXPIREAT`) after the retention period, so
 //! old days need no pruning pass.
 
 use std::collections::BTreeMap;
@@ -35,30 +37,40 @@ use crate::cluster::Cluster;
 use crate::model::TaskId;
 use crate::store::StoreError;
 
-/// `KEYS`: the day's counters, its counted task ids, the index of days. `ARGV`: task id,
-/// expiry (unix s), day number, day, oldest day number kept, then `op, field, value` triples.
-/// Returns 1 when the run was added, 0 when it had been already.
+/// `KEYS`: the day's counters, its counted task ids, the index of days. `ARGV`: expiry (unix
+/// s), day number, day, oldest day number kept, then for each run: its task id, the number of
+/// its `op, field, value` triples, and those. A run already counted is skipped. Returns how
+/// many runs were added.
 static ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
-for i = 6, #ARGV, 3 do
-  local op, f, v = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if op == '+' then
-    redis.call('HINCRBY', KEYS[1], f, v)
-  else
-    local cur = redis.call('HGET', KEYS[1], f)
-    local n = tonumber(v)
-    if not cur or (op == '<' and n < tonumber(cur)) or (op == '>' and n > tonumber(cur)) then
-      redis.call('HSET', KEYS[1], f, v)
+local added, i = 0, 5
+while i <= #ARGV do
+  local task, first = ARGV[i], i + 2
+  i = first + 3 * tonumber(ARGV[i + 1])
+  if redis.call('SADD', KEYS[2], task) == 1 then
+    added = added + 1
+    for j = first, i - 1, 3 do
+      local op, f, v = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+      if op == '+' then
+        redis.call('HINCRBY', KEYS[1], f, v)
+      else
+        local cur = redis.call('HGET', KEYS[1], f)
+        local n = tonumber(v)
+        if not cur or (op == '<' and n < tonumber(cur)) or (op == '>' and n > tonumber(cur)) then
+          redis.call('HSET', KEYS[1], f, v)
+        end
+      end
     end
   end
 end
-redis.call('EXPIREAT', KEYS[1], ARGV[2])
-redis.call('EXPIREAT', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[5])
-return 1
+if added > 0 then
+  redis.call('EXPIREAT', KEYS[1], ARGV[1])
+  redis.call('EXPIREAT', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
+end
+return added
 "#,
     )
 });
@@ -90,18 +102,15 @@ impl SharedStats {
         self.cluster.key(&format!("stc:{day}"))
     }
 
-    /// Add the figures of one run (`delta`, the run alone recorded into a day) to `day`.
-    /// `false`: that task had been counted already.
+    /// Add the figures of runs of `day` (each one's `delta`: the run alone recorded into a
+    /// day), in one script. A run counted already (a retry after a lost answer, two instances
+    /// announcing the same end) is skipped, so a retry of a batch that was partly applied adds
+    /// each run once. Returns how many runs were added.
     pub async fn add(
         &self,
-        task: TaskId,
         day: NaiveDate,
-        delta: &DayStats,
-    ) -> Result<bool, StoreError> {
-        let fields = counters::flatten(delta);
-        if fields.is_empty() {
-            return Ok(true);
-        }
+        runs: &[(TaskId, &DayStats)],
+    ) -> Result<u64, StoreError> {
         // Kept until the day leaves retention (plus a day of slack for clocks).
         let expires = day
             .checked_add_days(Days::new(self.retention_days + 2))
@@ -114,19 +123,28 @@ impl SharedStats {
         inv.key(self.day_key(day))
             .key(self.cluster.key(&format!("stc-seen:{day}")))
             .key(self.cluster.key("stc-days"))
-            .arg(task.to_string())
             .arg(expires)
             .arg(day.num_days_from_ce())
             .arg(day.to_string())
             .arg(oldest.num_days_from_ce());
-        for (field, op, value) in fields {
-            inv.arg(op.code()).arg(field).arg(value);
+        let mut any = false;
+        for (task, delta) in runs {
+            let fields = counters::flatten(delta);
+            if fields.is_empty() {
+                continue;
+            }
+            any = true;
+            inv.arg(task.to_string()).arg(fields.len());
+            for (field, op, value) in fields {
+                inv.arg(op.code()).arg(field).arg(value);
+            }
         }
-        let added: i64 = inv
-            .invoke_async(&mut self.cluster.conn())
+        if !any {
+            return Ok(0);
+        }
+        inv.invoke_async(&mut self.cluster.conn())
             .await
-            .map_err(redis_err)?;
-        Ok(added == 1)
+            .map_err(redis_err)
     }
 
     /// The days in `from..=to` that have counters.

@@ -3,9 +3,10 @@
 //! Each task has a log: events numbered from 1, appended by its worker as the CLI prints them,
 //! closed by the final event (`result` or `error`) when the task ends. A reader asks for the
 //! events after the last id it saw, so several readers, late readers and reconnecting readers
-//! (`Last-Event-ID`) all see the same sequence. A closed log is kept for a while, then dropped;
-//! a reader of a finished task whose log is gone gets `init` and the final event rebuilt from
-//! the stored record.
+//! (`Last-Event-ID`) all see the same sequence. A closed log is kept for a while, compact (its
+//! events' JSON in one block), within [`MAX_CLOSED_LOGS`], [`CLOSED_LOG_TTL`] and
+//! `limits.eventReplayBytes`, then dropped; a reader of a finished task whose log is gone gets
+//! `init` and the final event rebuilt from the stored record.
 //!
 //! With a [cluster](crate::cluster) (Redis storage), every event appended here is also copied,
 //! in the background, to a Redis Stream with the same ids ([`crate::cluster::events`]), so a
@@ -133,7 +134,6 @@ impl TaskLog {
         }
         let id = st.events.len() as u64 + 1;
         let event = Arc::new(TaskEvent::new(id, kind, &data));
-        drop(data);
         copy(&event);
         st.events.push(event);
         match how {

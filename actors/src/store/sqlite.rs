@@ -59,8 +59,9 @@
 //!
 //! # Giving memory back
 //! After [`IDLE_AFTER`] without writes (the queue has gone quiet), the writer drops the page
-//! caches of its own and the idle read connections (`PRAGMA shrink_memory`) and returns free
-//! heap to the OS (`malloc_trim`, glibc only), so RSS after a burst falls back near idle.
+//! caches of its own and the idle read connections (`PRAGMA shrink_memory`), closes the idle
+//! read connections but one, and returns free heap to the OS (`malloc_trim`, glibc only), so
+//! RSS after a burst falls back near idle.
 //!
 //! # Reads: a small pool of read-only connections
 //! Reads run on `tokio::task::spawn_blocking` over at most [`MAX_READERS`] read-only
@@ -807,8 +808,8 @@ fn release_memory(w: &Writer) {
     if let Err(e) = w.conn.execute_batch("PRAGMA shrink_memory") {
         tracing::debug!(error = %e, "shrink_memory on the writer failed");
     }
-    {
-        let idle = w
+    let extra = {
+        let mut idle = w
             .readers
             .idle
             .lock()
@@ -818,7 +819,13 @@ fn release_memory(w: &Writer) {
                 tracing::debug!(error = %e, "shrink_memory on a reader failed");
             }
         }
-    }
+        // A burst opens up to MAX_READERS connections, each holding about 100 KiB (lookaside,
+        // schema, page cache) even when shrunk: one stays open for the next read, the others
+        // close and are opened again when reads come at once.
+        let keep = idle.len().min(1);
+        idle.split_off(keep)
+    };
+    drop(extra);
     crate::mem::trim_heap();
 }
 
@@ -1767,6 +1774,29 @@ mod tests {
             let got = store.get_task(id).await.expect("get").expect("present");
             assert!(seqs.contains(&got.seq));
         }
+    }
+
+    #[tokio::test]
+    async fn going_quiet_closes_the_idle_readers_but_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
+        // As after a burst of reads: several connections open and idle.
+        let conns: Vec<Connection> = (0..MAX_READERS)
+            .map(|_| store.readers.take().expect("reader"))
+            .collect();
+        for c in conns {
+            store.readers.give(c);
+        }
+        let idle = || store.readers.idle.lock().map(|v| v.len()).unwrap_or(0);
+        assert_eq!(idle(), MAX_READERS);
+        let t = store.insert_task(task(5)).await.expect("insert");
+        let deadline = Instant::now() + IDLE_AFTER * 20;
+        while idle() > 1 {
+            assert!(Instant::now() < deadline, "{} idle readers left", idle());
+            tokio::time::sleep(IDLE_AFTER / 10).await;
+        }
+        assert_eq!(idle(), 1, "one reader stays open");
+        assert_eq!(store.get_task(t.id).await.expect("get"), Some(t));
     }
 
     #[tokio::test]

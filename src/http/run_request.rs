@@ -252,8 +252,12 @@ fn validate_permission_mode(mode: String, config: &Config) -> Result<String, Api
     if !config.permissions.allowed_modes.contains(&mode) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
-            format!("Permission mode `{mode}` is not allowed on this server (permissions.allowedModes)."),
-        ));
+            format!("Field `permission_mode`: mode `{mode}` is not allowed on this server (permissions.allowedModes)."),
+        )
+        .with_details(serde_json::json!({
+            "field": "permission_mode",
+            "allowed": config.permissions.allowed_modes,
+        })));
     }
     Ok(mode)
 }

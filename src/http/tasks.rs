@@ -168,8 +168,22 @@ pub async fn set_priority(
     let task = visible_task(&state, &caller, &id).await?;
     let priority = Priority::new(req.priority)
         .ok_or_else(|| ApiError::field("priority", "must be an integer from 1 to 10"))?;
+    let old_priority = task.priority;
     let task = state.queue.set_priority(task.id, priority).await?;
-    Ok(Json(json!({"success": true, "task": task_json(&task)})))
+    // The seed's fields (`message`, `task_id`, `old_priority`, `new_priority`) beside the task.
+    Ok(Json(json!({
+        "success": true,
+        "message": format!(
+            "Priority of task {} changed from {} to {}.",
+            task.id,
+            old_priority.get(),
+            task.priority.get()
+        ),
+        "task_id": task.id,
+        "old_priority": old_priority,
+        "new_priority": task.priority,
+        "task": task_json(&task),
+    })))
 }
 
 /// `DELETE /api/tasks/:id`: a pending task never runs; a running one is killed (its whole

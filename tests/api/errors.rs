@@ -161,6 +161,12 @@ async fn project_path_rules() {
     )
     .await;
     assert_error(s, &b, 403, "forbidden");
+    // Like every field error, the refusal names its field.
+    assert_eq!(b["details"]["field"], "permission_mode", "{b}");
+    assert!(
+        b["error"].as_str().unwrap_or("").contains("permission_mode"),
+        "{b}"
+    );
     let (s, b) = json_body(
         app.post_claude(json!({"prompt": "hi", "webhook_url": "ftp://x"}))
             .await,

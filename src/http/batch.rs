@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 use actors::model::{Task, TaskMode, TaskStatus};
 
 use super::auth::Caller;
-use super::claude::{build_task, run_all, success_body};
+use super::claude::{build_task, submit_all, success_body};
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::idempotency::{self, IdempotencyKey, Kind};
+use super::idempotency::{self, Claim, IdempotencyKey, Kind};
 use super::run_request::{validate, RunRequest};
 use crate::state::AppState;
 
@@ -103,39 +103,49 @@ pub async fn run_batch(
     } else {
         Kind::BatchSync
     };
-    if let Some(replay) = idempotency::claim(
-        &state,
-        &caller,
-        &idem,
-        kind,
-        &ids,
-        &req.prompts.join("\u{1f}"),
-        batch_answer,
-    )
-    .await?
-    {
-        return Ok(replay);
-    }
+    let prompts = req.prompts.join("\u{1f}");
+    // Claim the key and queue the tasks on a task of their own: a client that goes away
+    // halfway must not leave some tasks queued, or a stored batch whose key was given back.
+    let admitted = {
+        let (state, caller) = (state.clone(), caller.clone());
+        tokio::spawn(async move {
+            let claim =
+                idempotency::claim(&state, &caller, &idem, kind, &ids, &prompts, batch_answer);
+            let key = match claim.await? {
+                Claim::Replay(replay) => return Ok(Err(replay)),
+                Claim::Proceed(key) => key,
+            };
+            let submitted = submit_all(&state.queue, tasks, !is_async).await;
+            Ok::<_, ApiError>(Ok(key.settle(submitted).await?))
+        })
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                actors::error::ErrorCode::InternalError,
+                "The batch could not be queued.",
+            )
+        })??
+    };
+    let submitted = match admitted {
+        Ok(submitted) => submitted,
+        Err(replay) => return Ok(replay),
+    };
     if is_async {
-        let mut ids = Vec::with_capacity(tasks.len());
-        let mut items = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            let submitted = state.queue.submit(task, false, false).await?;
-            ids.push(json!(submitted.task.id));
-            items.push(json!({
-                "task_id": submitted.task.id,
-                "status": submitted.task.status,
-                "priority": submitted.task.priority,
-            }));
-        }
+        let ids: Vec<Value> = submitted.tasks().map(|t| json!(t.id)).collect();
+        let items: Vec<Value> = submitted
+            .tasks()
+            .map(|t| json!({"task_id": t.id, "status": t.status, "priority": t.priority}))
+            .collect();
+        submitted.detach();
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({"success": true, "task_ids": ids, "tasks": items})),
         )
             .into_response());
     }
-
-    let finished = run_all(&state.queue, tasks, config.cancel_on_disconnect).await?;
+    let finished = submitted
+        .wait_all(&state.queue, config.cancel_on_disconnect)
+        .await?;
     Ok(batch_answer(&finished))
 }
 

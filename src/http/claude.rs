@@ -49,19 +49,6 @@ pub fn build_task(run: ValidatedRun, mode: TaskMode, caller: &Caller) -> Task {
     task
 }
 
-/// Submit a task and wait for its final record. If this future is dropped (the client went
-/// away; hyper drops the handler), the guard cancels the run, which kills its process group.
-pub async fn run_sync(
-    queue: &Queue,
-    task: Task,
-    cancel_on_disconnect: bool,
-    exclusive: bool,
-) -> Result<Task, ApiError> {
-    let submitted = queue.submit(task, true, exclusive).await?;
-    let guard = CancelOnDrop::new(queue.clone(), submitted.task.id, cancel_on_disconnect);
-    wait_submitted(queue, submitted, guard).await
-}
-
 /// Wait for the final record of a task submitted with `wait`. `guard` cancels the run if this
 /// future is dropped before the end.
 pub async fn wait_submitted(
@@ -91,47 +78,69 @@ pub async fn wait_submitted(
     Ok(finished)
 }
 
-/// Submit several tasks and wait for all of them (results in submission order). If this future
-/// is dropped, every task still running or pending is cancelled. If one submission fails, the
-/// ones already queued are cancelled and the error is returned: a batch is queued whole or not.
-pub async fn run_all(
-    queue: &Queue,
-    tasks: Vec<Task>,
-    cancel_on_disconnect: bool,
-) -> Result<Vec<Task>, ApiError> {
-    let mut guards = Vec::with_capacity(tasks.len());
-    let mut receivers = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        match queue.submit(task, true, false).await {
-            Ok(submitted) => {
-                guards.push(CancelOnDrop {
-                    queue: queue.clone(),
-                    id: submitted.task.id,
-                    armed: true,
-                });
-                receivers.push((submitted.task.id, submitted.done));
-            }
-            Err(e) => return Err(e.into()), // the guards cancel what was queued
+/// Tasks submitted together, each with the guard that cancels it if dropped while armed.
+pub struct SubmittedAll(Vec<(actors::queue::Submitted, CancelOnDrop)>);
+
+impl SubmittedAll {
+    /// The stored tasks, in submission order.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.0.iter().map(|(s, _)| &s.task)
+    }
+
+    /// Nothing waits for these tasks: they run whatever happens to the request.
+    pub fn detach(self) {
+        for (_, mut guard) in self.0 {
+            guard.disarm();
         }
     }
-    for g in &mut guards {
-        g.armed = cancel_on_disconnect;
+
+    /// Wait for every task's final record (in submission order). If this future is dropped
+    /// and `cancel_on_disconnect` is on, every task still running or pending is cancelled.
+    pub async fn wait_all(
+        self,
+        queue: &Queue,
+        cancel_on_disconnect: bool,
+    ) -> Result<Vec<Task>, ApiError> {
+        let mut guards = Vec::with_capacity(self.0.len());
+        let mut finished = Vec::with_capacity(self.0.len());
+        let mut receivers = Vec::with_capacity(self.0.len());
+        for (submitted, mut guard) in self.0 {
+            guard.armed = cancel_on_disconnect;
+            guards.push(guard);
+            receivers.push((submitted.task.id, submitted.done));
+        }
+        for (id, done) in receivers {
+            let task = match done {
+                Some(rx) => match rx.await {
+                    Ok(t) => t,
+                    Err(_) => queue.wait_for(id).await?,
+                },
+                None => queue.wait_for(id).await?,
+            };
+            finished.push(task);
+        }
+        for g in &mut guards {
+            g.disarm();
+        }
+        Ok(finished)
     }
-    let mut finished = Vec::with_capacity(receivers.len());
-    for (id, done) in receivers {
-        let task = match done {
-            Some(rx) => match rx.await {
-                Ok(t) => t,
-                Err(_) => queue.wait_for(id).await?,
-            },
-            None => queue.wait_for(id).await?,
-        };
-        finished.push(task);
+}
+
+/// Submit several tasks (`wait`: to be waited for). If one submission fails, the ones already
+/// queued are cancelled and the error is returned: a batch is queued whole or not.
+pub async fn submit_all(
+    queue: &Queue,
+    tasks: Vec<Task>,
+    wait: bool,
+) -> Result<SubmittedAll, ApiError> {
+    let mut all = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        // On an error the guards of what was queued cancel it.
+        let submitted = queue.submit(task, wait, false).await?;
+        let guard = CancelOnDrop::new(queue.clone(), submitted.task.id, true);
+        all.push((submitted, guard));
     }
-    for g in &mut guards {
-        g.armed = false;
-    }
-    Ok(finished)
+    Ok(SubmittedAll(all))
 }
 
 /// Cancels a task when dropped while armed: held by whatever waits for the task on behalf of a

@@ -2,6 +2,12 @@
 //! API key, within 24 hours) gets the original task's answer instead of running the prompt
 //! again. The key is claimed in storage, atomically, before anything else is stored, naming the
 //! task ids the request will create; a retry finds the claim and answers from those tasks.
+//!
+//! A claim is only worth keeping once its tasks are stored. A request that fails after its
+//! claim (queue full, storage down, a refusal, its client gone) gives the key back through its
+//! [`ClaimGuard`], so the retry runs. A claim left behind by a process that died between the
+//! claim and the store names tasks that will never exist: a retry that finds such a claim,
+//! older than [`ABANDONED_AFTER`] and with none of its tasks stored, takes it over.
 
 use std::time::Duration;
 
@@ -70,6 +76,9 @@ pub enum Kind {
     BatchAsync,
     /// `POST /api/claude/batch`: 200 with every result.
     BatchSync,
+    /// `POST /v1/chat/completions`: 200 with the completion (a streamed request's retry gets
+    /// the completion, not the stream, as a native stream's retry gets the answer).
+    Chat,
 }
 
 impl Kind {
@@ -80,12 +89,104 @@ impl Kind {
             Kind::TaskCreated => "task_created",
             Kind::BatchAsync => "batch_async",
             Kind::BatchSync => "batch_sync",
+            Kind::Chat => "chat",
+        }
+    }
+
+    fn parse(s: Option<&str>) -> Kind {
+        match s {
+            Some("async") => Kind::Async,
+            Some("task_created") => Kind::TaskCreated,
+            Some("batch_async") => Kind::BatchAsync,
+            Some("batch_sync") => Kind::BatchSync,
+            Some("chat") => Kind::Chat,
+            _ => Kind::Sync,
         }
     }
 }
 
-/// Claim the key for these task ids. `Ok(None)`: go ahead. `Ok(Some(response))`: a retry —
-/// answer with the response built from the original tasks.
+/// What [`claim`] decided.
+pub enum Claim {
+    /// A retry of an earlier request: its answer, built from the original tasks.
+    Replay(Response),
+    /// Go ahead; the guard gives the key back unless the request's tasks get stored.
+    Proceed(ClaimGuard),
+}
+
+/// The claim this request made (nothing when it sent no key). Call [`ClaimGuard::keep`] once
+/// the request's tasks are stored, or [`ClaimGuard::release`] on failure; dropped while held
+/// (an early `?`, the client gone), it releases the key on a task of its own.
+#[must_use = "a claim is released unless kept"]
+pub struct ClaimGuard(Option<Held>);
+
+struct Held {
+    store: std::sync::Arc<dyn actors::store::Store>,
+    key: String,
+    value: Value,
+}
+
+impl Held {
+    async fn release(self) {
+        if let Err(e) = self
+            .store
+            .release_idempotency_key(&self.key, &self.value)
+            .await
+        {
+            // The claim then stays until a retry finds it abandoned and takes it over.
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+    }
+}
+
+impl ClaimGuard {
+    /// The request's tasks are stored: the key answers retries for [`KEY_TTL_HOURS`].
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+
+    /// The request failed before its tasks were stored: give the key back now, so a retry
+    /// sent right after this answer runs.
+    pub async fn release(mut self) {
+        if let Some(held) = self.0.take() {
+            held.release().await;
+        }
+    }
+
+    /// Keep the key when `result` is a success, release it otherwise; pass `result` on.
+    pub async fn settle<T>(self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        match result {
+            Ok(v) => {
+                self.keep();
+                Ok(v)
+            }
+            Err(e) => {
+                self.release().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            // Drop cannot await; with no runtime left (shutdown) the claim is found abandoned.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(held.release());
+            }
+        }
+    }
+}
+
+/// A claim none of whose tasks is stored this long after it was made was left by a request
+/// that died between the claim and the store (a live request stores its tasks within
+/// milliseconds): a retry takes it over.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(5);
+
+/// Claim the key for these task ids: [`Claim::Proceed`] to go ahead, or [`Claim::Replay`] with
+/// the answer built from the original tasks (`finished_answer` builds it for the kinds that
+/// answer with finished tasks in a shape of their own: [`Kind::BatchSync`], [`Kind::Chat`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn claim(
     state: &AppState,
     caller: &Caller,
@@ -93,50 +194,64 @@ pub async fn claim(
     kind: Kind,
     task_ids: &[Uuid],
     what: &str,
-    batch_answer: impl FnOnce(&[Task]) -> Response,
-) -> Result<Option<Response>, ApiError> {
+    finished_answer: impl FnOnce(&[Task]) -> Response,
+) -> Result<Claim, ApiError> {
     let Some(header) = &key.0 else {
-        return Ok(None);
+        return Ok(Claim::Proceed(ClaimGuard(None)));
     };
     // Scoped by API key, so tenants cannot collide (or probe each other's keys).
     let scoped = format!("{}\u{1f}{header}", caller.key_name.as_deref().unwrap_or(""));
-    let now = Utc::now();
     let fingerprint = fingerprint(&key.1, kind, what);
-    let value = json!({"kind": kind.as_str(), "task_ids": task_ids, "fingerprint": fingerprint});
-    let Some(prior) = state
-        .store
-        .claim_idempotency_key(
-            &scoped,
-            &value,
-            now,
-            now + chrono::Duration::hours(KEY_TTL_HOURS),
-        )
-        .await?
-    else {
-        return Ok(None);
+    let deadline = tokio::time::Instant::now() + FIRST_REQUEST_WAIT;
+    let prior = loop {
+        let now = Utc::now();
+        let value = json!({
+            "kind": kind.as_str(),
+            "task_ids": task_ids,
+            "fingerprint": fingerprint,
+            "claimed_at": now.timestamp_millis(),
+        });
+        let Some(prior) = state
+            .store
+            .claim_idempotency_key(
+                &scoped,
+                &value,
+                now,
+                now + chrono::Duration::hours(KEY_TTL_HOURS),
+            )
+            .await?
+        else {
+            failpoint_after_claim().await;
+            return Ok(Claim::Proceed(ClaimGuard(Some(Held {
+                store: state.store.clone(),
+                key: scoped,
+                value,
+            }))));
+        };
+        if prior["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+            // Replaying another request's answer would mislead the client.
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                "This Idempotency-Key was already used for a different request; use a new key.",
+            ));
+        }
+        if any_stored(state, &prior).await? {
+            break prior;
+        }
+        // None of its tasks is stored: the first request is between its claim and its store,
+        // or failed (its release may still be on its way), or died.
+        let age_ms = now.timestamp_millis() - prior["claimed_at"].as_i64().unwrap_or(i64::MAX);
+        let abandoned =
+            age_ms >= ABANDONED_AFTER.as_millis() as i64 || tokio::time::Instant::now() >= deadline;
+        if abandoned {
+            tracing::info!("taking over an idempotency key whose request stored nothing");
+            state.store.release_idempotency_key(&scoped, &prior).await?;
+            continue; // and claim it
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    if prior["fingerprint"].as_str() != Some(fingerprint.as_str()) {
-        // Replaying another request's answer would mislead the client.
-        return Err(ApiError::new(
-            ErrorCode::InvalidState,
-            "This Idempotency-Key was already used for a different request; use a new key.",
-        ));
-    }
-    let ids: Vec<Uuid> = prior["task_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let kind = match prior["kind"].as_str() {
-        Some("async") => Kind::Async,
-        Some("task_created") => Kind::TaskCreated,
-        Some("batch_async") => Kind::BatchAsync,
-        Some("batch_sync") => Kind::BatchSync,
-        _ => Kind::Sync,
-    };
+    let ids = task_ids_of(&prior);
+    let kind = Kind::parse(prior["kind"].as_str());
     let mut tasks = Vec::with_capacity(ids.len());
     for id in ids {
         tasks.push(stored_task(state, id).await?);
@@ -170,15 +285,47 @@ pub async fn claim(
             )
                 .into_response()
         }
-        Kind::BatchSync => {
+        Kind::BatchSync | Kind::Chat => {
             let mut done = Vec::with_capacity(tasks.len());
             for t in &tasks {
                 done.push(wait_final(state, t).await?);
             }
-            batch_answer(&done)
+            finished_answer(&done)
         }
     };
-    Ok(Some(response))
+    Ok(Claim::Replay(response))
+}
+
+/// A test hook, in debug builds only: with `CCS_FAILPOINT=after_idempotency_claim` in the
+/// daemon's environment a request that made a claim stops right after it, for good, so a test
+/// can kill -9 the daemon between the claim and the store (tests/api/idempotency.rs).
+async fn failpoint_after_claim() {
+    #[cfg(debug_assertions)]
+    if std::env::var("CCS_FAILPOINT").as_deref() == Ok("after_idempotency_claim") {
+        tracing::warn!("failpoint after_idempotency_claim: this request stops here");
+        std::future::pending::<()>().await;
+    }
+}
+
+fn task_ids_of(claim: &Value) -> Vec<Uuid> {
+    claim["task_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether any task the claim names is stored (a batch stores its tasks one by one).
+async fn any_stored(state: &AppState, claim: &Value) -> Result<bool, ApiError> {
+    for id in task_ids_of(claim) {
+        if state.store.get_task(id).await?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// What identifies a request: its route, how it is answered, and what it runs.

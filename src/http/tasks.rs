@@ -18,7 +18,7 @@ use super::extract::ApiJson;
 use super::idempotency::{IdempotencyKey, Kind};
 use super::params::{page, text, QueryMap};
 use super::run_request::{validate, RunRequest};
-use super::turns::{self, Target};
+use super::turns::{self, Admitted, Target};
 use crate::state::AppState;
 
 /// The task object of `api.md` § Tasks and the queue.
@@ -137,10 +137,20 @@ pub async fn create_async(
         Some(sid) => Target::Continue(sid),
         None => Target::NewSession,
     };
-    if let Some(replay) = turns::claim(&state, &caller, &idem, Kind::TaskCreated, &run).await? {
-        return Ok(replay);
-    }
-    let submitted = turns::submit_async(&state, &caller, run, target).await?;
+    let unused = |_: &[Task]| StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let admitted = turns::admit(
+        &state,
+        &caller,
+        &idem,
+        run,
+        target,
+        Kind::TaskCreated,
+        unused,
+    );
+    let submitted = match admitted.await? {
+        Admitted::Replay(replay) => return Ok(replay),
+        Admitted::Queued(q) => q.submitted.task,
+    };
     Ok((
         StatusCode::CREATED,
         Json(json!({"success": true, "task": task_json(&submitted)})),

@@ -19,7 +19,7 @@ use actors::model::{Session, SessionId, SessionMode, SessionStatus, Task, TaskMo
 use super::auth::Caller;
 use super::claude::{async_answer, build_task, success_body, wait_submitted, CancelOnDrop};
 use super::error::ApiError;
-use super::idempotency::{self, IdempotencyKey, Kind};
+use super::idempotency::{self, Claim, IdempotencyKey, Kind};
 use super::run_request::{resolve_project_path, ValidatedRun};
 use super::sessions::visible_session;
 use crate::state::AppState;
@@ -35,17 +35,22 @@ pub enum Target {
     Fork(SessionId),
 }
 
-/// What the uncancellable start of a turn produced.
-enum Started {
+/// What the uncancellable start of a run produced.
+pub enum Admitted {
     /// A retry of an earlier request: its answer.
     Replay(Response),
-    Queued {
-        submitted: Box<actors::queue::Submitted>,
-        /// For sync runs and streams: cancels the run if the client goes away.
-        guard: Option<CancelOnDrop>,
-        session_id: SessionId,
-        forked_from: Option<SessionId>,
-    },
+    /// The run is stored and queued.
+    Queued(Box<Queued>),
+}
+
+/// A run stored and queued by [`admit`].
+pub struct Queued {
+    pub submitted: actors::queue::Submitted,
+    /// Cancels the run if the client goes away: armed for sync runs and streams (with
+    /// `cancelOnDisconnect`), never for async ones.
+    pub guard: CancelOnDrop,
+    pub session_id: SessionId,
+    pub forked_from: Option<SessionId>,
 }
 
 /// A turn ready to submit.
@@ -57,33 +62,61 @@ pub struct Prepared {
     pub forked_from: Option<SessionId>,
 }
 
-/// Queue a turn without waiting; returns the stored task.
-pub async fn submit_async(
-    state: &AppState,
-    caller: &Caller,
-    run: ValidatedRun,
-    target: Target,
-) -> Result<Task, ApiError> {
-    let p = prepare(state, caller, run, target).await?;
-    Ok(state.queue.submit(p.task, false, false).await?.task)
-}
-
-/// Claim the request's `Idempotency-Key` for the run's task; a retry gets the first answer.
-pub async fn claim(
+/// The one admission path of every run route: claim the request's `Idempotency-Key`, check
+/// the budgets, create or check the session and submit the task — together on a task of their
+/// own, so a client that goes away in between (the server drops the handler) cannot leave a
+/// claim without its task, a task whose key was given back, or half of it done. What follows
+/// (waiting, streaming) may be dropped: the guard then cancels the run.
+///
+/// `kind` is how a retry is answered; `finished_answer` builds that answer for the kinds that
+/// answer with finished tasks in a shape of their own ([`Kind::Chat`]).
+pub async fn admit(
     state: &AppState,
     caller: &Caller,
     idem: &IdempotencyKey,
+    run: ValidatedRun,
+    target: Target,
     kind: Kind,
-    run: &ValidatedRun,
-) -> Result<Option<Response>, ApiError> {
-    let what = format!("{:?}\u{1f}{}", run.session_id, run.spec.prompt);
-    idempotency::claim(state, caller, idem, kind, &[run.task_id], &what, |_| {
-        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    finished_answer: fn(&[Task]) -> Response,
+) -> Result<Admitted, ApiError> {
+    let (state, caller, idem) = (state.clone(), caller.clone(), idem.clone());
+    tokio::spawn(async move {
+        let what = format!("{:?}\u{1f}{}", run.session_id, run.spec.prompt);
+        let ids = [run.task_id];
+        let claim = idempotency::claim(&state, &caller, &idem, kind, &ids, &what, finished_answer);
+        let key = match claim.await? {
+            Claim::Replay(replay) => return Ok(Admitted::Replay(replay)),
+            Claim::Proceed(key) => key,
+        };
+        let is_async = run.is_async;
+        let waits = !is_async && !run.stream;
+        let submit = async {
+            let p = prepare(&state, &caller, run, target).await?;
+            // An async turn of a busy session waits its turn; a sync one is refused.
+            let exclusive = p.exclusive && !is_async;
+            let submitted = state
+                .queue
+                .submit(p.task, waits, exclusive)
+                .await
+                .map_err(|e| ApiError::from(e).with_session(p.session_id))?;
+            Ok((p.session_id, p.forked_from, submitted))
+        };
+        let (session_id, forked_from, submitted) = key.settle(submit.await).await?;
+        let armed = !is_async && state.config().cancel_on_disconnect;
+        let guard = CancelOnDrop::new(state.queue.clone(), submitted.task.id, armed);
+        Ok(Admitted::Queued(Box::new(Queued {
+            submitted,
+            guard,
+            session_id,
+            forked_from,
+        })))
     })
     .await
+    .map_err(|_| ApiError::new(ErrorCode::InternalError, "The run could not be started."))?
 }
 
-/// Start a turn: 202 for async runs; for sync runs wait and answer with its result.
+/// Start a turn: 202 for async runs; for sync runs wait and answer with its result; with
+/// `stream`, answer with the run's events.
 pub async fn start(
     state: &AppState,
     caller: &Caller,
@@ -93,62 +126,32 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     let is_async = run.is_async;
     let stream = run.stream;
-    // Claiming the key, storing the session and submitting the task happen together on their
-    // own task: a client that goes away in between (hyper drops this future) must not leave a
-    // claim naming a task that was never created. What follows (waiting) may be dropped: the
-    // guard then cancels the run.
-    let started = {
-        let (state, caller, idem) = (state.clone(), caller.clone(), idem.clone());
-        tokio::spawn(async move {
-            // A stream's retry replays the answer, not the stream (the task id leads to its events).
-            let kind = if is_async { Kind::Async } else { Kind::Sync };
-            if let Some(replay) = claim(&state, &caller, &idem, kind, &run).await? {
-                return Ok(Started::Replay(replay));
-            }
-            let p = prepare(&state, &caller, run, target).await?;
-            let waits = !is_async && !stream;
-            let exclusive = p.exclusive && !is_async;
-            let submitted = state
-                .queue
-                .submit(p.task, waits, exclusive)
-                .await
-                .map_err(|e| ApiError::from(e).with_session(p.session_id))?;
-            let guard = (!is_async).then(|| {
-                let armed = state.config().cancel_on_disconnect;
-                CancelOnDrop::new(state.queue.clone(), submitted.task.id, armed)
-            });
-            Ok::<Started, ApiError>(Started::Queued {
-                submitted: Box::new(submitted),
-                guard,
-                session_id: p.session_id,
-                forked_from: p.forked_from,
-            })
-        })
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::InternalError, "The run could not be started."))??
+    // A stream's retry replays the answer, not the stream (the task id leads to its events).
+    let kind = if is_async { Kind::Async } else { Kind::Sync };
+    let unused = |_: &[Task]| StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let queued = match admit(state, caller, idem, run, target, kind, unused).await? {
+        Admitted::Replay(response) => return Ok(response),
+        Admitted::Queued(q) => *q,
     };
-    let (submitted, guard, session_id, forked_from) = match started {
-        Started::Replay(response) => return Ok(response),
-        Started::Queued {
-            submitted,
-            guard,
-            session_id,
-            forked_from,
-        } => (*submitted, guard, session_id, forked_from),
-    };
+    let Queued {
+        submitted,
+        guard,
+        session_id,
+        forked_from,
+    } = queued;
     let forked = |mut body: serde_json::Value| {
         if let (Some(obj), Some(from)) = (body.as_object_mut(), forked_from) {
             obj.insert("forked_from".into(), json!(from));
         }
         body
     };
-    let Some(guard) = guard else {
+    if is_async {
         return Ok((
             StatusCode::ACCEPTED,
             Json(forked(async_answer(&submitted.task))),
         )
             .into_response());
-    };
+    }
     if stream {
         // The answer is the run's event stream (with Redis, wherever the run is claimed).
         let source = state

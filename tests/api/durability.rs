@@ -29,9 +29,20 @@ pub(crate) async fn start_daemon(
     home: &std::path::Path,
     port: u16,
 ) -> Daemon {
+    start_daemon_with_env(config, home, port, &[]).await
+}
+
+/// [`start_daemon`] with more environment variables (e.g. a failpoint).
+pub(crate) async fn start_daemon_with_env(
+    config: &std::path::Path,
+    home: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Daemon {
     let child = Command::new(SERVER)
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("HOME", home)
         .env_remove("PORT")
         .env_remove("HOST")

@@ -1028,6 +1028,33 @@ pub(crate) mod checks {
                 .expect("claim"),
             Some(json!("new"))
         );
+        // A claim is given back only while it holds the value its maker gave it.
+        let mine = json!({"task_ids": ["c"], "claimed_at": 1});
+        assert_eq!(
+            s.claim_idempotency_key("k3", &mine, now, later)
+                .await
+                .expect("claim"),
+            None
+        );
+        assert!(!s
+            .release_idempotency_key("k3", &json!({"task_ids": ["other"]}))
+            .await
+            .expect("release"));
+        assert!(s
+            .release_idempotency_key("k3", &mine)
+            .await
+            .expect("release"));
+        assert!(!s
+            .release_idempotency_key("k3", &mine)
+            .await
+            .expect("release"));
+        // Released: the next claim is made, not answered with the old value.
+        assert_eq!(
+            s.claim_idempotency_key("k3", &json!("next"), now, later)
+                .await
+                .expect("claim"),
+            None
+        );
     }
 
     fn ms_of(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {

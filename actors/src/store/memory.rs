@@ -437,6 +437,21 @@ impl Store for MemoryStore {
         Ok(None)
     }
 
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<bool> {
+        let mut inner = self.lock();
+        match inner.idempotency.get(key) {
+            Some((existing, _)) if existing == value => {
+                inner.idempotency.remove(key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn save_stats_day(&self, day: NaiveDate, doc: &serde_json::Value) -> StoreResult<()> {
         self.lock().stats.insert(day, doc.clone());
         Ok(())

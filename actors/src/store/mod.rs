@@ -164,6 +164,15 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> StoreResult<Option<serde_json::Value>>;
+    /// Give a claim back: delete `key` if its value is still `value` (compare and delete, so a
+    /// claim someone else has made since is left alone). Returns whether it was deleted. A
+    /// request that made a claim and then failed before storing its task calls this, so that
+    /// a retry with the same key runs instead of waiting for a task that never comes.
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<bool>;
 
     // ---- webhooks: the outbox of deliveries not yet finished, and the attempts made
     /// Insert or replace (by `webhook_id`) a delivery still to be made. Durable when this

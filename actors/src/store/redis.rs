@@ -935,6 +935,18 @@ impl Store for RedisStore {
             .transpose()
     }
 
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<bool> {
+        let doc = encode("idempotency claim", value)?;
+        let mut inv = scripts::RELEASE_CLAIM.prepare_invoke();
+        inv.key(self.key(&format!("idem:{key}"))).arg(doc);
+        let deleted: i64 = self.run(&inv).await?;
+        Ok(deleted > 0)
+    }
+
     // ---- webhooks
 
     async fn save_webhook_job(&self, job: &WebhookJob) -> StoreResult<()> {

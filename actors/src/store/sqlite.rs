@@ -1487,6 +1487,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release_idempotency_key(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<bool> {
+        let key = key.to_string();
+        // The stored text is this encoding of the value (serde_json writes a value's keys in
+        // one order), so comparing the text compares the values.
+        let doc = encode("idempotency claim", value)?;
+        self.write(move |w| {
+            let n = w
+                .conn
+                .prepare_cached("DELETE FROM idempotency WHERE key = ?1 AND value = ?2")
+                .map_err(db_err)?
+                .execute(params![key, doc])
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn save_stats_day(&self, day: NaiveDate, doc: &serde_json::Value) -> StoreResult<()> {
         let doc = encode("statistics", doc)?;
         self.write(move |w| {

@@ -18,14 +18,15 @@ use chrono::Utc;
 
 use actors::config::Config;
 use actors::error::ErrorCode;
-use actors::model::TaskStatus;
+use actors::model::{Task, TaskStatus};
 
 use super::auth::Caller;
-use super::claude::{run_sync, CancelOnDrop};
+use super::claude::wait_submitted;
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::idempotency::{IdempotencyKey, Kind};
 use super::run_request::validate;
-use super::turns::{self, Target};
+use super::turns::{self, Admitted, Queued, Target};
 use crate::state::AppState;
 
 pub mod error;
@@ -47,10 +48,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{id}", get(get_model))
 }
 
-/// `POST /v1/chat/completions`.
+/// `POST /v1/chat/completions`. Takes `Idempotency-Key` like the native run routes.
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
+    idem: IdempotencyKey,
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
@@ -61,51 +63,69 @@ pub async fn chat_completions(
         Some(sid) => Target::Continue(sid),
         None => Target::NewSession,
     };
-    let prepared = turns::prepare(&state, &caller, run, target).await?;
-    let session_id = prepared.session_id;
+    let admitted = turns::admit(&state, &caller, &idem, run, target, Kind::Chat, replay);
+    let Queued {
+        submitted,
+        guard,
+        session_id,
+        ..
+    } = match admitted.await? {
+        Admitted::Replay(response) => return Ok(response),
+        Admitted::Queued(q) => *q,
+    };
     let env = Envelope {
-        id: completion_id(prepared.task.id),
-        created: prepared.task.created_at.timestamp(),
+        id: completion_id(submitted.task.id),
+        created: submitted.task.created_at.timestamp(),
         model: chat.model.unwrap_or_else(|| config.default_model.clone()),
         session_id: session_id.to_string(),
     };
-    let mut resp = if chat.stream {
-        let submitted = state
+    let resp = if chat.stream {
+        let source = state
             .queue
-            .submit(prepared.task, false, prepared.exclusive)
-            .await
-            .map_err(|e| ApiError::from(e).with_session(session_id))?;
-        let id = submitted.task.id;
-        let guard = CancelOnDrop::new(state.queue.clone(), id, config.cancel_on_disconnect);
-        stream::respond(
-            state
-                .queue
-                .events()
-                .source(&submitted.task, state.queue.store()),
-            env.clone(),
-            chat.include_usage,
-            guard,
-        )
+            .events()
+            .source(&submitted.task, state.queue.store());
+        stream::respond(source, env.clone(), chat.include_usage, guard)
     } else {
-        let finished = run_sync(
-            &state.queue,
-            prepared.task,
-            config.cancel_on_disconnect,
-            prepared.exclusive,
-        )
-        .await
-        .map_err(|e| e.with_session(session_id))?;
-        if finished.status != TaskStatus::Completed {
-            return Err(ApiError::from_task(&finished));
-        }
-        let report = finished.report.unwrap_or_default();
-        let content = report.result.unwrap_or_default();
-        Json(completion(&env, &content, report.usage)).into_response()
+        let finished = wait_submitted(&state.queue, submitted, guard)
+            .await
+            .map_err(|e| e.with_session(session_id))?;
+        answer(&env, finished)
     };
-    if let Ok(v) = HeaderValue::from_str(&env.session_id) {
+    Ok(with_session_header(resp, &env.session_id))
+}
+
+/// The completion of a finished run, or its error (converted to OpenAI's shape by the router).
+fn answer(env: &Envelope, finished: Task) -> Response {
+    if finished.status != TaskStatus::Completed {
+        return ApiError::from_task(&finished).into_response();
+    }
+    let report = finished.report.unwrap_or_default();
+    let content = report.result.unwrap_or_default();
+    Json(completion(env, &content, report.usage)).into_response()
+}
+
+/// A retry's answer (same `Idempotency-Key`): the first request's completion.
+fn replay(finished: &[Task]) -> Response {
+    let Some(task) = finished.first() else {
+        return ApiError::new(ErrorCode::InternalError, "The original run is missing.")
+            .into_response();
+    };
+    let session_id = task.session_id.map(|s| s.to_string()).unwrap_or_default();
+    let env = Envelope {
+        id: completion_id(task.id),
+        created: task.created_at.timestamp(),
+        model: task.spec.model.clone().unwrap_or_default(),
+        session_id,
+    };
+    let resp = answer(&env, task.clone());
+    with_session_header(resp, &env.session_id)
+}
+
+fn with_session_header(mut resp: Response, session_id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(session_id) {
         resp.headers_mut().insert(SESSION_HEADER, v);
     }
-    Ok(resp)
+    resp
 }
 
 /// The `X-Session-Id` header, if sent and not blank.

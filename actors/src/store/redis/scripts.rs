@@ -466,6 +466,17 @@ return false
     )
 });
 
+/// Give an idempotency claim back. KEYS[1]: the claim; ARGV[1]: the value it must still hold.
+/// Returns 1 when deleted, 0 when it held another value (or was gone).
+pub(super) static RELEASE_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'value') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
 /// Record a webhook attempt. KEYS: attempt counter, docs hash, the task's set, the by-time
 /// set. ARGV: doc, time (ms), task id. Returns the attempt's number.
 pub(super) static RECORD_ATTEMPT: LazyLock<Script> = LazyLock::new(|| {

@@ -16,6 +16,9 @@ use crate::state::AppState;
 
 pub struct ApiJson<T>(pub T);
 
+/// How long a refused (non-JSON) body may take to arrive before the answer goes out without it.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl<T: DeserializeOwned + Send> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
@@ -27,6 +30,14 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for ApiJson<T> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !is_json(content_type) {
+            // Read (and drop) a body within the limit that arrives promptly, so the connection
+            // stays usable; past either, the answer says `Connection: close` (unread_body.rs).
+            let drain = Limited::new(
+                req.into_body(),
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            )
+            .collect();
+            let _ = tokio::time::timeout(DRAIN_WITHIN, drain).await;
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
                 "The body must be JSON, sent with `Content-Type: application/json`.",

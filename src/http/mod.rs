@@ -31,6 +31,7 @@ pub mod sessions;
 pub mod statistics;
 pub mod tasks;
 pub mod turns;
+pub mod unread_body;
 pub mod webhooks;
 
 pub fn router(state: AppState) -> Router {
@@ -103,6 +104,8 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        // Outermost: sees every answer, whichever layer gave it.
+        .layer(axum::middleware::from_fn(unread_body::close_if_unread))
 }
 
 /// A panic in a handler is a bug: answer 500 JSON, never an HTML page or a dropped connection.

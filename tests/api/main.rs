@@ -23,6 +23,7 @@ mod errors;
 mod events;
 mod health;
 mod idempotency;
+mod keep_alive;
 mod metrics;
 mod openai;
 mod openai_sdk;

@@ -18,7 +18,7 @@
 # pass one as CCS_API_KEY (an admin key that is never written to disk or shown), or mount a
 # config file with auth.apiKeys. The config, the SQLite database, the logs and the CLI's own
 # state (~/.claude: login, session transcripts) live in the home directory, a volume.
-# See the README, section "Docker".
+# See docs/operations.md, section "Docker".
 
 ARG RUST_VERSION=1.95
 ARG NODE_VERSION=22

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks claude-code-server on this machine and prints a markdown table (see README,
-# "Benchmarks"). Installs wrk and redis-server when missing (apt), builds the release server and fake CLI, and
-# runs the driver (bench/, package ccs-bench). Every option is passed to the driver:
+# Benchmarks claude-code-server on this machine and prints a markdown table (see
+# docs/benchmarks.md). Installs wrk and redis-server when missing (apt), builds the release
+# server and fake CLI, and runs the driver (bench/, package ccs-bench). Every option is passed
+# to the driver:
 #   ./scripts/bench.sh --repeats 5 --storage sqlite --tasks 2000
 #   ./scripts/bench.sh --help
 # All load goes to 127.0.0.1, bounded in count and time (a full run takes a few minutes).

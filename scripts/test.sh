@@ -9,7 +9,7 @@
 #     `openai` package (SDK test of the OpenAI-compatible API), schemathesis and
 #     openapi-spec-validator (the OpenAPI document and the fuzz run), hadolint (the
 #     Dockerfile); python3-venv comes from apt when `python3 -m venv` cannot work;
-#   * curl and jq (the README's examples are run as shell scripts) and systemd-analyze (the
+#   * curl and jq (the documentation's examples are run as shell scripts) and systemd-analyze (the
 #     systemd unit is verified), from apt when missing;
 #   * redis-server (apt package redis-server) for the Redis storage tests, which start their
 #     own server on a free loopback port; a system Redis service is never used;

@@ -16,7 +16,7 @@ pub struct ErrorBody {
     /// Always false.
     pub success: bool,
     pub error: String,
-    /// snake_case error code (see the README's error table).
+    /// snake_case error code (see the error table of docs/api.md).
     pub code: String,
     /// What helps: `{field, rule}` for validation, `{exit_code, signal, subtype, stderr_tail,
     /// api_error_status}` for CLI failures.

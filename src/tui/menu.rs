@@ -15,7 +15,7 @@ struct Entry {
     open: fn(&mut Cursive),
 }
 
-/// The menu, in order. The README's key table mirrors this list.
+/// The menu, in order. The key table of docs/tui.md mirrors this list.
 const ENTRIES: &[Entry] = &[
     Entry {
         key: '1',

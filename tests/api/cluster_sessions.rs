@@ -14,7 +14,7 @@ use crate::mock_anthropic::MockAnthropic;
 use crate::redis_server::{shared_url, test_namespace};
 
 /// What the instances share: one Redis namespace and the workspace (the same project path on
-/// every instance, as the README requires).
+/// every instance, as docs/redis.md requires).
 struct Shared {
     url: String,
     namespace: String,

@@ -4,8 +4,8 @@
 //! It replaces the parent-death signal (`prctl(PR_SET_PDEATHSIG)` set in each CLI between fork
 //! and exec). That hook forced every spawn through `fork` — a `pre_exec` closure rules out
 //! `posix_spawn`/`vfork` — and copying the daemon's page tables was about a third of the
-//! server's CPU per run (README, Benchmarks). Without it, std spawns with `posix_spawn`
-//! (`process_group(0)` is one of its attributes).
+//! server's CPU per run (measured with `scripts/bench.sh`, see docs/benchmarks.md). Without it,
+//! std spawns with `posix_spawn` (`process_group(0)` is one of its attributes).
 //!
 //! How: `serve` starts this process once, before any run, with a random marker; every CLI
 //! the daemon starts carries `CCS_DAEMON_ID=<marker>` in its environment, and so do the

@@ -164,7 +164,10 @@ async fn project_path_rules() {
     // Like every field error, the refusal names its field.
     assert_eq!(b["details"]["field"], "permission_mode", "{b}");
     assert!(
-        b["error"].as_str().unwrap_or("").contains("permission_mode"),
+        b["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("permission_mode"),
         "{b}"
     );
     let (s, b) = json_body(

@@ -72,8 +72,15 @@ async fn priority_then_fifo_and_a_priority_change_reorders_at_once() {
     assert_eq!(b["task"]["priority"], 10);
     // The seed's answer shape, beside the task.
     assert_eq!(b["task_id"], json!(low), "{b}");
-    assert_eq!((b["old_priority"].clone(), b["new_priority"].clone()), (json!(1), json!(10)), "{b}");
-    assert!(b["message"].as_str().is_some_and(|m| m.contains(&low)), "{b}");
+    assert_eq!(
+        (b["old_priority"].clone(), b["new_priority"].clone()),
+        (json!(1), json!(10)),
+        "{b}"
+    );
+    assert!(
+        b["message"].as_str().is_some_and(|m| m.contains(&low)),
+        "{b}"
+    );
     let (_, l) = json_body(app.get("/api/tasks?status=pending&limit=1").await).await;
     assert_eq!(l["tasks"][0]["id"], json!(low));
 

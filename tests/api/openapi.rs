@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::helpers::*;
+use crate::statistics::{five_runs_across, get, keys, KEY_A, KEY_ADMIN};
 
 const ADMIN_KEY: &str = "fuzz-admin-key-0123456789";
 
@@ -95,6 +96,72 @@ async fn a_fuzz_run_from_the_document_finds_no_server_error_or_schema_violation(
     assert!(
         report.contains("passed") || report.contains("Test cases"),
         "{report}"
+    );
+    app.shutdown().await;
+}
+
+/// Checks `instance` against the document's `schema` (JSON Schema 2020-12, as OpenAPI 3.1's
+/// are) for each case `(name, schema, instance)`; every violation, one a line.
+fn schema_violations(doc: &serde_json::Value, cases: Vec<serde_json::Value>) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cases.json");
+    std::fs::write(&file, json!({"doc": doc, "cases": cases}).to_string()).expect("write");
+    let script = r#"
+import json, sys
+from jsonschema import Draft202012Validator
+d = json.load(open(sys.argv[1]))
+for c in d["cases"]:
+    root = dict(c["schema"], components=d["doc"]["components"])
+    for e in Draft202012Validator(root).iter_errors(c["instance"]):
+        print(c["name"], e.json_path, e.message)
+"#;
+    let out = Command::new(venv().join("bin/python"))
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .expect("run the schema check");
+    assert!(
+        out.status.success(),
+        "the schema check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_statistics_answers_match_their_schemas() {
+    let app = spawn_app_with(keys()).await;
+    five_runs_across(&[&app]).await;
+    let (_, doc) = json_body(app.get("/api/openapi.json").await).await;
+    let today = chrono::Utc::now().date_naive();
+    let mut cases = Vec::new();
+    for route in [
+        "/api/statistics",
+        "/api/statistics/summary",
+        "/api/statistics/daily",
+        "/api/statistics/range",
+        "/api/statistics/models",
+    ] {
+        let schema = doc["paths"][route]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]
+            .clone();
+        assert!(schema.is_object(), "{route}: no JSON schema for 200");
+        let query = if route.ends_with("/range") {
+            format!("?start={today}&end={today}")
+        } else {
+            String::new()
+        };
+        // The admin's answer has `by_key`; a key's own has not.
+        for key in [KEY_ADMIN, KEY_A] {
+            let (s, body) = get(&app, &format!("{route}{query}"), key).await;
+            assert_eq!(s, 200, "{route}: {body}");
+            cases.push(json!({"name": route, "schema": schema, "instance": body}));
+        }
+    }
+    let violations = schema_violations(&doc, cases);
+    assert!(
+        violations.is_empty(),
+        "answers break their schemas:\n{violations}"
     );
     app.shutdown().await;
 }

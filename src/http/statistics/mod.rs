@@ -180,7 +180,7 @@ pub async fn daily_list(
 
 #[utoipa::path(get, path = "/api/statistics/range", tag = "statistics", operation_id = "getStatisticsRange",
     summary = "Statistics of a date range",
-    params(("start" = String, Query, description = "First day, YYYY-MM-DD (UTC)"), ("end" = String, Query, description = "Last day, YYYY-MM-DD (UTC), inclusive")),
+    params(("start" = String, Query, format = Date, description = "First day, YYYY-MM-DD (UTC)"), ("end" = String, Query, format = Date, description = "Last day, YYYY-MM-DD (UTC), inclusive")),
     responses((status = 200, description = "Summary and days of the range; the days also as (the seed's name) `statistics`", body = StatsRangeAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn range(

@@ -1,6 +1,6 @@
-//! The OpenAPI document: valid OpenAPI 3.1, served with Swagger UI, and true to the server —
-//! a property-based fuzz run (schemathesis) from the document finds no 5xx and no response that
-//! breaks its schemas.
+//! The OpenAPI document: valid OpenAPI 3.1, served with Swagger UI, free of errors under
+//! Redocly's recommended rules, and true to the server — a property-based fuzz run
+//! (schemathesis) from the document finds no 5xx and no response that breaks its schemas.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -99,6 +99,66 @@ fn served_paths() -> Vec<String> {
         "routes not found in the router's source: {paths:?}"
     );
     paths
+}
+
+/// The Redocly CLI that `./scripts/test.sh` installs and names in `CCS_REDOCLY` (by default
+/// the one it leaves in `.cache`). Missing: the test fails, loudly.
+fn redocly() -> PathBuf {
+    let bin = std::env::var_os("CCS_REDOCLY")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.cache")).ok()?;
+            cache
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("redocly-"))
+                .map(|e| e.path().join("node_modules/.bin/redocly"))
+                .max()
+        })
+        .unwrap_or_default();
+    assert!(
+        bin.is_file(),
+        "the Redocly CLI is missing (CCS_REDOCLY={}): run ./scripts/test.sh, which installs it",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test]
+async fn redocly_finds_no_error_with_its_recommended_rules() {
+    let bin = redocly();
+    let app = spawn_app().await;
+    let (s, doc) = json_body(app.get("/api/openapi.json").await).await;
+    assert_eq!(s, 200);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("openapi.json");
+    // Pretty, so that the report's line numbers point somewhere.
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(["lint", "--extends=recommended", "--format=stylish"])
+            .arg(&file)
+            // No redocly.yaml from anywhere but the command line.
+            .current_dir(file.parent().expect("dir"))
+            .env("REDOCLY_TELEMETRY", "off")
+            .env("REDOCLY_SUPPRESS_UPDATE_NOTICE", "true")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run redocly")
+    })
+    .await
+    .expect("join");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The warnings that remain, for whoever runs the test with --nocapture.
+    println!("redocly lint --extends=recommended:\n{report}");
+    assert!(
+        out.status.success() && report.contains("Your API description is valid"),
+        "Redocly's recommended rules find errors in the OpenAPI document:\n{report}"
+    );
+    app.shutdown().await;
 }
 
 #[tokio::test]

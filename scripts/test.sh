@@ -5,6 +5,9 @@
 # skips a test silently:
 #   * the pinned real Claude CLI (npm package @anthropic-ai/claude-code), into a cache
 #     directory, for the end-to-end tests (Node.js and npm come from apt when missing);
+#   * the pinned Redocly CLI (npm package @redocly/cli, which needs Node.js 20.19+ or 22.12+),
+#     into the cache, which lints the served OpenAPI document with Redocly's recommended rules
+#     (tests/api/openapi.rs);
 #   * a Python virtualenv with the pinned tools of tests/python-requirements.txt: the official
 #     `openai` package (SDK test of the OpenAI-compatible API), schemathesis and
 #     openapi-spec-validator (the OpenAPI document and the fuzz run), hadolint (the
@@ -20,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLAUDE_CLI_VERSION="2.1.197"
+REDOCLY_CLI_VERSION="2.77.0"
 CACHE_DIR="${CCS_CACHE_DIR:-$PWD/.cache}"
 
 say() { printf '==> %s\n' "$*"; }
@@ -43,22 +47,35 @@ command -v jq >/dev/null || missing+=(jq)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
 
+# npm_tool WHAT PACKAGE VERSION DIR BIN: install PACKAGE@VERSION into DIR unless BIN (under
+# DIR) is there already, then check that BIN answers VERSION to --version.
+npm_tool() {
+  local what="$1" package="$2" version="$3" dir="$4" bin="$5" got
+  if [ ! -x "$bin" ]; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    say "installing $package@$version into $dir"
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error "$package@$version") \
+      || die "npm could not install the $what"
+  fi
+  got="$("$bin" --version 2>/dev/null | tail -n 1 || true)"
+  case "$got" in
+    "$version"*) say "$what: $got" ;;
+    *) die "the cached $what answers '$got', expected $version (remove $dir)" ;;
+  esac
+}
+
 # ---- the real Claude CLI, pinned, in the cache
 CLAUDE_DIR="$CACHE_DIR/claude-cli-$CLAUDE_CLI_VERSION"
 CLAUDE_BIN="$CLAUDE_DIR/node_modules/.bin/claude"
-if [ ! -x "$CLAUDE_BIN" ]; then
-  command -v npm >/dev/null || apt_install nodejs npm
-  say "installing @anthropic-ai/claude-code@$CLAUDE_CLI_VERSION into $CLAUDE_DIR"
-  mkdir -p "$CLAUDE_DIR"
-  (cd "$CLAUDE_DIR" && npm install --no-audit --no-fund --loglevel=error "@anthropic-ai/claude-code@$CLAUDE_CLI_VERSION") \
-    || die "npm could not install the Claude CLI"
-fi
-got="$("$CLAUDE_BIN" --version 2>/dev/null || true)"
-case "$got" in
-  "$CLAUDE_CLI_VERSION"*) say "real Claude CLI: $got" ;;
-  *) die "the cached Claude CLI answers '$got', expected $CLAUDE_CLI_VERSION (remove $CLAUDE_DIR)" ;;
-esac
+npm_tool "real Claude CLI" @anthropic-ai/claude-code "$CLAUDE_CLI_VERSION" "$CLAUDE_DIR" "$CLAUDE_BIN"
 export CCS_REAL_CLAUDE="$CLAUDE_BIN"
+
+# ---- the Redocly CLI (the OpenAPI linter), pinned, in the cache
+REDOCLY_DIR="$CACHE_DIR/redocly-$REDOCLY_CLI_VERSION"
+REDOCLY_BIN="$REDOCLY_DIR/node_modules/.bin/redocly"
+npm_tool "Redocly CLI" @redocly/cli "$REDOCLY_CLI_VERSION" "$REDOCLY_DIR" "$REDOCLY_BIN"
+export CCS_REDOCLY="$REDOCLY_BIN"
 
 # ---- the Python test tools, pinned, in a virtualenv in the cache (rebuilt when the pins change)
 PY_VENV="$CACHE_DIR/py-venv"

@@ -41,7 +41,8 @@ pub struct BatchRequest {
     pub metadata: Option<Value>,
 }
 
-#[utoipa::path(post, path = "/api/claude/batch", tag = "runs", request_body = crate::http::batch::BatchRequest,
+#[utoipa::path(post, path = "/api/claude/batch", tag = "runs", operation_id = "runBatch",
+    summary = "Run up to 10 prompts at once", request_body = crate::http::batch::BatchRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
     responses((status = 200, body = crate::http::schema::BatchAnswer), (status = 202, body = crate::http::schema::BatchAsyncAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]

@@ -19,7 +19,8 @@ use super::run_request::{validate, RunRequest, ValidatedRun};
 use super::turns::{self, Target};
 use crate::state::AppState;
 
-#[utoipa::path(post, path = "/api/claude", tag = "runs", request_body = crate::http::run_request::RunRequest,
+#[utoipa::path(post, path = "/api/claude", tag = "runs", operation_id = "runPrompt",
+    summary = "Run a prompt: sync, async or streamed", request_body = crate::http::run_request::RunRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
     responses((status = 200, description = "The run's answer (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))),
         (status = 202, description = "Queued (`async: true`)", body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),

@@ -23,8 +23,10 @@ fn require_admin(caller: &Caller, what: &str) -> Result<(), ApiError> {
     ))
 }
 
-#[utoipa::path(get, path = "/api/config", tag = "operations",
-    responses((status = 200, description = "The effective config, secrets redacted", body = Object), crate::http::schema::CommonErrors),
+#[utoipa::path(get, path = "/api/config", tag = "operations", operation_id = "getConfig",
+    summary = "Read the effective config",
+    description = "Admins only.",
+    responses((status = 200, description = "The effective config, secrets redacted", body = crate::http::schema::ConfigAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_config(
     State(state): State<AppState>,
@@ -40,9 +42,11 @@ pub async fn get_config(
 
 /// The answer names the keys that wait for a restart and shows the effective config, redacted:
 /// a secret sent in the patch never comes back.
-#[utoipa::path(patch, path = "/api/config", tag = "operations",
+#[utoipa::path(patch, path = "/api/config", tag = "operations", operation_id = "patchConfig",
+    summary = "Change the config with a JSON merge patch",
+    description = "Admins only. The patch is validated, written to the config file atomically and applied like a hot reload. The answer names the keys that wait for a restart and shows the effective config, redacted: a secret sent in the patch never comes back.",
     request_body(content = Object, description = "A JSON merge patch (RFC 7396) over the config file", content_type = "application/merge-patch+json"),
-    responses((status = 200, description = "The new effective config, secrets redacted, and the keys that need a restart", body = Object), crate::http::schema::CommonErrors),
+    responses((status = 200, description = "The new effective config, secrets redacted, and the keys that need a restart", body = crate::http::schema::ConfigPatched), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn patch(
     State(state): State<AppState>,

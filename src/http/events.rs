@@ -45,7 +45,8 @@ pub fn final_event(task: &Task) -> (&'static str, Value) {
 ///
 /// With Redis storage, any instance sharing the namespace streams any run, with the same event
 /// ids (so `Last-Event-ID` works on whichever instance the client reconnects to).
-#[utoipa::path(get, path = "/api/tasks/{id}/events", tag = "tasks",
+#[utoipa::path(get, path = "/api/tasks/{id}/events", tag = "tasks", operation_id = "streamTaskEvents",
+    summary = "Stream a task's events (SSE)",
     params(("id" = String, Path, description = "Task id (UUID)"), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
     responses((status = 200, description = "Server-Sent Events: init, text, tool_use, tool_result, then result or error", content_type = "text/event-stream", body = crate::http::schema::SseEvent), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]

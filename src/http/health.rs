@@ -11,8 +11,10 @@ use actors::model::rfc3339;
 
 use crate::state::AppState;
 
-#[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, body = crate::http::schema::Health), (status = 503, description = "Degraded: storage down or CLI missing", body = crate::http::schema::Health)))]
+#[utoipa::path(get, path = "/health", tag = "operations", operation_id = "getHealth",
+    summary = "Health of storage, Claude CLI and queue",
+    responses((status = 200, description = "OK: storage and Claude CLI answer", body = crate::http::schema::Health), (status = 503, description = "Degraded: storage down or CLI missing", body = crate::http::schema::Health)),
+    security(()))]
 pub async fn health(State(state): State<AppState>) -> Response {
     let config = state.config();
     let storage_ok = state

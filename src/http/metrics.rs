@@ -14,7 +14,9 @@ use crate::state::AppState;
 /// The classic Prometheus exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "getMetrics",
+    summary = "Prometheus metrics",
+    description = "Open to anyone when `metrics.public`; otherwise an admin key.",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String), crate::http::schema::CommonErrors),
     security((), ("bearer" = []), ("api_key" = [])))]
 pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    batch, claude, config_api, events, health, metrics, run_request, schema, sessions, statistics,
-    tasks, webhooks,
+    batch, claude, config_api, events, health, metrics, openai, run_request, schema, sessions,
+    statistics, tasks, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -16,8 +16,11 @@ use super::{
         description = "A dependable multi-user HTTP API around the Claude Code CLI. Every error is \
                        `{\"success\": false, \"error\", \"code\", \"details\"?}`.",
     ),
+    servers((url = "/", description = "this server")),
     paths(
         health::health,
+        openapi_json,
+        swagger_ui,
         claude::run_claude,
         batch::run_batch,
         config_api::get_config,
@@ -46,6 +49,9 @@ use super::{
         statistics::daily_list,
         statistics::range,
         statistics::models,
+        openai::chat_completions,
+        openai::list_models,
+        openai::get_model,
     ),
     components(schemas(
         run_request::RunRequest,
@@ -54,6 +60,7 @@ use super::{
         sessions::StatusChange,
         tasks::PriorityChange,
         schema::ErrorBody,
+        openai::error::ErrorEnvelope,
     )),
     modifiers(&Security),
     tags(
@@ -61,10 +68,30 @@ use super::{
         (name = "tasks", description = "Every run is a task in one priority queue"),
         (name = "sessions", description = "Multi-turn conversations"),
         (name = "statistics", description = "Requests, tokens, cost, durations"),
-        (name = "operations", description = "Health and configuration"),
+        (name = "operations", description = "Health, metrics, configuration and this document"),
+        (name = "openai", description = "OpenAI-compatible API, for the OpenAI SDKs"),
     )
 )]
 pub struct ApiDoc;
+
+/// `GET /api/openapi.json`, served by the Swagger UI router (see `http::router`); this function
+/// only documents it.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", operation_id = "getOpenApiDocument",
+    summary = "This OpenAPI document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this server", body = Object),
+        (status = 429, description = "Rate limit", body = schema::ErrorBody)),
+    security(()))]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+/// `GET /docs`, served by the Swagger UI router; this function only documents it.
+#[utoipa::path(get, path = "/docs", tag = "operations", operation_id = "getApiDocsPage",
+    summary = "Swagger UI",
+    description = "Swagger UI, built into the binary (no CDN), showing this document. The page is `/docs/`, its files below it.",
+    responses((status = 303, description = "To the Swagger UI page", headers(("Location" = String, description = "`/docs/`")))),
+    security(()))]
+#[allow(dead_code)]
+fn swagger_ui() {}
 
 /// The two ways to send an API key.
 struct Security;

@@ -4,9 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
+use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, ToSchema};
 use uuid::Uuid;
 
@@ -27,52 +28,89 @@ pub struct ErrorBody {
     pub retry_after: Option<u64>,
 }
 
-/// Errors any route under /api may answer.
-#[derive(IntoResponses)]
-pub enum CommonErrors {
-    /// Malformed JSON, or a field that breaks a rule (named in `details.field`).
-    #[response(status = 400)]
-    BadRequest(#[to_schema] ErrorBody),
-    /// Missing or wrong API key.
-    #[response(status = 401)]
-    Unauthorized(ErrorBody),
-    /// An allowed key, a forbidden action.
-    #[response(status = 403)]
-    Forbidden(ErrorBody),
-    /// Unknown id or route.
-    #[response(status = 404)]
-    NotFound(ErrorBody),
-    /// The state does not allow it (finished task, busy or closed session).
-    #[response(status = 409)]
-    Conflict(ErrorBody),
-    /// Body or prompt over its limit.
-    #[response(status = 413)]
-    TooLarge(ErrorBody),
-    /// The body is not JSON.
-    #[response(status = 415)]
-    UnsupportedMediaType(ErrorBody),
-    /// Rate limit or budget.
-    #[response(status = 429)]
-    TooManyRequests(ErrorBody),
-    /// Storage unavailable, queue full, shutting down.
-    #[response(status = 503)]
-    Unavailable(ErrorBody),
+/// Errors any route may answer: status, and when.
+const COMMON_ERRORS: [(u16, &str); 9] = [
+    (
+        400,
+        "Malformed JSON, or a field that breaks a rule (named in `details.field`).",
+    ),
+    (401, "Missing or wrong API key."),
+    (403, "An allowed key, a forbidden action."),
+    (404, "Unknown id or route."),
+    (
+        409,
+        "The state does not allow it (finished task, busy or closed session).",
+    ),
+    (413, "Body or prompt over its limit."),
+    (415, "The body is not JSON."),
+    (429, "Rate limit or budget."),
+    (503, "Storage unavailable, queue full, shutting down."),
+];
+
+/// Errors of a run, on top of [`COMMON_ERRORS`].
+const RUN_ERRORS: [(u16, &str); 3] = [
+    (422, "The run stopped at `max_turns`."),
+    (
+        502,
+        "The CLI failed (`cli_error`, `cli_api_error`, `cli_not_authenticated`, `cli_crashed`, \
+         `cli_unavailable`).",
+    ),
+    (504, "The run timed out (`timeout`, `idle_timeout`)."),
+];
+
+/// `errors`, each answering the JSON schema named `schema`.
+fn error_responses(errors: &[(u16, &str)], schema: &str) -> BTreeMap<String, RefOr<Response>> {
+    errors
+        .iter()
+        .map(|(status, description)| {
+            let content = Content::new(Some(Ref::from_schema_name(schema)));
+            let response = ResponseBuilder::new()
+                .description(*description)
+                .content("application/json", content)
+                .build();
+            (status.to_string(), response.into())
+        })
+        .collect()
+}
+
+/// Errors any route under /api may answer ([`ErrorBody`]).
+pub struct CommonErrors;
+
+impl IntoResponses for CommonErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&COMMON_ERRORS, "ErrorBody")
+    }
 }
 
 /// Errors of a run, on top of [`CommonErrors`].
-#[derive(IntoResponses)]
-pub enum RunErrors {
-    /// The run stopped at `max_turns`.
-    #[response(status = 422)]
-    MaxTurns(ErrorBody),
-    /// The CLI failed (`cli_error`, `cli_api_error`, `cli_not_authenticated`, `cli_crashed`,
-    /// `cli_unavailable`).
-    #[response(status = 502)]
-    CliFailed(ErrorBody),
-    /// The run timed out (`timeout`, `idle_timeout`).
-    #[response(status = 504)]
-    Timeout(ErrorBody),
+pub struct RunErrors;
+
+impl IntoResponses for RunErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&RUN_ERRORS, "ErrorBody")
+    }
 }
+
+/// The errors of [`CommonErrors`] under `/v1`, in OpenAI's shape.
+pub struct OpenAiErrors;
+
+impl IntoResponses for OpenAiErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&COMMON_ERRORS, OPENAI_ERROR)
+    }
+}
+
+/// The errors of [`RunErrors`] under `/v1`, in OpenAI's shape.
+pub struct OpenAiRunErrors;
+
+impl IntoResponses for OpenAiRunErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&RUN_ERRORS, OPENAI_ERROR)
+    }
+}
+
+/// The schema name of OpenAI's error body ([`crate::http::openai::error::ErrorEnvelope`]).
+pub const OPENAI_ERROR: &str = "OpenAiError";
 
 /// One Server-Sent Event: `id` counts from 1; `event` is init, text, tool_use, tool_result,
 /// result or error; `data` is a JSON object.
@@ -162,6 +200,18 @@ pub struct TaskObject {
 #[derive(ToSchema)]
 pub struct TaskEnvelope {
     pub success: bool,
+    pub task: TaskObject,
+}
+
+/// `PATCH /api/tasks/:id/priority`: the task, and the seed's fields beside it.
+#[derive(ToSchema)]
+pub struct PriorityChanged {
+    pub success: bool,
+    /// `Priority of task <id> changed from <old> to <new>.`
+    pub message: String,
+    pub task_id: Uuid,
+    pub old_priority: u8,
+    pub new_priority: u8,
     pub task: TaskObject,
 }
 
@@ -314,4 +364,34 @@ pub struct Health {
     pub storage: HealthStorage,
     pub claude: HealthClaude,
     pub queue: HashMap<String, Value>,
+}
+
+/// `GET /api/tasks/:id/webhooks`.
+#[derive(ToSchema)]
+pub struct WebhookDeliveries {
+    pub success: bool,
+    pub count: u64,
+    /// Oldest first.
+    pub deliveries: Vec<crate::http::webhooks::Delivery>,
+}
+
+/// `GET /api/config`.
+#[derive(ToSchema)]
+pub struct ConfigAnswer {
+    pub success: bool,
+    /// The effective config (camelCase keys, as in the file), secrets redacted.
+    pub config: HashMap<String, Value>,
+    /// The config file this server reads.
+    pub config_path: String,
+}
+
+/// `PATCH /api/config`.
+#[derive(ToSchema)]
+pub struct ConfigPatched {
+    pub success: bool,
+    /// The new effective config, secrets redacted (a secret sent in the patch never comes
+    /// back).
+    pub config: HashMap<String, Value>,
+    /// The changed keys that apply only after a restart (port, host, storage).
+    pub restart_required: Vec<String>,
 }

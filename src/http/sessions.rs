@@ -76,7 +76,8 @@ pub struct CreateSession {
     pub metadata: Option<Value>,
 }
 
-#[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = crate::http::sessions::CreateSession,
+#[utoipa::path(post, path = "/api/sessions", tag = "sessions", operation_id = "createSession",
+    summary = "Create a session", request_body = crate::http::sessions::CreateSession,
     responses((status = 201, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn create(
@@ -131,7 +132,8 @@ fn parse_status(q: &HashMap<String, String>) -> Result<Option<SessionStatus>, Ap
     }
 }
 
-#[utoipa::path(get, path = "/api/sessions", tag = "sessions",
+#[utoipa::path(get, path = "/api/sessions", tag = "sessions", operation_id = "listSessions",
+    summary = "List sessions",
     params(("status" = Option<String>, Query, description = "active|archived|closed"), ("project_path" = Option<String>, Query),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
     responses((status = 200, description = "Newest first", body = crate::http::schema::SessionList), crate::http::schema::CommonErrors),
@@ -157,7 +159,8 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/api/sessions/search", tag = "sessions",
+#[utoipa::path(get, path = "/api/sessions/search", tag = "sessions", operation_id = "searchSessions",
+    summary = "Search sessions",
     params(("q" = String, Query, description = "Case-insensitive text in id, project path or metadata"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
     responses((status = 200, body = crate::http::schema::SessionList), crate::http::schema::CommonErrors),
@@ -183,7 +186,8 @@ pub async fn search(
     ))
 }
 
-#[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+#[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", operation_id = "getSession",
+    summary = "Get a session", params(("id" = String, Path, description = "Session id (UUID)")),
     responses((status = 200, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get(
@@ -197,7 +201,8 @@ pub async fn get(
     ))
 }
 
-#[utoipa::path(get, path = "/api/sessions/{id}/stats", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+#[utoipa::path(get, path = "/api/sessions/{id}/stats", tag = "sessions", operation_id = "getSessionStats",
+    summary = "A session's figures", params(("id" = String, Path, description = "Session id (UUID)")),
     responses((status = 200, body = crate::http::schema::SessionStats), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn stats(
@@ -249,7 +254,8 @@ pub struct StatusChange {
     pub status: String,
 }
 
-#[utoipa::path(patch, path = "/api/sessions/{id}/status", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+#[utoipa::path(patch, path = "/api/sessions/{id}/status", tag = "sessions", operation_id = "setSessionStatus",
+    summary = "Change a session's status", params(("id" = String, Path, description = "Session id (UUID)")),
     request_body = crate::http::sessions::StatusChange,
     responses((status = 200, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
@@ -280,7 +286,8 @@ pub async fn set_status(
     ))
 }
 
-#[utoipa::path(delete, path = "/api/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+#[utoipa::path(delete, path = "/api/sessions/{id}", tag = "sessions", operation_id = "deleteSession",
+    summary = "Delete a session", params(("id" = String, Path, description = "Session id (UUID)")),
     responses((status = 200, body = crate::http::schema::Deleted), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn delete(
@@ -318,7 +325,8 @@ pub async fn delete(
     Ok(Json(json!({"success": true, "deleted": session.id})))
 }
 
-#[utoipa::path(get, path = "/api/sessions/{id}/messages", tag = "sessions", params(("id" = String, Path, description = "Session id (UUID)")),
+#[utoipa::path(get, path = "/api/sessions/{id}/messages", tag = "sessions", operation_id = "listSessionMessages",
+    summary = "A session's messages", params(("id" = String, Path, description = "Session id (UUID)")),
     responses((status = 200, description = "The conversation, from the CLI's transcript (on Redis storage, its copy in Redis when this instance's file is missing or behind)", body = crate::http::schema::Messages), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn messages(
@@ -341,7 +349,8 @@ pub async fn messages(
     ))
 }
 
-#[utoipa::path(post, path = "/api/sessions/{id}/continue", tag = "sessions",
+#[utoipa::path(post, path = "/api/sessions/{id}/continue", tag = "sessions", operation_id = "continueSession",
+    summary = "Continue a session with a new turn",
     params(("id" = String, Path, description = "Session id (UUID)"), ("Idempotency-Key" = Option<String>, Header)),
     request_body = crate::http::run_request::RunRequest,
     responses((status = 200, description = "The turn's answer (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
@@ -358,7 +367,8 @@ pub async fn continue_session(
     turns::start(&state, &caller, run, Target::Continue(sid), &idem).await
 }
 
-#[utoipa::path(post, path = "/api/sessions/{id}/fork", tag = "sessions",
+#[utoipa::path(post, path = "/api/sessions/{id}/fork", tag = "sessions", operation_id = "forkSession",
+    summary = "Fork a session into a new one",
     params(("id" = String, Path, description = "Session id (UUID)"), ("Idempotency-Key" = Option<String>, Header)),
     request_body = crate::http::run_request::RunRequest,
     responses((status = 200, description = "The first turn of the new session (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),

@@ -68,7 +68,8 @@ pub async fn visible_task(
     }
 }
 
-#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id (UUID)")),
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks", operation_id = "getTask",
+    summary = "Get a task", params(("id" = String, Path, description = "Task id (UUID)")),
     responses((status = 200, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_task(
@@ -82,7 +83,8 @@ pub async fn get_task(
 
 /// `GET /api/tasks?status=&session_id=&limit=&offset=`: pending tasks in run order, the rest
 /// newest first.
-#[utoipa::path(get, path = "/api/tasks", tag = "tasks",
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", operation_id = "listTasks",
+    summary = "List tasks",
     params(("status" = Option<String>, Query, description = "pending|processing|completed|failed|cancelled|timeout"),
         ("session_id" = Option<String>, Query, description = "Session id (UUID)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
@@ -121,7 +123,8 @@ pub async fn list_tasks(
 }
 
 /// `POST /api/tasks/async`: queue a run; 201 with the stored task.
-#[utoipa::path(post, path = "/api/tasks/async", tag = "tasks", request_body = crate::http::run_request::RunRequest,
+#[utoipa::path(post, path = "/api/tasks/async", tag = "tasks", operation_id = "createAsyncTask",
+    summary = "Queue a run", request_body = crate::http::run_request::RunRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
     responses((status = 201, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
@@ -165,9 +168,10 @@ pub struct PriorityChange {
 }
 
 /// `PATCH /api/tasks/:id/priority`: pending tasks only; the new place applies at once.
-#[utoipa::path(patch, path = "/api/tasks/{id}/priority", tag = "tasks", params(("id" = String, Path, description = "Task id (UUID)")),
+#[utoipa::path(patch, path = "/api/tasks/{id}/priority", tag = "tasks", operation_id = "setTaskPriority",
+    summary = "Change a pending task's priority", params(("id" = String, Path, description = "Task id (UUID)")),
     request_body = crate::http::tasks::PriorityChange,
-    responses((status = 200, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
+    responses((status = 200, body = crate::http::schema::PriorityChanged), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn set_priority(
     State(state): State<AppState>,
@@ -198,7 +202,8 @@ pub async fn set_priority(
 
 /// `DELETE /api/tasks/:id`: a pending task never runs; a running one is killed (its whole
 /// process group) and stays `cancelled`; a finished one is 409.
-#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "Task id (UUID)")),
+#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks", operation_id = "cancelTask",
+    summary = "Cancel a task", params(("id" = String, Path, description = "Task id (UUID)")),
     responses((status = 200, description = "Cancelled: a pending task never runs; a running one is killed", body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn cancel(
@@ -212,7 +217,8 @@ pub async fn cancel(
 }
 
 /// `GET /api/tasks/queue/status`.
-#[utoipa::path(get, path = "/api/tasks/queue/status", tag = "tasks",
+#[utoipa::path(get, path = "/api/tasks/queue/status", tag = "tasks", operation_id = "getQueueStatus",
+    summary = "Queue status",
     responses((status = 200, body = crate::http::schema::QueueStatus), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn queue_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -7,7 +7,7 @@ use cursive::views::{OnEventView, TextView};
 use cursive::Cursive;
 use serde_json::Value;
 
-use super::format::{f, millis, n, s, thousands, usd};
+use super::format::{either, f, millis, n, s, thousands, usd};
 use super::widgets::{ctx, push_screen, text_area};
 use super::worker::{unique_name, Ctx, Live};
 use crate::client::ClientError;
@@ -175,7 +175,10 @@ pub fn dashboard_text(
     out.push("All time".into());
     match &summary {
         Ok(sm) => {
-            let sm = sm.get("summary").cloned().unwrap_or(Value::Null);
+            let sm = sm
+                .get(either(sm, "statistics", "summary"))
+                .cloned()
+                .unwrap_or(Value::Null);
             let req = sm.get("requests").cloned().unwrap_or(Value::Null);
             let tok = sm.get("tokens").cloned().unwrap_or(Value::Null);
             let cost = sm.get("costs").cloned().unwrap_or(Value::Null);

@@ -22,6 +22,16 @@ pub fn f(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
+/// The name a field has in `v`: `seed` (the seed's name, which the daemon sends beside its own)
+/// when present, else `own` (all an older daemon sends).
+pub fn either<'k>(v: &Value, seed: &'k str, own: &'k str) -> &'k str {
+    if v.get(seed).is_some() {
+        seed
+    } else {
+        own
+    }
+}
+
 /// Dollars: `$0.0123`.
 pub fn usd(x: f64) -> String {
     format!("${x:.4}")
@@ -93,6 +103,14 @@ mod tests {
         assert_eq!(s(&v, "zz"), "-");
         assert_eq!(n(&v, "a"), 0);
         assert_eq!(time(&v, "t"), "2025-01-02 03:04:05");
+    }
+
+    #[test]
+    fn seed_names_first() {
+        let v = json!({"count": 2, "requests": 2, "model": "m"});
+        assert_eq!(either(&v, "count", "requests"), "count");
+        assert_eq!(either(&v, "name", "model"), "model");
+        assert_eq!(s(&v, either(&v, "name", "model")), "m");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use cursive::views::{OnEventView, TextView};
 use cursive::Cursive;
 use serde_json::Value;
 
-use super::format::{f, millis, n, s, thousands, usd};
+use super::format::{either, f, millis, n, s, thousands, usd};
 use super::widgets::{ctx, push_screen, text_area};
 use super::worker::{unique_name, Ctx, Live};
 use crate::client::ClientError;
@@ -55,7 +55,10 @@ pub fn statistics_text(
     out.push("Summary (all time)".to_string());
     match summary {
         Ok(b) => {
-            let sm = b.get("summary").cloned().unwrap_or(Value::Null);
+            let sm = b
+                .get(either(&b, "statistics", "summary"))
+                .cloned()
+                .unwrap_or(Value::Null);
             let req = sm.get("requests").cloned().unwrap_or(Value::Null);
             let tok = sm.get("tokens").cloned().unwrap_or(Value::Null);
             let cost = sm.get("costs").cloned().unwrap_or(Value::Null);
@@ -75,8 +78,8 @@ pub fn statistics_text(
             ));
             out.push(format!(
                 "  tokens in {}   out {}   cache read {}   cache write {}",
-                thousands(n(&tok, "input")),
-                thousands(n(&tok, "output")),
+                thousands(n(&tok, either(&tok, "total_input", "input"))),
+                thousands(n(&tok, either(&tok, "total_output", "output"))),
                 thousands(n(&tok, "cache_read")),
                 thousands(n(&tok, "cache_creation"))
             ));
@@ -142,8 +145,8 @@ pub fn statistics_text(
                 for m in &models {
                     out.push(format!(
                         "  {:<28} {:>8} {:>7.0}% {:>10} {:>12} {:>9}",
-                        s(m, "model"),
-                        n(m, "requests"),
+                        s(m, either(m, "name", "model")),
+                        n(m, either(m, "count", "requests")),
                         f(m, "success_rate") * 100.0,
                         usd(f(m, "cost_usd")),
                         thousands(n(m, "total_tokens")),
@@ -155,4 +158,26 @@ pub fn statistics_text(
         Err(e) => out.push(format!("  {e}")),
     }
     out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seed_names_and_an_older_daemons_names_read_alike() {
+        let seed = json!({"statistics": {"requests": {"total": 7}, "tokens": {"total_input": 1200, "total_output": 30}}});
+        let older =
+            json!({"summary": {"requests": {"total": 7}, "tokens": {"input": 1200, "output": 30}}});
+        let models = json!({"models": [{"name": "m-one", "count": 4}]});
+        let older_models = json!({"models": [{"model": "m-one", "requests": 4}]});
+        let days = || Ok(json!({"daily": []}));
+        let a = statistics_text(Ok(seed), days(), Ok(models));
+        let b = statistics_text(Ok(older), days(), Ok(older_models));
+        assert_eq!(a, b);
+        assert!(a.contains("requests 7"), "{a}");
+        assert!(a.contains("tokens in 1,200   out 30"), "{a}");
+        assert!(a.contains("m-one") && a.contains("       4"), "{a}");
+    }
 }

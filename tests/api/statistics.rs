@@ -94,9 +94,11 @@ pub(crate) fn assert_admin_summary(s: &Value) {
         json!({"completed": 3, "failed": 2, "cancelled": 0, "timeout": 0})
     );
     // Tokens and cost of completed runs only; the billed failure is reported apart.
+    // `total_input`/`total_output`: the seed's names for `input`/`output`.
     assert_eq!(
         s["tokens"],
-        json!({"input": 1110, "output": 555, "cache_read": 7, "cache_creation": 3, "total": 1665})
+        json!({"input": 1110, "output": 555, "cache_read": 7, "cache_creation": 3, "total": 1665,
+               "total_input": 1110, "total_output": 555})
     );
     assert_eq!(s["costs"]["total_usd"], json!(0.875));
     assert_eq!(s["costs"]["failed_runs_usd"], json!(0.0625));
@@ -107,7 +109,10 @@ pub(crate) fn assert_admin_summary(s: &Value) {
     );
     assert_eq!(one["cost_usd"], json!(0.625));
     assert_eq!(one["input_tokens"], 1100);
+    // `count`: the seed's name for `requests`.
+    assert_eq!(one["count"], 4);
     assert_eq!(s["models"]["m-two"]["requests"], 1);
+    assert_eq!(s["models"]["m-two"]["count"], 1);
     assert_eq!(s["models"]["m-two"]["cost_usd"], json!(0.25));
     let by_key = s["by_key"].as_array().expect("by_key for admins");
     let key = |name: &str| {
@@ -119,6 +124,7 @@ pub(crate) fn assert_admin_summary(s: &Value) {
     };
     let a = key("a");
     assert_eq!((&a["requests"], &a["failed"]), (&json!(3), &json!(1)));
+    assert_eq!(a["count"], 3);
     assert_eq!(a["cost_usd"], json!(0.75));
     assert_eq!(a["failed_runs_cost_usd"], json!(0.0625));
     let b = key("b");
@@ -165,15 +171,8 @@ async fn figures_by_day_model_and_key_survive_a_restart() {
     assert_eq!(s, 200, "{b}");
     assert_eq!((&b["count"], &b["total"]), (&json!(1), &json!(1)));
     let day = &b["daily"][0];
-    assert_eq!(day["date"], today());
-    assert_eq!(day["total_requests"], 5);
-    assert_eq!(day["successful_requests"], 3);
-    assert_eq!(day["failed_requests"], 2);
-    assert_eq!(day["total_cost_usd"], json!(0.875));
-    assert_eq!(day["total_input_tokens"], 1110);
-    assert_eq!(day["total_output_tokens"], 555);
+    assert_seed_day(day);
     assert_eq!(day["total_cache_read_tokens"], 7);
-    assert!(day["avg_duration_ms"].is_number());
     assert_eq!(day["models"]["m-one"]["requests"], 4);
     assert_eq!(day["by_key"].as_array().map(Vec::len), Some(2));
 
@@ -225,6 +224,157 @@ async fn figures_by_day_model_and_key_survive_a_restart() {
     assert_eq!(b["summary"]["requests"]["total"], 6);
     assert_eq!(b["summary"]["costs"]["total_usd"], json!(1.375));
     assert_eq!(b["summary"]["models"]["m-two"]["requests"], 2);
+    app.shutdown().await;
+}
+
+/// After [`five_runs`], the admin's answer of `path`: 200 with `success`, `enabled`, `scope`.
+async fn admin_answer_after_five_runs(path: &str) -> (TestApp, Value) {
+    let app = spawn_app_with(keys()).await;
+    five_runs(&app).await;
+    let (s, b) = get(&app, path, KEY_ADMIN).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (&b["success"], &b["enabled"], &b["scope"]),
+        (&json!(true), &json!(true), &json!("all")),
+        "{b}"
+    );
+    (app, b)
+}
+
+/// The seed's model list entries after [`five_runs`]: `name` and `count` beside `model` and
+/// `requests`, most requests first.
+fn assert_seed_models(models: &Value) {
+    let models = models.as_array().expect("a list of models");
+    let seen: Vec<_> = models
+        .iter()
+        .map(|m| (&m["name"], &m["count"], &m["cost_usd"]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (&json!("m-one"), &json!(4), &json!(0.625)),
+            (&json!("m-two"), &json!(1), &json!(0.25))
+        ],
+        "{models:?}"
+    );
+    for m in models {
+        assert_eq!(
+            (&m["model"], &m["requests"]),
+            (&m["name"], &m["count"]),
+            "{m}"
+        );
+    }
+}
+
+/// The seed's day after [`five_runs`] (admin).
+fn assert_seed_day(day: &Value) {
+    assert_eq!(day["date"], today(), "{day}");
+    assert_eq!(day["total_requests"], 5);
+    assert_eq!(day["successful_requests"], 3);
+    assert_eq!(day["failed_requests"], 2);
+    assert_eq!(day["total_cost_usd"], json!(0.875));
+    assert_eq!(day["total_input_tokens"], 1110);
+    assert_eq!(day["total_output_tokens"], 555);
+    assert!(
+        day["avg_duration_ms"].as_f64().is_some_and(|x| x >= 0.0),
+        "{day}"
+    );
+    assert_eq!(day["models"]["m-one"]["count"], 4);
+    assert_eq!(day["models"]["m-two"]["cost_usd"], json!(0.25));
+}
+
+#[tokio::test]
+async fn the_summary_answers_in_the_seeds_shape() {
+    let (app, b) = admin_answer_after_five_runs("/api/statistics/summary").await;
+    // `statistics` (the seed's) and `summary` (this server's) are one object.
+    let st = &b["statistics"];
+    assert_eq!(st, &b["summary"]);
+    assert_admin_summary(st);
+    assert_eq!(
+        (
+            &st["requests"]["total"],
+            &st["requests"]["successful"],
+            &st["requests"]["failed"]
+        ),
+        (&json!(5), &json!(3), &json!(2))
+    );
+    assert_eq!(
+        (&st["tokens"]["total_input"], &st["tokens"]["total_output"]),
+        (&json!(1110), &json!(555))
+    );
+    assert_eq!(st["costs"]["total_usd"], json!(0.875));
+    assert_eq!(
+        (
+            &st["models"]["m-one"]["count"],
+            &st["models"]["m-one"]["cost_usd"]
+        ),
+        (&json!(4), &json!(0.625))
+    );
+    // A key's own view has the same shape.
+    let (_, b) = get(&app, "/api/statistics/summary", KEY_A).await;
+    assert_eq!(b["scope"], "own");
+    assert_eq!(b["statistics"], b["summary"]);
+    assert_eq!(b["statistics"]["tokens"]["total_input"], 110);
+    assert_eq!(b["statistics"]["models"]["m-one"]["count"], 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_overview_answers_in_the_seeds_shape() {
+    let (app, b) = admin_answer_after_five_runs("/api/statistics").await;
+    let st = &b["statistics"];
+    assert_admin_summary(&st["summary"]);
+    assert_eq!(st["summary"], b["summary"]);
+    let recent = st["recent_daily"].as_array().expect("recent_daily");
+    assert_eq!(recent.len(), 1, "{st}");
+    assert_seed_day(&recent[0]);
+    assert_eq!(st["recent_daily"], b["daily"]);
+    assert_seed_models(&st["top_models"]);
+    assert_eq!(st["top_models"], b["top_models"]);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_range_answers_in_the_seeds_shape() {
+    let t = today();
+    let (app, b) =
+        admin_answer_after_five_runs(&format!("/api/statistics/range?start={t}&end={t}")).await;
+    assert_eq!((&b["start"], &b["end"]), (&json!(t), &json!(t)));
+    assert_eq!(b["count"], 1);
+    let days = b["statistics"].as_array().expect("statistics: the days");
+    assert_eq!(days.len(), 1, "{b}");
+    assert_seed_day(&days[0]);
+    assert_eq!(b["statistics"], b["daily"]);
+    assert_admin_summary(&b["summary"]);
+    // A range without runs: no days.
+    let (_, b) = get(
+        &app,
+        "/api/statistics/range?start=2001-01-01&end=2001-12-31",
+        KEY_ADMIN,
+    )
+    .await;
+    assert_eq!(
+        (&b["count"], &b["statistics"], &b["daily"]),
+        (&json!(0), &json!([]), &json!([]))
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_daily_list_answers_in_the_seeds_shape() {
+    let (app, b) = admin_answer_after_five_runs("/api/statistics/daily").await;
+    assert_eq!((&b["count"], &b["total"]), (&json!(1), &json!(1)));
+    let days = b["daily"].as_array().expect("daily");
+    assert_eq!(days.len(), 1, "{b}");
+    assert_seed_day(&days[0]);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_model_list_answers_in_the_seeds_shape() {
+    let (app, b) = admin_answer_after_five_runs("/api/statistics/models").await;
+    assert_eq!((&b["count"], &b["total"]), (&json!(2), &json!(2)));
+    assert_seed_models(&b["models"]);
     app.shutdown().await;
 }
 

@@ -14,26 +14,33 @@ use axum::response::Response;
 use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::SESSION_HEADER;
 
 /// A native error body is small; anything larger is not one and is not read whole.
 const MAX_NATIVE_ERROR_BYTES: usize = 256 * 1024;
 
-/// `{"error": {...}}`, fields in OpenAI's order.
-#[derive(Debug, Serialize, PartialEq)]
+/// `{"error": {...}}`, fields in OpenAI's order: every error under `/v1`.
+#[derive(Debug, Serialize, PartialEq, ToSchema)]
+#[schema(as = OpenAiError)]
 pub struct ErrorEnvelope {
     pub error: ErrorObject,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, ToSchema)]
+#[schema(as = OpenAiErrorObject)]
 pub struct ErrorObject {
     pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `rate_limit_error`, `insufficient_quota` or `server_error`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The request field at fault (`details.field` of the native body), else null.
+    #[schema(required = true)]
     pub param: Option<String>,
     /// The service's own snake_case code (`cli_api_error`, `rate_limited`, ...).
+    #[schema(required = true)]
     pub code: Option<String>,
 }
 

@@ -49,6 +49,17 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// `POST /v1/chat/completions`. Takes `Idempotency-Key` like the native run routes.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", operation_id = "createChatCompletion",
+    summary = "Chat completion (OpenAI-compatible)",
+    description = "A run like any other (queue, budgets, statistics, webhooks) in OpenAI's shapes. The last user message is the prompt; system and developer messages are appended to the CLI's system prompt; earlier messages are folded into the prompt unless a session is continued (`X-Session-Id` or `session_id`), whose history the CLI keeps. Errors are OpenAI's `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`.",
+    request_body = ChatRequest,
+    params(("X-Session-Id" = Option<String>, Header, description = "Continue this session (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
+    responses((status = 200, description = "The completion; with `stream: true`, Server-Sent Events whose `data:` are chunks, ending with `data: [DONE]`",
+            headers(("X-Session-Id" = String, description = "The session of the chat: send it back to continue")),
+            content((response::ChatCompletion = "application/json"), (response::Chunk = "text/event-stream"))),
+        crate::http::schema::OpenAiErrors, crate::http::schema::OpenAiRunErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
@@ -172,6 +183,11 @@ fn model_object(id: String, created: i64) -> ModelObject {
 }
 
 /// `GET /v1/models`.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", operation_id = "listModels",
+    summary = "List models (OpenAI-compatible)",
+    description = "`defaultModel`, then `allowedModels` (when that list is empty any model name is accepted, but only the default is listed).",
+    responses((status = 200, description = "The models a client may ask for", body = ModelList), crate::http::schema::OpenAiErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     let created = models_created(&state);
     Json(ModelList {
@@ -184,6 +200,11 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 }
 
 /// `GET /v1/models/{id}`: 404 for a model the server does not list.
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "openai", operation_id = "getModel",
+    summary = "Get a model (OpenAI-compatible)",
+    params(("id" = String, Path, description = "A model name, as listed by `GET /v1/models`")),
+    responses((status = 200, description = "The model", body = ModelObject), crate::http::schema::OpenAiErrors),
+    security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -13,14 +13,18 @@
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use super::super::error::ApiError;
 use super::super::run_request::RunRequest;
 
-#[derive(Debug, Deserialize)]
+/// OpenAI's chat completion request. Sampling fields (`temperature`, `top_p`, `max_tokens`,
+/// `stop`, `seed`, penalties, `response_format`, ...) are accepted and ignored.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
     /// Optional here (OpenAI requires it): absent means `defaultModel`.
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -28,8 +32,11 @@ pub struct ChatRequest {
     pub user: Option<String>,
     /// OpenAI's own request metadata: stored with the task like native `metadata`.
     pub metadata: Option<Value>,
+    /// Must be 1.
     pub n: Option<i64>,
+    /// Refused unless empty: no function calling.
     pub tools: Option<Vec<Value>>,
+    /// Refused unless empty: no function calling.
     pub functions: Option<Vec<Value>>,
     // ---- extensions (send them with the SDKs' `extra_body`)
     /// Continue this session (same as the `X-Session-Id` header).
@@ -38,16 +45,32 @@ pub struct ChatRequest {
     pub project_path: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
+#[schema(as = ChatStreamOptions)]
 pub struct StreamOptions {
+    /// Send a last chunk with the run's `usage`.
     pub include_usage: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessage {
+    /// The last message must be the user's.
+    #[schema(value_type = ChatRole)]
     pub role: String,
     /// A string, an array of content parts, or null (an assistant message with tool calls).
     pub content: Option<Value>,
+}
+
+/// The roles a message may have (`tool` and `function` are refused): the schema of
+/// [`ChatMessage::role`], which stays a string so a refused role is answered by name.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
 }
 
 /// What the handler needs besides the native request.

@@ -3,6 +3,7 @@
 //! `json!` map would come out sorted), and clients that compare bytes get stable output.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use actors::model::Usage;
@@ -10,6 +11,13 @@ use actors::model::Usage;
 /// The id of a completion: the task's id inside, so it leads to `GET /api/tasks/:id`.
 pub fn completion_id(task_id: Uuid) -> String {
     format!("chatcmpl-{task_id}")
+}
+
+/// The schema of a field that is always null (`logprobs`).
+fn always_null() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Null)
+        .build()
 }
 
 /// What every completion and chunk of one request repeats.
@@ -23,7 +31,8 @@ pub struct Envelope {
     pub session_id: String,
 }
 
-#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(as = ChatUsage)]
 pub struct UsageOut {
     /// Everything the model read: input + cache reads + cache writes.
     pub prompt_tokens: u64,
@@ -46,8 +55,10 @@ impl From<Usage> for UsageOut {
 /// limit), and a run the CLI cuts short (max turns, budget) is an error, not a partial answer.
 pub const FINISH_STOP: &str = "stop";
 
-#[derive(Debug, Serialize)]
+/// `object: chat.completion`.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletion<'a> {
+    /// `chatcmpl-<task id>`.
     pub id: &'a str,
     pub object: &'static str,
     pub created: i64,
@@ -58,15 +69,20 @@ pub struct ChatCompletion<'a> {
     pub session_id: &'a str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ChatChoice)]
 pub struct Choice<'a> {
     pub index: u32,
     pub message: AssistantMessage<'a>,
+    /// Always null.
+    #[schema(schema_with = always_null, required = true)]
     pub logprobs: Option<()>,
+    /// `stop`.
     pub finish_reason: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ChatAssistantMessage)]
 pub struct AssistantMessage<'a> {
     pub role: &'static str,
     pub content: &'a str,
@@ -92,8 +108,10 @@ pub fn completion<'a>(env: &'a Envelope, content: &'a str, usage: Usage) -> Chat
     }
 }
 
-/// One `chat.completion.chunk`.
-#[derive(Debug, Serialize)]
+/// One `chat.completion.chunk`: the `data:` of each Server-Sent Event of a streamed
+/// completion, which ends with `data: [DONE]`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ChatCompletionChunk)]
 pub struct Chunk<'a> {
     pub id: &'a str,
     pub object: &'static str,
@@ -103,21 +121,28 @@ pub struct Chunk<'a> {
     pub choices: Vec<ChunkChoice<'a>>,
     /// Present only with `stream_options.include_usage`: null on every chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<UsageOut>)]
     pub usage: Option<Option<UsageOut>>,
     /// Extension: the session, on every chunk (also in the `X-Session-Id` header).
     pub session_id: &'a str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ChatChunkChoice)]
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
+    /// Always null.
+    #[schema(schema_with = always_null, required = true)]
     pub logprobs: Option<()>,
+    /// `stop` on the finishing chunk, else null.
+    #[schema(required = true)]
     pub finish_reason: Option<&'static str>,
 }
 
 /// The change a chunk brings; an empty delta (`{}`) on the finishing chunk.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, ToSchema)]
+#[schema(as = ChatDelta)]
 pub struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -198,14 +223,15 @@ impl Envelope {
     }
 }
 
-/// `GET /v1/models` and `/v1/models/{id}`.
-#[derive(Debug, Serialize)]
+/// `GET /v1/models`: `object: list`.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelObject>,
 }
 
-#[derive(Debug, Serialize, Clone)]
+/// A model: `object: model`, `owned_by: anthropic`.
+#[derive(Debug, Serialize, Clone, ToSchema)]
 pub struct ModelObject {
     pub id: String,
     pub object: &'static str,

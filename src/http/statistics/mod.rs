@@ -18,7 +18,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use chrono::NaiveDate;
-use serde_json::{json, Value};
 
 use actors::stats::{DaySelection, Rollup, Scope, StatsError};
 
@@ -27,9 +26,13 @@ use super::error::ApiError;
 use crate::state::AppState;
 
 mod params;
-mod render;
+pub mod render;
 
 use params::Params;
+use render::{
+    StatsDailyAnswer, StatsDay, StatsEnvelope, StatsModelsAnswer, StatsOverview,
+    StatsOverviewAnswer, StatsRangeAnswer, StatsScope, StatsSummaryAnswer,
+};
 
 type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
 
@@ -57,18 +60,16 @@ fn unavailable(e: StatsError) -> ApiError {
 }
 
 /// What every answer starts with.
-fn envelope(state: &AppState, caller: &Caller) -> serde_json::Map<String, Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("success".into(), Value::Bool(true));
-    m.insert(
-        "enabled".into(),
-        Value::Bool(state.config().statistics.enabled),
-    );
-    m.insert(
-        "scope".into(),
-        Value::from(if caller.admin { "all" } else { "own" }),
-    );
-    m
+fn envelope(state: &AppState, caller: &Caller) -> StatsEnvelope {
+    StatsEnvelope {
+        success: true,
+        enabled: state.config().statistics.enabled,
+        scope: if caller.admin {
+            StatsScope::All
+        } else {
+            StatsScope::Own
+        },
+    }
 }
 
 async fn daily(
@@ -92,63 +93,74 @@ fn sum(per_day: &[(NaiveDate, Rollup)]) -> (Rollup, Vec<NaiveDate>) {
     (total, per_day.iter().map(|(d, _)| *d).collect())
 }
 
-#[utoipa::path(get, path = "/api/statistics", tag = "statistics",
-    responses((status = 200, description = "Summary, recent days and top models", body = Object), crate::http::schema::CommonErrors),
+fn render_days(per_day: &[(NaiveDate, Rollup)], admin: bool) -> Vec<StatsDay> {
+    per_day
+        .iter()
+        .map(|(d, r)| render::day(*d, r, admin))
+        .collect()
+}
+
+#[utoipa::path(get, path = "/api/statistics", tag = "statistics", operation_id = "getStatistics",
+    summary = "Statistics overview: summary, recent days, top models",
+    responses((status = 200, description = "Summary of every retained day, the last 7 days, the top 5 models", body = StatsOverviewAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn overview(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsOverviewAnswer>, ApiError> {
     let per_day = daily(&state, DaySelection::All, &scope_of(&caller)).await?;
     let (all, dates) = sum(&per_day);
-    let recent = &per_day[per_day.len().saturating_sub(RECENT_DAYS)..];
-    let mut body = envelope(&state, &caller);
-    body.insert(
-        "summary".into(),
-        render::summary(&all, &dates, caller.admin),
+    let summary = render::summary(&all, &dates, caller.admin);
+    let recent = render_days(
+        &per_day[per_day.len().saturating_sub(RECENT_DAYS)..],
+        caller.admin,
     );
-    body.insert(
-        "daily".into(),
-        recent
-            .iter()
-            .map(|(d, r)| render::day(*d, r, caller.admin))
-            .collect(),
-    );
-    body.insert(
-        "top_models".into(),
-        all.top_models(TOP_MODELS)
-            .into_iter()
-            .map(|(m, c)| render::model(m, c))
-            .collect(),
-    );
-    Ok(Json(Value::Object(body)))
+    let top_models: Vec<_> = all
+        .top_models(TOP_MODELS)
+        .into_iter()
+        .map(|(m, c)| render::model(m, c))
+        .collect();
+    Ok(Json(StatsOverviewAnswer {
+        envelope: envelope(&state, &caller),
+        statistics: StatsOverview {
+            summary: summary.clone(),
+            recent_daily: recent.clone(),
+            top_models: top_models.clone(),
+        },
+        summary,
+        daily: recent,
+        top_models,
+    }))
 }
 
-#[utoipa::path(get, path = "/api/statistics/summary", tag = "statistics",
-    responses((status = 200, description = "Totals of every retained day", body = Object), crate::http::schema::CommonErrors),
+#[utoipa::path(get, path = "/api/statistics/summary", tag = "statistics", operation_id = "getStatisticsSummary",
+    summary = "Statistics summary of every retained day",
+    responses((status = 200, description = "Totals of every retained day, as `summary` and (the seed's name) `statistics`", body = StatsSummaryAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn summary(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsSummaryAnswer>, ApiError> {
     let per_day = daily(&state, DaySelection::All, &scope_of(&caller)).await?;
     let (all, dates) = sum(&per_day);
-    let mut body = envelope(&state, &caller);
-    body.insert(
-        "summary".into(),
-        render::summary(&all, &dates, caller.admin),
-    );
-    Ok(Json(Value::Object(body)))
+    let summary = render::summary(&all, &dates, caller.admin);
+    Ok(Json(StatsSummaryAnswer {
+        envelope: envelope(&state, &caller),
+        statistics: summary.clone(),
+        summary,
+    }))
 }
 
-#[utoipa::path(get, path = "/api/statistics/daily", tag = "statistics", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
-    responses((status = 200, description = "Days, newest `limit`", body = Object), crate::http::schema::CommonErrors),
+#[utoipa::path(get, path = "/api/statistics/daily", tag = "statistics", operation_id = "listStatisticsDays",
+    summary = "Statistics per day",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Days to return (default 30)"), ("offset" = Option<u32>, Query, description = "Newest days to skip")),
+    responses((status = 200, description = "Days with requests, oldest first: the newest `limit` after skipping the newest `offset`", body = StatsDailyAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn daily_list(
     State(state): State<AppState>,
     caller: Caller,
     query: QueryMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsDailyAnswer>, ApiError> {
     let p = Params::from_query(query)?;
     let limit = p.limit(30)?;
     let offset = p.offset()?;
@@ -157,60 +169,56 @@ pub async fn daily_list(
     // The newest `limit` after skipping the newest `offset`, oldest first.
     let end = total.saturating_sub(offset);
     let start = end.saturating_sub(limit);
-    let days: Vec<Value> = per_day[start..end]
-        .iter()
-        .map(|(d, r)| render::day(*d, r, caller.admin))
-        .collect();
-    let mut body = envelope(&state, &caller);
-    body.insert("count".into(), json!(days.len()));
-    body.insert("total".into(), json!(total));
-    body.insert("daily".into(), Value::Array(days));
-    Ok(Json(Value::Object(body)))
+    let days = render_days(&per_day[start..end], caller.admin);
+    Ok(Json(StatsDailyAnswer {
+        envelope: envelope(&state, &caller),
+        count: days.len() as u64,
+        total: total as u64,
+        daily: days,
+    }))
 }
 
-#[utoipa::path(get, path = "/api/statistics/range", tag = "statistics", params(("start" = String, Query, description = "YYYY-MM-DD"), ("end" = String, Query, description = "YYYY-MM-DD")),
-    responses((status = 200, description = "Summary and days of a date range", body = Object), crate::http::schema::CommonErrors),
+#[utoipa::path(get, path = "/api/statistics/range", tag = "statistics", operation_id = "getStatisticsRange",
+    summary = "Statistics of a date range",
+    params(("start" = String, Query, format = Date, description = "First day, YYYY-MM-DD (UTC)"), ("end" = String, Query, format = Date, description = "Last day, YYYY-MM-DD (UTC), inclusive")),
+    responses((status = 200, description = "Summary and days of the range; the days also as (the seed's name) `statistics`", body = StatsRangeAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn range(
     State(state): State<AppState>,
     caller: Caller,
     query: QueryMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsRangeAnswer>, ApiError> {
     let p = Params::from_query(query)?;
     let from = p.date("start")?;
     let to = p.date("end")?;
     if to < from {
         return Err(ApiError::field("end", "must not be before `start`"));
     }
-    let days = DaySelection::Range { from, to };
-    let per_day = daily(&state, days, &scope_of(&caller)).await?;
+    let selection = DaySelection::Range { from, to };
+    let per_day = daily(&state, selection, &scope_of(&caller)).await?;
     let (all, dates) = sum(&per_day);
-    let mut body = envelope(&state, &caller);
-    body.insert("start".into(), json!(from.to_string()));
-    body.insert("end".into(), json!(to.to_string()));
-    body.insert(
-        "summary".into(),
-        render::summary(&all, &dates, caller.admin),
-    );
-    body.insert("count".into(), json!(per_day.len()));
-    body.insert(
-        "daily".into(),
-        per_day
-            .iter()
-            .map(|(d, r)| render::day(*d, r, caller.admin))
-            .collect(),
-    );
-    Ok(Json(Value::Object(body)))
+    let days = render_days(&per_day, caller.admin);
+    Ok(Json(StatsRangeAnswer {
+        envelope: envelope(&state, &caller),
+        start: from.to_string(),
+        end: to.to_string(),
+        summary: render::summary(&all, &dates, caller.admin),
+        count: days.len() as u64,
+        statistics: days.clone(),
+        daily: days,
+    }))
 }
 
-#[utoipa::path(get, path = "/api/statistics/models", tag = "statistics", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000), ("offset" = Option<u32>, Query)),
-    responses((status = 200, description = "Models by request count", body = Object), crate::http::schema::CommonErrors),
+#[utoipa::path(get, path = "/api/statistics/models", tag = "statistics", operation_id = "listStatisticsModels",
+    summary = "Statistics per model",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Models to return (default 50)"), ("offset" = Option<u32>, Query, description = "Models to skip")),
+    responses((status = 200, description = "Models by request count, most first", body = StatsModelsAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn models(
     State(state): State<AppState>,
     caller: Caller,
     query: QueryMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsModelsAnswer>, ApiError> {
     let p = Params::from_query(query)?;
     let limit = p.limit(50)?;
     let offset = p.offset()?;
@@ -221,15 +229,16 @@ pub async fn models(
         .map_err(unavailable)?;
     let ranked = all.top_models(usize::MAX);
     let total = ranked.len();
-    let models: Vec<Value> = ranked
+    let models: Vec<_> = ranked
         .into_iter()
         .skip(offset)
         .take(limit)
         .map(|(m, c)| render::model(m, c))
         .collect();
-    let mut body = envelope(&state, &caller);
-    body.insert("count".into(), json!(models.len()));
-    body.insert("total".into(), json!(total));
-    body.insert("models".into(), Value::Array(models));
-    Ok(Json(Value::Object(body)))
+    Ok(Json(StatsModelsAnswer {
+        envelope: envelope(&state, &caller),
+        count: models.len() as u64,
+        total: total as u64,
+        models,
+    }))
 }

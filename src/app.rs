@@ -189,18 +189,25 @@ impl Application {
         write_pid_file(&pid_file);
         tracing::info!(host = %config.host, port, storage = state.store.kind(), "listening");
 
-        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let router = crate::http::router(state.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = http_stop_rx.await;
-            })
-            .await
-        });
+        let listener = listener.into_std()?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(actix_web::web::Data::new(router.clone()))
+                .default_service(actix_web::web::to(crate::http::front::to_router))
+        })
+        // A client's EOF ends its connection at once, dropping a pending handler: a client
+        // that goes away takes its run with it (issue 17; actix-web >= 4.12).
+        .h1_allow_half_closed(false)
+        // Signals are ours (src/daemon.rs): the shutdown order below needs the queue first.
+        .disable_signals()
+        .shutdown_timeout(5)
+        .workers(workers)
+        .listen(listener)?
+        .run();
+        let http = server.handle();
+        let server = tokio::spawn(server);
 
         shutdown.await;
         // No config change while shutting down.
@@ -220,9 +227,15 @@ impl Application {
         // After the queue: every final record has reached the webhook actor, which stores what
         // it has not sent yet (sent after the restart).
         webhooks.shutdown().await;
-        let _ = http_stop_tx.send(());
+        // Graceful: answers in flight are finished (a stream that never ends does not hold us).
+        let stopped = http.stop(true);
         // Responses of finished runs are flushed; a stream that never ends does not hold us.
-        match tokio::time::timeout(Duration::from_secs(5), server).await {
+        match tokio::time::timeout(Duration::from_secs(5), async {
+            stopped.await;
+            server.await
+        })
+        .await
+        {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),

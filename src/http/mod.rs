@@ -17,6 +17,7 @@ pub mod config_api;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod front;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;

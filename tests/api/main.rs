@@ -15,6 +15,7 @@ mod cluster_sessions;
 mod cluster_shared;
 mod config_patch;
 mod daemon;
+mod disconnect;
 mod deploy;
 mod durability;
 mod e2e_real_cli;

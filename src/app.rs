@@ -24,6 +24,7 @@ use actors::store::memory::MemoryStore;
 use actors::store::redis::RedisStore;
 use actors::store::sqlite::SqliteStore;
 use actors::store::Store;
+use actors::system::ActorSystem;
 use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle, WebhookOptions};
 
 use crate::reload::{ConfigWatcher, WatcherHandle};
@@ -43,6 +44,8 @@ pub struct Options {
 }
 
 pub struct Application {
+    /// The arbiters the actors run on; stopped last, once nothing sends them messages.
+    actor_system: ActorSystem,
     listener: TcpListener,
     state: AppState,
     port: u16,
@@ -70,6 +73,9 @@ impl Application {
         config.validate()?;
         check_bind_policy(&config)?;
         let config = Arc::new(config);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let actor_system =
+            ActorSystem::start("actors", cores).context("cannot start the actor system")?;
 
         let (store, cluster) = open_store(&config).await?;
         let mut events = EventHub::new(Arc::new(crate::http::events::final_event));
@@ -155,6 +161,7 @@ impl Application {
             });
         });
         Ok(Application {
+            actor_system,
             listener,
             state,
             port,
@@ -178,6 +185,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Application {
+            actor_system,
             listener,
             state,
             port,
@@ -241,6 +249,9 @@ impl Application {
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
             Err(_) => tracing::warn!("open connections did not close within 5 s; exiting anyway"),
         }
+        // Last: the HTTP workers, which send the actors messages, have stopped.
+        // Joining its threads blocks: not on this runtime's thread.
+        let _ = tokio::task::spawn_blocking(move || actor_system.stop()).await;
         remove_pid_file(&pid_file);
         tracing::info!("stopped");
         Ok(())

@@ -13,6 +13,8 @@
 //! * [`webhook`] — the WebhookActor and its pure parts: payload, signing, retries, SSRF policy.
 //! * [`metrics`] — counters and histograms for `GET /metrics`, and the MetricsActor.
 //! * [`mem`]     — giving freed heap back to the OS when the process goes quiet.
+//! * [`system`]  — the actix actor system the actors run on: its own threads (arbiters),
+//!   reached from anywhere by messages.
 
 pub mod claude;
 pub mod cluster;
@@ -29,4 +31,5 @@ pub mod retention;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod system;
 pub mod webhook;

@@ -48,10 +48,7 @@ pub async fn to_router(
     translate_response(response).await
 }
 
-fn translate_request(
-    req: &HttpRequest,
-    payload: web::Payload,
-) -> Result<Request<Body>, AStatus> {
+fn translate_request(req: &HttpRequest, payload: web::Payload) -> Result<Request<Body>, AStatus> {
     let method = Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| AStatus::METHOD_NOT_ALLOWED)?;
     let uri: http::Uri = req

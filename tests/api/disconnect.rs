@@ -53,15 +53,27 @@ async fn a_client_that_leaves_cancels_its_run_on_every_waiting_route() {
     let hang = "[[fake:hang]] left";
     let routes = [
         ("sync run", post("/api/claude", &json!({"prompt": hang}))),
-        ("streamed run", post("/api/claude", &json!({"prompt": hang, "stream": true}))),
-        ("batch", post("/api/claude/batch", &json!({"prompts": [hang]}))),
+        (
+            "streamed run",
+            post("/api/claude", &json!({"prompt": hang, "stream": true})),
+        ),
+        (
+            "batch",
+            post("/api/claude/batch", &json!({"prompts": [hang]})),
+        ),
         (
             "session turn",
-            post(&format!("/api/sessions/{sid}/continue"), &json!({"prompt": hang})),
+            post(
+                &format!("/api/sessions/{sid}/continue"),
+                &json!({"prompt": hang}),
+            ),
         ),
         (
             "/v1 completion",
-            post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": hang}]})),
+            post(
+                "/v1/chat/completions",
+                &json!({"messages": [{"role": "user", "content": hang}]}),
+            ),
         ),
         (
             "/v1 streamed completion",

@@ -58,10 +58,10 @@ impl Application {
         let env = opts.env.clone().unwrap_or_else(Environment::from_process);
         let loaded = load(&opts.config_path, &env)?;
         if loaded.created {
-            tracing::info!(path = %opts.config_path.display(), "wrote the default config file");
+            log::info!(path:% = opts.config_path.display(); "wrote the default config file");
         }
         for w in &loaded.warnings {
-            tracing::warn!("{w}");
+            log::warn!("{w}");
         }
         let mut config = loaded.config;
         if let Some(h) = opts.host.clone() {
@@ -136,7 +136,7 @@ impl Application {
         // Every listener has subscribed: now the runs a crash interrupted are counted and
         // announced (webhook `task.failed`, statistics, metrics) like any other end.
         if let Err(e) = state.queue.announce_interrupted().await {
-            tracing::warn!(error = %e, "cannot announce the interrupted tasks");
+            log::warn!(error:% = e; "cannot announce the interrupted tasks");
         }
 
         let live = state.clone();
@@ -149,10 +149,10 @@ impl Application {
             let version = cli_version(&settings).await;
             match &version {
                 Some(v) => {
-                    tracing::info!(version = %v, path = %settings.claude_path.display(), "Claude CLI found")
+                    log::info!(version:% = v, path:% = settings.claude_path.display(); "Claude CLI found")
                 }
                 None => {
-                    tracing::warn!(path = %settings.claude_path.display(), "Claude CLI did not answer `--version`; runs will fail")
+                    log::warn!(path:% = settings.claude_path.display(); "Claude CLI did not answer `--version`; runs will fail")
                 }
             }
             check_state.set_claude_info(ClaudeInfo {
@@ -195,7 +195,7 @@ impl Application {
         let config = state.config();
         let pid_file = PathBuf::from(&config.pid_file);
         write_pid_file(&pid_file);
-        tracing::info!(host = %config.host, port, storage = state.store.kind(), "listening");
+        log::info!(host:% = config.host, port = port, storage = state.store.kind(); "listening");
 
         let router = crate::http::router(state.clone());
         let listener = listener.into_std()?;
@@ -223,14 +223,14 @@ impl Application {
             watcher.shutdown().await;
         }
         let grace = Duration::from_millis(state.config().shutdown_grace_ms);
-        tracing::info!(
-            grace_ms = grace.as_millis() as u64,
+        log::info!(
+            grace_ms = grace.as_millis() as u64;
             "shutting down: no new runs; waiting for running ones"
         );
         state.queue.shutdown(grace).await;
         // After the queue: the runs it just ended are counted too.
         if let Err(e) = state.stats.flush().await {
-            tracing::error!(error = %e, "statistics could not be saved");
+            log::error!(error:% = e; "statistics could not be saved");
         }
         // After the queue: every final record has reached the webhook actor, which stores what
         // it has not sent yet (sent after the restart).
@@ -245,15 +245,15 @@ impl Application {
         .await
         {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
-            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-            Err(_) => tracing::warn!("open connections did not close within 5 s; exiting anyway"),
+            Ok(Ok(Err(e))) => log::error!(error:% = e; "HTTP server error"),
+            Ok(Err(e)) => log::error!(error:% = e; "HTTP server task failed"),
+            Err(_) => log::warn!("open connections did not close within 5 s; exiting anyway"),
         }
         // Last: the HTTP workers, which send the actors messages, have stopped.
         // Joining its threads blocks: not on this runtime's thread.
         let _ = tokio::task::spawn_blocking(move || actor_system.stop()).await;
         remove_pid_file(&pid_file);
-        tracing::info!("stopped");
+        log::info!("stopped");
         Ok(())
     }
 }
@@ -317,7 +317,7 @@ fn write_pid_file(path: &Path) {
         .unwrap_or(Ok(()))
         .and_then(|_| std::fs::write(path, format!("{}\n", std::process::id())));
     if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "cannot write the pid file");
+        log::warn!(path:% = path.display(), error:% = e; "cannot write the pid file");
     }
 }
 

@@ -172,11 +172,11 @@ fn start_watchdog() -> Option<actors::claude::watchdog::Watchdog> {
     let exe = std::path::Path::new("/proc/self/exe");
     match actors::claude::watchdog::Watchdog::start(exe, &[WATCHDOG_COMMAND]) {
         Ok(w) => {
-            tracing::debug!(pid = w.pid(), "watchdog started");
+            log::debug!(pid = w.pid(); "watchdog started");
             Some(w)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot start the watchdog: runs left by a crash are killed at the next start");
+            log::warn!(error:% = e; "cannot start the watchdog: runs left by a crash are killed at the next start");
             None
         }
     }
@@ -189,11 +189,11 @@ async fn shutdown_signal() {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        log::error!("cannot install signal handlers; stop the server with SIGKILL");
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
     }
 }

@@ -172,7 +172,7 @@ struct Prepared {
 fn prepare(state: &AppState, source: &Source, doc: &Value) -> Result<Prepared, ConfigError> {
     let (mut config, warnings) = from_file_doc(doc, &source.env)?;
     for w in warnings {
-        tracing::warn!("{w}");
+        log::warn!("{w}");
     }
     if let Some(h) = &source.host {
         config.host = h.clone();
@@ -211,10 +211,10 @@ fn commit(state: &AppState, source: &mut Source, doc: Value, prepared: Prepared)
     state.reload.set_last_error(None);
     state.metrics.config_reload(true);
     if !changed.is_empty() {
-        tracing::info!(keys = %changed.join(", "), "config applied");
+        log::info!(keys:% = changed.join(", "); "config applied");
     }
     for key in &restart_required {
-        tracing::warn!(key = %key, "config key `{key}` changed in the file but needs a restart; the running value stays in force");
+        log::warn!(key:% = key; "config key `{key}` changed in the file but needs a restart; the running value stays in force");
     }
     AppliedChange {
         config,
@@ -328,7 +328,7 @@ async fn reload_from_file(state: &AppState) {
 }
 
 fn refuse(state: &AppState, e: ConfigError) {
-    tracing::error!(key = %e.key, path = %state.config_path.display(), "config file refused, the running config stays: {e}");
+    log::error!(key:% = e.key, path:% = state.config_path.display(); "config file refused, the running config stays: {e}");
     state.metrics.config_reload(false);
     state.reload.set_last_error(Some(ReloadFailure {
         key: e.key,
@@ -374,12 +374,12 @@ impl ConfigWatcher {
                     let _ = tx.send(());
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "config file watcher error"),
+            Err(e) => log::warn!(error:% = e; "config file watcher error"),
         };
         let watcher = match watcher(handler, &dir) {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config file; hot reload is off (PATCH /api/config still works)");
+                log::error!(dir:% = dir.display(), error:% = e; "cannot watch the config file; hot reload is off (PATCH /api/config still works)");
                 return None;
             }
         };
@@ -411,7 +411,7 @@ where
     match native {
         Ok(w) => Ok(w),
         Err(e) => {
-            tracing::warn!(error = %e, "no native file watcher; polling the config file every 500 ms");
+            log::warn!(error:% = e; "no native file watcher; polling the config file every 500 ms");
             let config = notify::Config::default()
                 .with_poll_interval(Duration::from_millis(500))
                 .with_compare_contents(true);

@@ -46,14 +46,14 @@ pub fn start(
         loop {
             tick.tick().await;
             match sweep(store.as_ref(), &config(), Utc::now()).await {
-                Ok(s) if s != Swept::default() => tracing::info!(
+                Ok(s) if s != Swept::default() => log::info!(
                     sessions = s.sessions,
                     tasks = s.tasks,
-                    webhook_attempts = s.webhook_attempts,
+                    webhook_attempts = s.webhook_attempts;
                     "retention sweep deleted old records"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "retention sweep failed; it runs again later"),
+                Err(e) => log::warn!(error:% = e; "retention sweep failed; it runs again later"),
             }
         }
     })

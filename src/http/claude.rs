@@ -169,11 +169,11 @@ impl Drop for CancelOnDrop {
         }
         let queue = self.queue.clone();
         let id = self.id;
-        tracing::info!(task_id = %id, "client disconnected; cancelling its run");
+        log::info!(task_id:% = id; "client disconnected; cancelling its run");
         // Drop cannot await; the cancel runs on its own task.
         tokio::spawn(async move {
             if let Err(e) = queue.cancel(id, CancelReason::ClientDisconnected).await {
-                tracing::debug!(task_id = %id, error = %e, "cancel after disconnect not needed");
+                log::debug!(task_id:% = id, error:% = e; "cancel after disconnect not needed");
             }
         });
     }

@@ -56,7 +56,7 @@ pub async fn patch(
     require_admin(&caller, "Changing")?;
     match patch_config(&state, &patch).await {
         Ok(change) => {
-            tracing::info!(key = caller.key_name.as_deref().unwrap_or("-"), keys = %change.changed.join(", "), "config changed through the API");
+            log::info!(key = caller.key_name.as_deref().unwrap_or("-"), keys:% = change.changed.join(", "); "config changed through the API");
             Ok(Json(json!({
                 "success": true,
                 "config": change.config.redacted(),
@@ -69,7 +69,7 @@ pub async fn patch(
         )
         .with_details(json!({"field": e.key, "rule": e.message}))),
         Err(PatchError::Write(e)) => {
-            tracing::error!(path = %state.config_path.display(), error = %e, "cannot write the config file");
+            log::error!(path:% = state.config_path.display(), error:% = e; "cannot write the config file");
             Err(ApiError::new(
                 ErrorCode::InternalError,
                 "The config file could not be written; nothing was changed.",

@@ -105,7 +105,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.code == ErrorCode::InternalError {
-            tracing::error!(message = %self.message, "internal error");
+            log::error!(message:% = self.message; "internal error");
         }
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_secs {
@@ -119,7 +119,7 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        tracing::error!(error = %e, "storage error");
+        log::error!(error:% = e; "storage error");
         ApiError::new(
             ErrorCode::StorageUnavailable,
             "Storage is unavailable; try again shortly.",

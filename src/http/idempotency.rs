@@ -133,7 +133,7 @@ impl Held {
             .await
         {
             // The claim then stays until a retry finds it abandoned and takes it over.
-            tracing::warn!(error = %e, "could not release an idempotency key");
+            log::warn!(error:% = e; "could not release an idempotency key");
         }
     }
 }
@@ -244,7 +244,7 @@ pub async fn claim(
         let abandoned =
             age_ms >= ABANDONED_AFTER.as_millis() as i64 || tokio::time::Instant::now() >= deadline;
         if abandoned {
-            tracing::info!("taking over an idempotency key whose request stored nothing");
+            log::info!("taking over an idempotency key whose request stored nothing");
             state.store.release_idempotency_key(&scoped, &prior).await?;
             continue; // and claim it
         }
@@ -302,7 +302,7 @@ pub async fn claim(
 async fn failpoint_after_claim() {
     #[cfg(debug_assertions)]
     if std::env::var("CCS_FAILPOINT").as_deref() == Ok("after_idempotency_claim") {
-        tracing::warn!("failpoint after_idempotency_claim: this request stops here");
+        log::warn!("failpoint after_idempotency_claim: this request stops here");
         std::future::pending::<()>().await;
     }
 }

@@ -30,7 +30,7 @@ pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Re
     let stored = match state.store.task_counts().await {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(error = %e, "task counts unavailable for /metrics");
+            log::warn!(error:% = e; "task counts unavailable for /metrics");
             None
         }
     };

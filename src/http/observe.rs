@@ -1,5 +1,6 @@
-//! Middleware: one span per request carrying its `x-request-id` (so every log line of the
-//! request names it), one access log line, and the HTTP metrics.
+//! Middleware: the request's `x-request-id` on every log line of the request (a task-local
+//! read by the log formatter, see `logging::format::in_request`), one access log line, and the
+//! HTTP metrics.
 //!
 //! Layered outside authentication (see `http::router`), so 401s and 429s are logged and counted
 //! too; the key name comes back on the response from the authentication layer. The access line
@@ -7,13 +8,12 @@
 
 use std::time::Instant;
 
+use super::auth::Caller;
+use crate::logging::format::in_request;
+use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
-
-use super::auth::Caller;
-use crate::state::AppState;
 
 /// The route label of requests no route matched: one series, whatever the path.
 const UNMATCHED: &str = "unmatched";
@@ -32,30 +32,30 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let resp = next.run(req).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    let status = resp.status().as_u16();
-    let key = resp
-        .extensions()
-        .get::<Caller>()
-        .and_then(|c| c.key_name.clone());
-    state.metrics.http_request(
-        method.as_str(),
-        route.as_deref().unwrap_or(UNMATCHED),
-        status,
-        elapsed,
-    );
-    span.in_scope(|| {
-        tracing::info!(
-            target: "access",
-            method = %method,
-            path = %path,
+    in_request(request_id, async move {
+        let resp = next.run(req).await;
+        let elapsed = started.elapsed();
+        let status = resp.status().as_u16();
+        let key = resp
+            .extensions()
+            .get::<Caller>()
+            .and_then(|c| c.key_name.clone());
+        state.metrics.http_request(
+            method.as_str(),
+            route.as_deref().unwrap_or(UNMATCHED),
             status,
+            elapsed,
+        );
+        log::info!(
+            target: "access",
+            method:% = method,
+            path:% = path,
+            status = status,
             duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            key = key.as_deref().unwrap_or("-"),
+            key = key.as_deref().unwrap_or("-");
             "request"
-        )
-    });
-    resp
+        );
+        resp
+    })
+    .await
 }

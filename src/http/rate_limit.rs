@@ -59,7 +59,7 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     let mut resp = if decision.allowed {
         next.run(req).await
     } else {
-        tracing::info!(key = ?key_name, ip = ?ip, "rate limited");
+        log::info!(key:? = key_name, ip:? = ip; "rate limited");
         state.metrics.rate_limited();
         too_many_requests(&decision)
     };

@@ -160,7 +160,7 @@ impl Shared {
     }
 }
 
-/// The `io::Write` a `tracing_subscriber` layer gets for each event: it writes the whole
+/// The `io::Write` behind an env_logger's `Target::Pipe`: env_logger writes each whole
 /// formatted line in one call, which becomes one [`Background::push`].
 pub struct LineWriter(pub Background);
 

@@ -1,6 +1,7 @@
-//! One log line, read whatever its shape: a JSON object (tracing's JSON format, or a flat
-//! `{"time","level","msg",...}`) or plain text (tracing's default format, colour codes and
-//! all, or anything else a process printed).
+//! One log line, read whatever its shape: a JSON object (the server's own lines, see
+//! `logging::format`; `tracing`'s JSON format with nested `fields`; or a flat
+//! `{"time","level","msg",...}`) or plain text (the server's text lines, colour codes and all,
+//! or anything else a process printed).
 
 use serde_json::{Map, Value};
 
@@ -47,15 +48,20 @@ fn from_json(mut map: Map<String, Value>) -> Entry {
     let target = take(&mut map, &["target"]);
     let mut fields = Vec::new();
     let mut message = None;
-    // tracing's JSON format nests the event's fields, message included.
-    if let Some(Value::Object(inner)) = map.remove("fields") {
-        for (k, v) in inner {
-            if k == "message" {
-                message = Some(text_of(&v));
-            } else {
-                fields.push((k, text_of(&v)));
+    // tracing's JSON format nests the event's fields, message included; anything else under
+    // that key is a field of its own.
+    match map.remove("fields") {
+        Some(Value::Object(inner)) => {
+            for (k, v) in inner {
+                if k == "message" {
+                    message = Some(text_of(&v));
+                } else {
+                    fields.push((k, text_of(&v)));
+                }
             }
         }
+        Some(other) => fields.push(("fields".to_string(), text_of(&other))),
+        None => {}
     }
     if message.is_none() {
         message = take(&mut map, &["message", "msg"]);
@@ -175,6 +181,9 @@ mod tests {
         assert_eq!(e.level.as_deref(), Some("WARN"));
         assert_eq!(e.message, "slow");
         assert_eq!(e.fields, vec![("task_id".to_string(), "abc".to_string())]);
+        // A field that happens to be called `fields` (the statistics' count of bad counters).
+        let e = parse(r#"{"level":"WARN","message":"skipped","fields":2}"#);
+        assert_eq!(e.fields, vec![("fields".to_string(), "2".to_string())]);
     }
 
     #[test]

@@ -103,15 +103,15 @@ pub async fn run(
     let sweep_marked = sup.terminating || sup.observed.report.is_none();
     let marker = settings.run_marker.as_deref().filter(|_| sweep_marked);
     if !wait_group_gone(pgid, GROUP_GONE_TIMEOUT).await {
-        tracing::error!(pgid, "processes of a finished CLI run survive SIGKILL");
+        log::error!(pgid = pgid; "processes of a finished CLI run survive SIGKILL");
     } else {
         // The group is gone: its id may be reused by an unrelated process from now on.
         guard.armed = false;
     }
     if let Some(marker) = marker {
         if !wait_marked_gone(marker, GROUP_GONE_TIMEOUT).await {
-            tracing::error!(
-                run = marker,
+            log::error!(
+                run = marker;
                 "processes of a stopped CLI run survive SIGKILL"
             );
         }
@@ -205,7 +205,7 @@ fn feed_stdin(child: &mut Child, prompt: &str) -> tokio::task::JoinHandle<()> {
         // A child that exits without reading gives EPIPE: nothing to do about it, the
         // outcome is decided from what it printed.
         if let Err(e) = stdin.write_all(&prompt).await {
-            tracing::debug!(error = %e, "could not write the whole prompt to the CLI");
+            log::debug!(error:% = e; "could not write the whole prompt to the CLI");
         }
         let _ = stdin.shutdown().await;
         // Dropping `stdin` closes the pipe: the CLI sees end of input.
@@ -319,7 +319,7 @@ impl<'a> Supervisor<'a> {
                     Ok(Some(line)) => self.on_line(&line, on_event),
                     Ok(None) => stdout = None,
                     Err(e) => {
-                        tracing::warn!(error = %e, "reading the CLI's stdout failed");
+                        log::warn!(error:% = e; "reading the CLI's stdout failed");
                         stdout = None;
                     }
                 },
@@ -343,7 +343,7 @@ impl<'a> Supervisor<'a> {
                     self.stop_for(Stopped::IdleTimeout { after_ms });
                 }
                 _ = sleep_opt(linger_at), if clocks_on => {
-                    tracing::warn!("the CLI did not exit after its result line; stopping it");
+                    log::warn!("the CLI did not exit after its result line; stopping it");
                     self.terminate();
                 }
                 _ = sleep_opt(escalate_at), if !exited => {
@@ -352,13 +352,13 @@ impl<'a> Supervisor<'a> {
                     self.signal_escapees(libc::SIGKILL);
                 }
                 _ = sleep_opt(drain_until) => {
-                    tracing::warn!("the CLI's output stayed open after it exited; giving up on it");
+                    log::warn!("the CLI's output stayed open after it exited; giving up on it");
                     break;
                 }
             }
         }
         if self.non_json_lines > 0 {
-            tracing::debug!(lines = self.non_json_lines, "ignored non-JSON stdout lines");
+            log::debug!(lines = self.non_json_lines; "ignored non-JSON stdout lines");
         }
     }
 
@@ -368,7 +368,7 @@ impl<'a> Supervisor<'a> {
         self.observed.exit = match status {
             Ok(status) => Exit::from_status(status),
             Err(e) => {
-                tracing::warn!(error = %e, "waiting for the CLI failed");
+                log::warn!(error:% = e; "waiting for the CLI failed");
                 Exit::Unknown
             }
         };

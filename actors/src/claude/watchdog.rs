@@ -79,7 +79,7 @@ impl Watchdog {
         let feed = child.stdin.take();
         if DAEMON_MARKER.set(marker).is_err() {
             // A second watchdog in one process: the first one's marker stays in use.
-            tracing::warn!("a watchdog was already running; the new one watches nothing");
+            log::warn!("a watchdog was already running; the new one watches nothing");
         }
         Ok(Watchdog { child, feed })
     }
@@ -101,7 +101,7 @@ impl Drop for Watchdog {
                 Ok(None) => std::thread::sleep(Duration::from_millis(2)),
             }
         }
-        tracing::warn!(pid = self.child.id(), "the watchdog did not exit in time");
+        log::warn!(pid = self.child.id(); "the watchdog did not exit in time");
     }
 }
 

@@ -129,7 +129,7 @@ impl EventMirror {
     pub fn send(&self, task: TaskId, event: Arc<TaskEvent>, last: bool) {
         if self.tx.try_send(Copy { task, event, last }).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::debug!(task_id = %task, dropped = n, "event copy buffer full; the copy is dropped");
+            log::debug!(task_id:% = task, dropped = n; "event copy buffer full; the copy is dropped");
         }
     }
 
@@ -158,14 +158,14 @@ async fn write_loop(
                         // Typically "ID equal or smaller": another instance already wrote
                         // this task's stream further (it ran the run this instance ended).
                         let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                        tracing::debug!(task_id = %c.task, event_id = c.event.id, error = %e, dropped = n, "Redis refused an event copy");
+                        log::debug!(task_id:% = c.task, event_id = c.event.id, error:% = e, dropped = n; "Redis refused an event copy");
                     }
                 }
             }
             Err(e) => {
                 let n =
                     dropped.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
-                tracing::debug!(error = %e, events = batch.len(), dropped = n, "cannot copy events to Redis; they are dropped");
+                log::debug!(error:% = e, events = batch.len(), dropped = n; "cannot copy events to Redis; they are dropped");
             }
         }
         batch.clear();
@@ -228,7 +228,7 @@ fn parse_entry(entry: &StreamId) -> Option<(TaskEvent, bool)> {
     let id = event_id(&entry.id)?;
     let kind = entry.get::<String>("kind");
     let Some(kind) = kind.as_deref().and_then(known_kind) else {
-        tracing::debug!(entry = %entry.id, kind = ?kind, "skipping an event of unknown kind");
+        log::debug!(entry:% = entry.id, kind:? = kind; "skipping an event of unknown kind");
         return None;
     };
     let data = entry
@@ -375,7 +375,7 @@ impl RemoteLog {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(task_id = %self.task, error = %e, "cannot read the task's events from Redis");
+                    log::debug!(task_id:% = self.task, error:% = e; "cannot read the task's events from Redis");
                     self.conn = None;
                     if let Some(task) = &self.ended {
                         // Redis fails and the task is over: end as a single instance would,

@@ -159,7 +159,7 @@ impl Cluster {
             control: tx,
         });
         tokio::spawn(listen(Arc::downgrade(&cluster)));
-        tracing::info!(instance = %cluster.instance, namespace = %cluster.prefix.trim_end_matches(':'), "joined the cluster");
+        log::info!(instance:% = cluster.instance, namespace:% = cluster.prefix.trim_end_matches(':'); "joined the cluster");
         Ok(cluster)
     }
 
@@ -205,7 +205,7 @@ impl Cluster {
             .query_async(&mut self.conn.clone())
             .await;
         if let Err(e) = result {
-            tracing::debug!(error = %e, "cannot publish on the control channel");
+            log::debug!(error:% = e; "cannot publish on the control channel");
         }
     }
 
@@ -230,7 +230,7 @@ async fn listen(weak: std::sync::Weak<Cluster>) {
         match cluster.client.get_async_pubsub().await {
             Ok(mut pubsub) => {
                 if let Err(e) = pubsub.subscribe(cluster.control_channel()).await {
-                    tracing::debug!(error = %e, "cannot subscribe to the control channel");
+                    log::debug!(error:% = e; "cannot subscribe to the control channel");
                 } else {
                     pause = RESUBSCRIBE_MIN;
                     // Something may have happened while we were not listening.
@@ -249,14 +249,14 @@ async fn listen(weak: std::sync::Weak<Cluster>) {
                                 let _ = cluster.control.send(msg);
                             }
                             Err(e) => {
-                                tracing::debug!(error = %e, "unreadable control message")
+                                log::debug!(error:% = e; "unreadable control message")
                             }
                         }
                     }
-                    tracing::debug!("the control channel closed; subscribing again");
+                    log::debug!("the control channel closed; subscribing again");
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "cannot open the control channel"),
+            Err(e) => log::debug!(error:% = e; "cannot open the control channel"),
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RESUBSCRIBE_MAX);

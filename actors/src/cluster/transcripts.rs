@@ -162,7 +162,7 @@ pub async fn before_turn<'a>(
         SessionMode::Fork { from, id } => (*from, *id),
     };
     let Some(dir) = transcript::config_dir(&config.claude_env) else {
-        tracing::warn!(session_id = %id, "no CLI config directory (CLAUDE_CONFIG_DIR or HOME): the session's transcript cannot travel");
+        log::warn!(session_id:% = id; "no CLI config directory (CLAUDE_CONFIG_DIR or HOME): the session's transcript cannot travel");
         return off;
     };
     let source_file = transcript::path(&dir, &spec.project_path, &source.to_string());
@@ -189,7 +189,7 @@ pub async fn before_turn<'a>(
             base,
         },
         Err(e) => {
-            tracing::error!(session_id = %source, error = %e.message(source), "the session's transcript cannot be restored; the turn does not run");
+            log::error!(session_id:% = source, error:% = e.message(source); "the session's transcript cannot be restored; the turn does not run");
             State::Failed(e.task_error(source))
         }
     };
@@ -256,9 +256,9 @@ impl TurnTranscript<'_> {
         })
         .await;
         if let Err(e) = saved {
-            tracing::error!(
-                session_id = %id,
-                error = %e,
+            log::error!(
+                session_id:% = id,
+                error:% = e;
                 "the session's transcript was not stored in Redis: a turn on another instance would miss this one"
             );
         }
@@ -381,11 +381,11 @@ async fn restore(
         write_atomically(file, &data)
             .await
             .map_err(|e| RestoreError::Local(e, file.to_path_buf()))?;
-        tracing::info!(
-            session_id = %id,
+        log::info!(
+            session_id:% = id,
             bytes = data.len(),
-            from_instance = %meta.by,
-            replaced_stale = fresh == Freshness::Stale,
+            from_instance:% = meta.by,
+            replaced_stale = fresh == Freshness::Stale;
             "restored the session's transcript from Redis"
         );
         return Ok(Some(sha));
@@ -416,7 +416,7 @@ async fn to_store(
 ) -> Option<TranscriptWrite> {
     let Some(data) = read_local(file).await else {
         // The CLI failed before writing anything (e.g. it could not start).
-        tracing::debug!(session_id = %id, "no transcript after the turn; nothing to store");
+        log::debug!(session_id:% = id; "no transcript after the turn; nothing to store");
         return None;
     };
     let sha = sha256_hex(&data);
@@ -425,10 +425,10 @@ async fn to_store(
     }
     let fits = data.len() <= MAX_TRANSCRIPT_BYTES;
     if !fits {
-        tracing::error!(
-            session_id = %id,
+        log::error!(
+            session_id:% = id,
             bytes = data.len(),
-            limit = MAX_TRANSCRIPT_BYTES,
+            limit = MAX_TRANSCRIPT_BYTES;
             "the session's transcript is over the limit for sessions shared through Redis: only its hash is stored, and its next turns can run on this instance only"
         );
     }
@@ -448,10 +448,10 @@ fn report_save(id: SessionId, answer: &str) {
     match answer {
         "saved" | "same" => {}
         "deleted" => {
-            tracing::info!(session_id = %id, "the session was deleted during its turn; its transcript is not stored")
+            log::info!(session_id:% = id; "the session was deleted during its turn; its transcript is not stored")
         }
-        _ => tracing::warn!(
-            session_id = %id,
+        _ => log::warn!(
+            session_id:% = id;
             "the stored transcript changed during this turn (a turn of the session ran on another instance meanwhile); the stored one is kept"
         ),
     }
@@ -518,7 +518,7 @@ async fn read_local(file: &Path) -> Option<Vec<u8>> {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %file.display(), error = %e, "cannot read a local transcript; treating it as missing");
+                log::warn!(path:% = file.display(), error:% = e; "cannot read a local transcript; treating it as missing");
             }
             None
         }
@@ -624,7 +624,7 @@ where
         if give_up {
             return Err(e);
         }
-        tracing::warn!(error = %redis, "Redis failed to {what} a session transcript; retrying");
+        log::warn!(error:% = redis; "Redis failed to {what} a session transcript; retrying");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(BACKOFF_MAX);
     }

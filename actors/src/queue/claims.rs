@@ -57,7 +57,7 @@ pub(super) fn claim(
             }
             Err(e) => {
                 // The periodic wake tries again; meanwhile nothing is claimed.
-                tracing::warn!(error = %e, "cannot claim tasks from the shared queue");
+                log::warn!(error:% = e; "cannot claim tasks from the shared queue");
                 Vec::new()
             }
         };
@@ -82,13 +82,13 @@ pub(super) fn release(cluster: Arc<Cluster>, id: crate::model::TaskId) {
             {
                 Ok(_) => return,
                 Err(e) => {
-                    tracing::debug!(task_id = %id, error = %e, "cannot release a lease; retrying");
+                    log::debug!(task_id:% = id, error:% = e; "cannot release a lease; retrying");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
             }
         }
-        tracing::warn!(task_id = %id, "could not release the lease; it will expire and be reaped");
+        log::warn!(task_id:% = id; "could not release the lease; it will expire and be reaped");
     });
 }
 
@@ -159,19 +159,19 @@ async fn keep_leases(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>) {
             Ok(stop) => {
                 connected_since.get_or_insert_with(Instant::now);
                 for id in stop {
-                    tracing::warn!(task_id = %id, "the task ended elsewhere or its lease was lost: stopping its run");
+                    log::warn!(task_id:% = id; "the task ended elsewhere or its lease was lost: stopping its run");
                     let _ = tx.send(Msg::EndedElsewhere(id));
                 }
             }
             Err(e) => {
                 connected_since = None;
-                tracing::warn!(error = %e, "cannot renew the leases of running tasks");
+                log::warn!(error:% = e; "cannot renew the leases of running tasks");
             }
         }
         if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY.max(lease)) {
             last_sweep = Some(Instant::now());
             if let Err(e) = sweep_orphans(&cluster, &ids).await {
-                tracing::debug!(error = %e, "cannot look for orphaned run processes");
+                log::debug!(error:% = e; "cannot look for orphaned run processes");
             }
         }
         let steady = connected_since.is_some_and(|since| since.elapsed() >= lease);
@@ -179,7 +179,7 @@ async fn keep_leases(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>) {
             last_reap = Instant::now();
             if let Err(e) = reap(&cluster, &tx, lease_ms).await {
                 connected_since = None;
-                tracing::warn!(error = %e, "cannot reap expired leases");
+                log::warn!(error:% = e; "cannot reap expired leases");
             }
         }
         tokio::time::sleep(lease / 3).await;
@@ -221,7 +221,7 @@ async fn sweep_orphans(
         };
         if orphan {
             let n = crate::claude::marker::signal_marked(&id.to_string(), libc::SIGKILL);
-            tracing::warn!(task_id = %id, count = n, "killed processes left by a run that no live instance here runs");
+            log::warn!(task_id:% = id, count = n; "killed processes left by a run that no live instance here runs");
         }
     }
     Ok(())
@@ -240,7 +240,7 @@ async fn reap(
     for (id, status) in taken {
         if status == Some(TaskStatus::Processing) {
             if let Some(task) = store.interrupt_lost(id, Utc::now()).await? {
-                tracing::warn!(task_id = %id, "the instance running this task is gone: it ends failed/interrupted");
+                log::warn!(task_id:% = id; "the instance running this task is gone: it ends failed/interrupted");
                 // Its processes may be on this machine (an instance restarted here).
                 crate::claude::marker::signal_marked(&id.to_string(), libc::SIGKILL);
                 let _ = tx.send(Msg::Announce(Box::new(task)));

@@ -194,8 +194,8 @@ impl Queue {
         }
         let mut interrupted = store.interrupt_processing(Utc::now()).await?;
         if !interrupted.is_empty() {
-            tracing::warn!(
-                count = interrupted.len(),
+            log::warn!(
+                count = interrupted.len();
                 "tasks that were running when the server stopped are marked failed/interrupted"
             );
             // Their CLI processes and tools may have outlived the daemon (a tool's grandchild
@@ -203,7 +203,7 @@ impl Queue {
             let markers = interrupted.iter().map(|id| id.to_string()).collect();
             let killed = crate::claude::marker::signal_all(&markers, libc::SIGKILL);
             if killed > 0 {
-                tracing::warn!(count = killed, "killed processes left by interrupted runs");
+                log::warn!(count = killed; "killed processes left by interrupted runs");
             }
         }
         let (pending, orphaned): (Vec<Task>, Vec<Task>) = store
@@ -215,8 +215,8 @@ impl Queue {
         // one receives, or run a second time a prompt whose caller got its answer before a
         // power cut took the record of it (a sync run's records are written lazily).
         if !orphaned.is_empty() {
-            tracing::warn!(
-                count = orphaned.len(),
+            log::warn!(
+                count = orphaned.len();
                 "sync runs still pending when the server stopped are marked failed/interrupted"
             );
         }
@@ -243,8 +243,8 @@ impl Queue {
             session_tasks: Mutex::new(session_tasks),
         });
         if !pending.is_empty() {
-            tracing::info!(
-                count = pending.len(),
+            log::info!(
+                count = pending.len();
                 "pending tasks recovered from storage"
             );
         }

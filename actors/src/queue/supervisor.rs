@@ -488,8 +488,8 @@ impl Supervisor {
             s.killed = true;
         }
         if !self.running.is_empty() {
-            tracing::warn!(
-                count = self.running.len(),
+            log::warn!(
+                count = self.running.len();
                 "shutdown grace is over: killing the runs still going"
             );
         }

@@ -131,8 +131,8 @@ async fn execute(
         // Cancelled between dispatch and start; the canceller wrote the final record.
         return (read().await, None);
     }
-    tracing::info!(task_id = %id, "run started");
-    tracing::debug!(task_id = %id, prompt = %task.spec.prompt, "run prompt");
+    log::info!(task_id:% = id; "run started");
+    log::debug!(task_id:% = id, prompt:% = task.spec.prompt; "run prompt");
     let mut settings = runner_settings(config);
     settings.run_marker = Some(id.to_string());
     let mut spec = task.spec.clone();
@@ -144,11 +144,11 @@ async fn execute(
         Some(failed) => failed,
         None => process::run(&spec, &settings, stop.clone(), &mut |e| relay.relay(e)).await,
     };
-    tracing::info!(
-        task_id = %id,
+    log::info!(
+        task_id:% = id,
         status = outcome.status.as_str(),
         duration_ms = outcome.duration_ms,
-        cost_usd = outcome.cost_usd,
+        cost_usd = outcome.cost_usd;
         "run ended"
     );
     let mut task = task;
@@ -257,7 +257,7 @@ async fn execute(
         let s = with_turn(s, t);
         // Lazily: this bookkeeping rides on the next fsync (as a sync run's final record does).
         if let Err(e) = store.update_session_lazily(&s).await {
-            tracing::error!(session_id = %s.id, error = %e, "cannot record the turn on its session");
+            log::error!(session_id:% = s.id, error:% = e; "cannot record the turn on its session");
         }
     }
     (ended, handover)
@@ -328,9 +328,9 @@ where
         match call().await {
             Ok(v) => return Some(v),
             Err(e) => {
-                tracing::error!(error = %e, "storage failed to {what}; retrying");
+                log::error!(error:% = e; "storage failed to {what}; retrying");
                 if tokio::time::Instant::now() + delay > deadline || stop.borrow().is_some() {
-                    tracing::error!("giving up: storage failed to {what}");
+                    log::error!("giving up: storage failed to {what}");
                     return None;
                 }
                 tokio::time::sleep(delay).await;

@@ -124,9 +124,9 @@ impl SharedLimiter {
     async fn check(&self, key: &str, policy: Policy) -> Option<Decision> {
         let Some((scale, grid)) = micro_grid(policy) else {
             if !self.warned_exact.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
+                log::warn!(
                     limit = policy.limit,
-                    window_ms = policy.window.as_millis() as u64,
+                    window_ms = policy.window.as_millis() as u64;
                     "this rate limit is too fine to count exactly in Redis; it is counted per instance"
                 );
             }
@@ -141,14 +141,14 @@ impl SharedLimiter {
         match answer {
             Ok((allowed, backlog)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("Redis answers again: rate limits are shared again");
+                    log::info!("Redis answers again: rate limits are shared again");
                 }
                 let decision = grid.decide(u128::from(backlog));
                 if decision.allowed != (allowed == 1) {
                     // Both apply the same rule to the same number; say so if they ever differ.
-                    tracing::error!(
-                        key,
-                        backlog,
+                    log::error!(
+                        key = key,
+                        backlog = backlog;
                         "the shared rate limit script and the local rule disagree"
                     );
                 }
@@ -156,7 +156,7 @@ impl SharedLimiter {
             }
             Err(e) => {
                 if !self.degraded.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "Redis is unavailable: rate limits are counted per instance until it answers");
+                    log::warn!(error:% = e; "Redis is unavailable: rate limits are counted per instance until it answers");
                 }
                 None
             }

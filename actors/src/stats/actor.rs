@@ -235,7 +235,7 @@ impl StatsActor {
                     days.insert(day, stats);
                 }
                 Err(e) => {
-                    tracing::error!(%day, error = %e, "unreadable statistics for this day; it starts again from zero")
+                    log::error!(day:% = day, error:% = e; "unreadable statistics for this day; it starts again from zero")
                 }
             }
         }
@@ -288,7 +288,7 @@ impl StatsActor {
         }
         self.take_waiting_records();
         if let Err(e) = self.write().await {
-            tracing::error!(error = %e, "statistics could not be saved before stopping");
+            log::error!(error:% = e; "statistics could not be saved before stopping");
         }
     }
 
@@ -403,12 +403,12 @@ impl StatsActor {
                 Err(StoreError::Corrupt(_)) if n > 1 => batch = 1,
                 Err(StoreError::Corrupt(e)) => {
                     // Trying again would fail again and hold up every record behind it.
-                    tracing::error!(task_id = %p.task, day = %p.day, error = %e, "a run could not be added to the shared statistics; it is left out");
+                    log::error!(task_id:% = p.task, day:% = p.day, error:% = e; "a run could not be added to the shared statistics; it is left out");
                     shared.pending.pop_front();
                 }
                 Err(e) => {
                     if shared.retry_at.is_none() {
-                        tracing::warn!(error = %e, waiting = shared.pending.len(), "statistics cannot be shared now; runs are kept here and added when Redis answers");
+                        log::warn!(error:% = e, waiting = shared.pending.len(); "statistics cannot be shared now; runs are kept here and added when Redis answers");
                     }
                     shared.retry_at = Some(Instant::now() + SHARED_RETRY);
                     return Err(e);
@@ -416,9 +416,7 @@ impl StatsActor {
             }
         }
         if shared.retry_at.take().is_some() {
-            tracing::info!(
-                "the runs kept during the Redis outage were added to the shared statistics"
-            );
+            log::info!("the runs kept during the Redis outage were added to the shared statistics",);
         }
         Ok(())
     }
@@ -485,7 +483,7 @@ impl StatsActor {
                 Err(e) => Err(StoreError::Corrupt(e.to_string())),
             };
             if let Err(e) = saved {
-                tracing::warn!(%day, error = %e, "statistics not saved; retrying at the next interval");
+                log::warn!(day:% = day, error:% = e; "statistics not saved; retrying at the next interval");
                 self.dirty.insert(day);
                 result = Err(e);
             }
@@ -543,11 +541,11 @@ fn newest_kept(today: NaiveDate) -> NaiveDate {
 async fn prune_store(store: &Arc<dyn Store>, oldest: NaiveDate) {
     match store.prune_stats_before(oldest).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(
-            days = n,
+        Ok(n) => log::info!(
+            days = n;
             "pruned statistics older than {RETENTION_DAYS} days"
         ),
-        Err(e) => tracing::warn!(error = %e, "could not prune old statistics"),
+        Err(e) => log::warn!(error:% = e; "could not prune old statistics"),
     }
 }
 

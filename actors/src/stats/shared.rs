@@ -189,7 +189,7 @@ impl SharedStats {
                 .collect();
             let (stats, unreadable) = counters::unflatten(parsed);
             if bad + unreadable > 0 {
-                tracing::warn!(%day, fields = bad + unreadable, "unreadable statistics counters skipped");
+                log::warn!(day:% = day, fields = bad + unreadable; "unreadable statistics counters skipped");
             }
             out.insert(day, stats);
         }

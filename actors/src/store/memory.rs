@@ -215,7 +215,7 @@ impl Store for MemoryStore {
 
     async fn finish_task(&self, task: &Task) -> StoreResult<bool> {
         if !task.status.is_final() {
-            tracing::warn!(task = %task.id, status = task.status.as_str(), "finish_task called with a live status; nothing written");
+            log::warn!(task:% = task.id, status = task.status.as_str(); "finish_task called with a live status; nothing written");
             return Ok(false);
         }
         let mut g = self.lock();

@@ -196,7 +196,7 @@ impl RedisStore {
                 let mut inv = scripts::MIGRATE_QUEUE.prepare_invoke();
                 inv.arg(&self.prefix).arg(SCHEMA_VERSION);
                 let _: i64 = self.run(&inv).await?;
-                tracing::info!(namespace = %self.prefix.trim_end_matches(':'), "Redis data model upgraded to version {SCHEMA_VERSION} (shared queue)");
+                log::info!(namespace:% = self.prefix.trim_end_matches(':'); "Redis data model upgraded to version {SCHEMA_VERSION} (shared queue)");
                 Ok(())
             }
             Ok(v) if v <= SCHEMA_VERSION => Ok(()),
@@ -669,7 +669,7 @@ impl Store for RedisStore {
 
     async fn finish_task(&self, task: &Task) -> StoreResult<bool> {
         if !task.status.is_final() {
-            tracing::warn!(task = %task.id, status = task.status.as_str(), "finish_task called with a live status; nothing written");
+            log::warn!(task:% = task.id, status = task.status.as_str(); "finish_task called with a live status; nothing written");
             return Ok(false);
         }
         let written = self

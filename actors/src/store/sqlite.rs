@@ -334,7 +334,7 @@ impl SqliteStore {
     /// A final record over a live one (`finish_task`), waiting for the fsync or not.
     async fn write_final(&self, task: &Task, durable: bool) -> StoreResult<bool> {
         if !task.status.is_final() {
-            tracing::warn!(task = %task.id, status = task.status.as_str(), "finish_task called with a live status; nothing written");
+            log::warn!(task:% = task.id, status = task.status.as_str(); "finish_task called with a live status; nothing written");
             return Ok(false);
         }
         let task = task.clone();
@@ -422,7 +422,7 @@ impl Drop for SqliteStore {
         drop(self.tx.take());
         if let Some(h) = self.writer.take() {
             if h.join().is_err() {
-                tracing::error!("the SQLite writer thread panicked");
+                log::error!("the SQLite writer thread panicked");
             }
         }
     }
@@ -778,7 +778,7 @@ fn writer_main(mut w: Writer, rx: mpsc::Receiver<Box<dyn Command>>) {
         .conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
     {
-        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        log::warn!(error:% = e; "WAL checkpoint at shutdown failed");
     }
 }
 
@@ -806,7 +806,7 @@ fn durable_touch(w: &mut Writer) {
 /// cache when needed, which costs microseconds.
 fn release_memory(w: &Writer) {
     if let Err(e) = w.conn.execute_batch("PRAGMA shrink_memory") {
-        tracing::debug!(error = %e, "shrink_memory on the writer failed");
+        log::debug!(error:% = e; "shrink_memory on the writer failed");
     }
     let extra = {
         let mut idle = w
@@ -816,7 +816,7 @@ fn release_memory(w: &Writer) {
             .unwrap_or_else(PoisonError::into_inner);
         for c in idle.iter() {
             if let Err(e) = c.execute_batch("PRAGMA shrink_memory") {
-                tracing::debug!(error = %e, "shrink_memory on a reader failed");
+                log::debug!(error:% = e; "shrink_memory on a reader failed");
             }
         }
         // A burst opens up to MAX_READERS connections, each holding about 100 KiB (lookaside,
@@ -845,7 +845,7 @@ fn run_batch(w: &mut Writer, mut batch: Vec<Box<dyn Command>>) {
     };
     w.health.set_outcome(failure.as_ref());
     if let Some(e) = &failure {
-        tracing::error!(error = %e, commands = batch.len(), "storage batch not committed");
+        log::error!(error:% = e, commands = batch.len(); "storage batch not committed");
     }
     for c in batch {
         c.complete(failure.clone());
@@ -855,7 +855,7 @@ fn run_batch(w: &mut Writer, mut batch: Vec<Box<dyn Command>>) {
 fn rollback(conn: &Connection) {
     if !conn.is_autocommit() {
         if let Err(e) = conn.execute_batch("ROLLBACK") {
-            tracing::warn!(error = %e, "rollback failed");
+            log::warn!(error:% = e; "rollback failed");
         }
     }
 }

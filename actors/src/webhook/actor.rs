@@ -88,7 +88,7 @@ impl WebhookHandle {
             let _ = stop.send(());
         }
         if let Err(e) = (&mut self.done).await {
-            tracing::error!(error = %e, "the webhook actor failed");
+            log::error!(error:% = e; "the webhook actor failed");
         }
     }
 }
@@ -180,7 +180,7 @@ impl WebhookActor {
                         Ok((id, ())) => id,
                         Err(e) => {
                             if e.is_panic() {
-                                tracing::error!("a webhook delivery task panicked");
+                                log::error!("a webhook delivery task panicked");
                             }
                             e.id()
                         }
@@ -202,7 +202,7 @@ impl WebhookActor {
         if let Some(owner) = &self.claim_as {
             for webhook_id in &self.in_flight {
                 if let Err(e) = self.store.release_webhook_job(webhook_id, owner).await {
-                    tracing::debug!(webhook_id, error = %e, "cannot release the webhook delivery; its claim will expire");
+                    log::debug!(webhook_id = webhook_id, error:% = e; "cannot release the webhook delivery; its claim will expire");
                 }
             }
         }
@@ -215,9 +215,9 @@ impl WebhookActor {
             Ok(jobs) => jobs,
             Err(e) => {
                 if at_start {
-                    tracing::error!(error = %e, "cannot read the webhook outbox; stored deliveries are not resumed now");
+                    log::error!(error:% = e; "cannot read the webhook outbox; stored deliveries are not resumed now");
                 } else {
-                    tracing::debug!(error = %e, "cannot read the webhook outbox; trying again at the next sweep");
+                    log::debug!(error:% = e; "cannot read the webhook outbox; trying again at the next sweep");
                 }
                 return;
             }
@@ -240,7 +240,7 @@ impl WebhookActor {
                         Ok(Some(current)) => current,
                         Ok(None) => continue,
                         Err(e) => {
-                            tracing::debug!(error = %e, "cannot claim webhook deliveries now");
+                            log::debug!(error:% = e; "cannot claim webhook deliveries now");
                             break;
                         }
                     }
@@ -250,7 +250,7 @@ impl WebhookActor {
             self.spawn(job, true);
         }
         if resumed > 0 {
-            tracing::info!(count = resumed, "resuming webhook deliveries");
+            log::info!(count = resumed; "resuming webhook deliveries");
         }
     }
 
@@ -263,7 +263,7 @@ impl WebhookActor {
             Ok(()) => true,
             Err(e) => {
                 // Still attempted now; only a restart before it succeeds would lose it.
-                tracing::error!(task_id = %task.id, webhook_id = %job.webhook_id, error = %e, "cannot store the webhook delivery");
+                log::error!(task_id:% = task.id, webhook_id:% = job.webhook_id, error:% = e; "cannot store the webhook delivery");
                 false
             }
         };
@@ -284,7 +284,7 @@ impl WebhookActor {
                 // Redis failed just now: deliver; the renewals claim it when Redis is back,
                 // unless another instance has by then (then this one stops).
                 Err(e) => {
-                    tracing::debug!(webhook_id = %job.webhook_id, error = %e, "cannot claim the new webhook delivery yet")
+                    log::debug!(webhook_id:% = job.webhook_id, error:% = e; "cannot claim the new webhook delivery yet")
                 }
             }
         }
@@ -324,11 +324,11 @@ async fn run_claimed(
     tokio::select! {
         () = run_delivery(job, store.clone(), config, observer) => {}
         () = hold_claim(&store, &webhook_id, &owner) => {
-            tracing::warn!(webhook_id, "the claim on this webhook delivery is lost (another instance holds it, or it left the outbox); stopping it here");
+            log::warn!(webhook_id = webhook_id; "the claim on this webhook delivery is lost (another instance holds it, or it left the outbox); stopping it here");
         }
     }
     if let Err(e) = store.release_webhook_job(&webhook_id, &owner).await {
-        tracing::debug!(webhook_id, error = %e, "cannot release the webhook delivery; its claim will expire");
+        log::debug!(webhook_id = webhook_id, error:% = e; "cannot release the webhook delivery; its claim will expire");
     }
 }
 
@@ -341,7 +341,7 @@ async fn hold_claim(store: &Arc<dyn Store>, webhook_id: &str, owner: &str) {
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(webhook_id, error = %e, "cannot renew the claim on the webhook delivery")
+                log::debug!(webhook_id = webhook_id, error:% = e; "cannot renew the claim on the webhook delivery")
             }
         }
     }
@@ -399,7 +399,7 @@ async fn run_delivery(
         let config = config();
         let wh = &config.webhook;
         if !wh.enabled {
-            tracing::info!(task_id = %job.task_id, webhook_id = %job.webhook_id, "webhooks are disabled; the delivery is dropped");
+            log::info!(task_id:% = job.task_id, webhook_id:% = job.webhook_id; "webhooks are disabled; the delivery is dropped");
             forget(&store, &job).await;
             return;
         }
@@ -428,15 +428,15 @@ async fn run_delivery(
         let last = number >= total_attempts(wh.retries);
         // The URL may carry a token of the receiver's: the log names the delivery, not the URL.
         if delivered {
-            tracing::info!(task_id = %job.task_id, webhook_id = %job.webhook_id, attempt = number, status = ?record.status_code, "webhook delivered");
+            log::info!(task_id:% = job.task_id, webhook_id:% = job.webhook_id, attempt = number, status:? = record.status_code; "webhook delivered");
         } else {
-            tracing::warn!(task_id = %job.task_id, webhook_id = %job.webhook_id, attempt = number, status = ?record.status_code, error = record.error.as_deref().unwrap_or(""), gave_up = last, "webhook attempt failed");
+            log::warn!(task_id:% = job.task_id, webhook_id:% = job.webhook_id, attempt = number, status:? = record.status_code, error = record.error.as_deref().unwrap_or(""), gave_up = last; "webhook attempt failed");
         }
         if let Some(observe) = &observer {
             observe(delivered, !delivered && last);
         }
         if let Err(e) = store.record_webhook_attempt(&record).await {
-            tracing::error!(webhook_id = %job.webhook_id, error = %e, "cannot record the webhook attempt");
+            log::error!(webhook_id:% = job.webhook_id, error:% = e; "cannot record the webhook attempt");
         }
         if delivered || last {
             forget(&store, &job).await;
@@ -445,14 +445,14 @@ async fn run_delivery(
         job.attempts = number;
         job.next_attempt_at = Utc::now() + retry_delay(wh.backoff_ms, number, jitter_unit());
         if let Err(e) = store.save_webhook_job(&job).await {
-            tracing::error!(webhook_id = %job.webhook_id, error = %e, "cannot update the stored webhook delivery");
+            log::error!(webhook_id:% = job.webhook_id, error:% = e; "cannot update the stored webhook delivery");
         }
     }
 }
 
 async fn forget(store: &Arc<dyn Store>, job: &WebhookJob) {
     if let Err(e) = store.delete_webhook_job(&job.webhook_id).await {
-        tracing::error!(webhook_id = %job.webhook_id, error = %e, "cannot remove the finished webhook delivery from the outbox");
+        log::error!(webhook_id:% = job.webhook_id, error:% = e; "cannot remove the finished webhook delivery from the outbox");
     }
 }
 

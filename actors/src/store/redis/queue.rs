@@ -193,7 +193,7 @@ impl RedisStore {
         next: NextClaim,
     ) -> StoreResult<Option<RunEnd>> {
         if !task.status.is_final() {
-            tracing::warn!(task = %task.id, status = task.status.as_str(), "finish_leased called with a live status; nothing written");
+            log::warn!(task:% = task.id, status = task.status.as_str(); "finish_leased called with a live status; nothing written");
             return Ok(None);
         }
         let new = rules::merge_final(&started.task, task);

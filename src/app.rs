@@ -84,9 +84,15 @@ impl Application {
             events = events.with_cluster(cluster.clone());
         }
         let events = Arc::new(events);
-        let queue = Queue::start(store.clone(), config.clone(), events, cluster.clone())
-            .await
-            .context("cannot recover the task queue from storage")?;
+        let queue = Queue::start(
+            store.clone(),
+            config.clone(),
+            events,
+            cluster.clone(),
+            &actor_system,
+        )
+        .await
+        .context("cannot recover the task queue from storage")?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
         // With a cluster, statistics and budgets count the runs of every instance.
         let stats = StatsActor::start_in(

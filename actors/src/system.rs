@@ -17,6 +17,7 @@
 //! its actors are stopped, after the application's own shutdown has ended their work.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use actix_rt::{Arbiter, ArbiterHandle, System};
@@ -25,9 +26,33 @@ use actix_rt::{Arbiter, ArbiterHandle, System};
 pub struct ActorSystem {
     system: System,
     main: ArbiterHandle,
-    workers: Vec<ArbiterHandle>,
-    next_worker: AtomicUsize,
+    workers: WorkerPool,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The worker arbiters, handed out in turn. Cheap to clone (the queue supervisor holds one).
+#[derive(Clone)]
+pub struct WorkerPool {
+    arbiters: Arc<[ArbiterHandle]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl WorkerPool {
+    /// The next worker arbiter, in turn.
+    pub fn next(&self) -> &ArbiterHandle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        &self.arbiters[i]
+    }
+
+    /// How many worker arbiters there are.
+    pub fn len(&self) -> usize {
+        self.arbiters.len()
+    }
+
+    /// Never: a pool has at least one arbiter.
+    pub fn is_empty(&self) -> bool {
+        self.arbiters.is_empty()
+    }
 }
 
 impl std::fmt::Debug for ActorSystem {
@@ -68,8 +93,10 @@ impl ActorSystem {
         Ok(ActorSystem {
             system,
             main,
-            workers,
-            next_worker: AtomicUsize::new(0),
+            workers: WorkerPool {
+                arbiters: workers.into(),
+                next: Arc::new(AtomicUsize::new(0)),
+            },
             thread: Some(thread),
         })
     }
@@ -81,13 +108,12 @@ impl ActorSystem {
 
     /// The next worker arbiter, in turn.
     pub fn worker_arbiter(&self) -> &ArbiterHandle {
-        let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        &self.workers[i]
+        self.workers.next()
     }
 
-    /// How many worker arbiters there are.
-    pub fn workers(&self) -> usize {
-        self.workers.len()
+    /// The worker arbiters, to start workers from another actor.
+    pub fn worker_pool(&self) -> WorkerPool {
+        self.workers.clone()
     }
 
     /// Stop every arbiter and wait for the system's thread to end.

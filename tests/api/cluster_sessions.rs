@@ -107,11 +107,13 @@ fn user_texts(texts: &[(String, String)]) -> Vec<&str> {
 async fn a_session_continued_alternately_on_two_instances_keeps_its_history() {
     let shared = Shared::new();
     let a = shared.instance(json!({})).await;
-    let b = shared.instance(json!({})).await;
     let project = shared.project();
 
     let (s, first) = json_body(a.post_claude(json!({"prompt": "one"})).await).await;
     assert_eq!(s, 200, "{first}");
+    // B starts after the first turn: any instance may claim a task, and the first turn must
+    // run on A for B to need A's transcript.
+    let b = shared.instance(json!({})).await;
     assert_eq!(first["result"], "fake reply #1 to: one");
     let sid = first["session_id"]
         .as_str()
@@ -199,7 +201,6 @@ async fn e2e_the_real_cli_sees_the_turns_of_the_other_instance() {
         "claudeEnv": env,
     });
     let a = shared.instance(real.clone()).await;
-    let b = shared.instance(real).await;
     let project = shared.project();
     let expected =
         |turns: usize| format!("mock reply: turns={turns} first=\"first message DELTA\"");
@@ -211,6 +212,8 @@ async fn e2e_the_real_cli_sees_the_turns_of_the_other_instance() {
     .await;
     assert_eq!(s, 200, "{first}");
     assert_eq!(first["result"], expected(1), "{first}");
+    // As above: B starts after the first turn, which so ran on A.
+    let b = shared.instance(real).await;
     let sid = first["session_id"]
         .as_str()
         .expect("session id")

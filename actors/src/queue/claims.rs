@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
-use super::supervisor::Msg;
+use super::supervisor::{Msg, SupervisorTx};
 use super::Shared;
 use crate::cluster::{Cluster, Control};
 use crate::config::Config;
@@ -37,7 +37,7 @@ pub(super) fn claim(
     config: Arc<Config>,
     want: usize,
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: SupervisorTx,
 ) {
     tokio::spawn(async move {
         let q = &config.task_queue;
@@ -98,14 +98,14 @@ pub(super) fn publish(cluster: Arc<Cluster>, msg: Control) {
 }
 
 /// Start the background tasks of the shared queue for this instance's supervisor.
-pub(super) fn start(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>, lease_ms: u64) {
+pub(super) fn start(cluster: Arc<Cluster>, tx: SupervisorTx, lease_ms: u64) {
     tokio::spawn(forward_control(cluster.subscribe(), tx.clone()));
     tokio::spawn(poll(tx.clone(), lease_ms));
     tokio::spawn(keep_leases(cluster, tx));
 }
 
 /// Control messages become supervisor messages.
-async fn forward_control(mut rx: broadcast::Receiver<Control>, tx: mpsc::UnboundedSender<Msg>) {
+async fn forward_control(mut rx: broadcast::Receiver<Control>, tx: SupervisorTx) {
     loop {
         let msg = match rx.recv().await {
             Ok(Control::Enqueued) => Msg::Wake,
@@ -121,7 +121,7 @@ async fn forward_control(mut rx: broadcast::Receiver<Control>, tx: mpsc::Unbound
 }
 
 /// The periodic wake: claims work and re-reads awaited tasks whatever messages were lost.
-async fn poll(tx: mpsc::UnboundedSender<Msg>, lease_ms: u64) {
+async fn poll(tx: SupervisorTx, lease_ms: u64) {
     let every = POLL_EVERY.min(Duration::from_millis(lease_ms / 3).max(Duration::from_millis(100)));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -139,7 +139,7 @@ async fn poll(tx: mpsc::UnboundedSender<Msg>, lease_ms: u64) {
 /// after an outage every live instance renews within a third of a lease, so a lease that is
 /// still expired after a whole one belongs to an instance that is really gone, not to one that
 /// was cut off from Redis as we were.
-async fn keep_leases(cluster: Arc<Cluster>, tx: mpsc::UnboundedSender<Msg>) {
+async fn keep_leases(cluster: Arc<Cluster>, tx: SupervisorTx) {
     let instance = cluster.instance().as_str().to_string();
     let mut connected_since = Some(Instant::now());
     let mut last_reap = Instant::now();
@@ -231,7 +231,7 @@ async fn sweep_orphans(
 /// announced here (statistics, webhooks, waiters); then the lease is dropped.
 async fn reap(
     cluster: &Arc<Cluster>,
-    tx: &mpsc::UnboundedSender<Msg>,
+    tx: &SupervisorTx,
     lease_ms: u64,
 ) -> Result<(), crate::store::StoreError> {
     let store = cluster.store();

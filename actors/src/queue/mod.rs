@@ -1,7 +1,7 @@
 //! The scheduler: every run is a task, and every task goes through one [`Queue`].
 //!
 //! * [`order`]      — pending tasks in run order (pure).
-//! * [`supervisor`] — the QueueSupervisor: one tokio task that owns the pending order, the
+//! * [`supervisor`] — the QueueSupervisor: an actix actor that owns the pending order, the
 //!   running set and the concurrency limit, and is driven by messages.
 //! * [`worker`]     — the WorkerActor: one per run; starts the task in the store, runs the CLI,
 //!   writes the final record, reports back.
@@ -34,7 +34,11 @@ pub mod order;
 pub mod supervisor;
 pub mod worker;
 
-use supervisor::Msg;
+#[cfg(test)]
+mod tests;
+
+use crate::system::ActorSystem;
+use supervisor::{Msg, QueueSupervisor, Setup, SupervisorTx};
 
 /// Why a submission or a control request failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -164,7 +168,7 @@ impl Shared {
 /// The handle every HTTP handler uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: SupervisorTx,
     /// Tasks this start-up ended `interrupted`, told to the listeners by
     /// [`Queue::announce_interrupted`] once they have subscribed.
     interrupted: Arc<Mutex<Vec<TaskId>>>,
@@ -187,10 +191,11 @@ impl Queue {
         config: Arc<Config>,
         events: Arc<EventHub>,
         cluster: Option<Arc<Cluster>>,
+        system: &ActorSystem,
     ) -> Result<Queue, StoreError> {
         events.set_replay_bytes(config.limits.event_replay_bytes);
         if let Some(cluster) = cluster {
-            return Ok(Queue::start_shared(store, config, events, cluster));
+            return Ok(Queue::start_shared(store, config, events, cluster, system));
         }
         let mut interrupted = store.interrupt_processing(Utc::now()).await?;
         if !interrupted.is_empty() {
@@ -248,27 +253,27 @@ impl Queue {
                 "pending tasks recovered from storage"
             );
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Queue {
+        let tx = QueueSupervisor::start(
+            system.arbiter(),
+            Setup {
+                store: store.clone(),
+                config,
+                shared: shared.clone(),
+                recovered: pending,
+                events: events.clone(),
+                cluster: None,
+                workers: system.worker_pool(),
+            },
+        );
+        Ok(Queue {
             tx,
             interrupted: Arc::new(Mutex::new(interrupted)),
-            store: store.clone(),
-            shared: shared.clone(),
-            events: events.clone(),
+            store,
+            shared,
+            events,
             cluster,
             shared_pending: Arc::new(Recent::new(HEALTH_MAX_AGE)),
-        };
-        let sup = supervisor::Supervisor::new(
-            store,
-            config,
-            shared,
-            queue.tx.clone(),
-            pending,
-            events,
-            None,
-        );
-        tokio::spawn(sup.run(rx));
-        Ok(queue)
+        })
     }
 
     /// With Redis storage: the queue is shared by every instance on the namespace. Nothing is
@@ -279,6 +284,7 @@ impl Queue {
         config: Arc<Config>,
         events: Arc<EventHub>,
         cluster: Arc<Cluster>,
+        system: &ActorSystem,
     ) -> Queue {
         let shared = Arc::new(Shared {
             pending: AtomicU64::new(0),
@@ -288,29 +294,29 @@ impl Queue {
             accepting: AtomicBool::new(true),
             session_tasks: Mutex::new(HashMap::new()),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Queue {
+        let lease_ms = config.task_queue.lease_ms;
+        let tx = QueueSupervisor::start(
+            system.arbiter(),
+            Setup {
+                store: store.clone(),
+                config,
+                shared: shared.clone(),
+                recovered: Vec::new(),
+                events: events.clone(),
+                cluster: Some(cluster.clone()),
+                workers: system.worker_pool(),
+            },
+        );
+        claims::start(cluster.clone(), tx.clone(), lease_ms);
+        Queue {
             tx,
             interrupted: Arc::new(Mutex::new(Vec::new())),
-            store: store.clone(),
-            shared: shared.clone(),
-            events: events.clone(),
-            cluster: Some(cluster.clone()),
-            shared_pending: Arc::new(Recent::new(HEALTH_MAX_AGE)),
-        };
-        let lease_ms = config.task_queue.lease_ms;
-        let sup = supervisor::Supervisor::new(
             store,
-            config,
             shared,
-            queue.tx.clone(),
-            Vec::new(),
             events,
-            Some(cluster.clone()),
-        );
-        tokio::spawn(sup.run(rx));
-        claims::start(cluster, queue.tx.clone(), lease_ms);
-        queue
+            cluster: Some(cluster),
+            shared_pending: Arc::new(Recent::new(HEALTH_MAX_AGE)),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

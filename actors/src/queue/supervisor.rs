@@ -1,16 +1,20 @@
-//! The QueueSupervisor: owns the pending order, the running set and the concurrency limit.
-//! It never awaits storage; it only reacts to messages and dispatches workers.
+//! The QueueSupervisor: an actix actor that owns the pending order, the running set and the
+//! concurrency limit. It never awaits storage; it only reacts to messages ([`Msg`]) and starts
+//! a [`WorkerActor`] per run, on the worker arbiters (one per core) so a drain uses every core.
+//! Two deadlines it keeps itself: the end of the shutdown grace (then it stops its runs) and
+//! the quiet moment to give memory back; each is a timer re-armed after every message.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::lanes::Schedule;
-use super::worker::SharedRun;
+use super::worker::{SharedRun, Stop, WorkerActor};
 use super::{claims, worker, Shared};
 use crate::claude::StopReason;
 use crate::cluster::{Cluster, Control};
@@ -20,7 +24,12 @@ use crate::mem;
 use crate::model::{Priority, SessionId, Task, TaskId};
 use crate::store::redis::{Claimed, Leased};
 use crate::store::Store;
+use crate::system::WorkerPool;
 
+/// What the supervisor is told. One enum, handled in one place, because every message ends the
+/// same way: dispatch what the free slots allow, re-arm the timers, stop when shut down.
+#[derive(Message)]
+#[rtype(result = "()")]
 pub(crate) enum Msg {
     /// A task was stored as pending: queue it (and remember who waits for its end).
     Enqueue {
@@ -84,19 +93,39 @@ pub(crate) enum Msg {
     Leases(oneshot::Sender<(Vec<TaskId>, Arc<Config>)>),
 }
 
+/// The supervisor's address as its callers use it: a message is queued whatever the mailbox's
+/// fill (`do_send`: the queue's callers must never wait on a full mailbox, nor lose a
+/// message), and refused once the supervisor has stopped.
+#[derive(Clone)]
+pub(crate) struct SupervisorTx(Addr<QueueSupervisor>);
+
+impl SupervisorTx {
+    pub(crate) fn send(&self, msg: Msg) -> Result<(), Msg> {
+        if self.0.connected() {
+            self.0.do_send(msg);
+            Ok(())
+        } else {
+            Err(msg)
+        }
+    }
+}
+
 struct ShutdownState {
     deadline: Instant,
     killed: bool,
     done: Vec<oneshot::Sender<()>>,
 }
 
-pub(crate) struct Supervisor {
+pub struct QueueSupervisor {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: SupervisorTx,
+    /// Where the workers run.
+    workers: WorkerPool,
     pending: Schedule,
-    running: HashMap<TaskId, watch::Sender<Option<StopReason>>>,
+    /// The runs going on, by task: their WorkerActors (told [`Stop`] to end a run early).
+    running: HashMap<TaskId, Addr<WorkerActor>>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Task>>>,
     /// Listeners of final records (statistics, webhooks, sessions).
     finished: Vec<mpsc::UnboundedSender<Arc<Task>>>,
@@ -108,6 +137,8 @@ pub(crate) struct Supervisor {
     quiet_since: Option<Instant>,
     /// The heap was trimmed since the queue last had work.
     trimmed: bool,
+    /// The timer of the next deadline (shutdown grace, quiet trim), re-armed after each message.
+    timer: Option<SpawnHandle>,
 }
 
 /// The supervisor's view of the shared queue.
@@ -119,16 +150,54 @@ struct SharedQueue {
     wanted: bool,
 }
 
-impl Supervisor {
-    pub(crate) fn new(
-        store: Arc<dyn Store>,
-        config: Arc<Config>,
-        shared: Arc<Shared>,
-        tx: mpsc::UnboundedSender<Msg>,
-        recovered: Vec<Task>,
-        events: Arc<EventHub>,
-        cluster: Option<Arc<Cluster>>,
-    ) -> Supervisor {
+/// What a supervisor is started with.
+pub(crate) struct Setup {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub recovered: Vec<Task>,
+    pub events: Arc<EventHub>,
+    pub cluster: Option<Arc<Cluster>>,
+    pub workers: WorkerPool,
+}
+
+impl Actor for QueueSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Recovered tasks start at once.
+        self.after_message(ctx);
+    }
+}
+
+impl Handler<Msg> for QueueSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Msg, ctx: &mut Context<Self>) {
+        self.handle_msg(msg);
+        self.after_message(ctx);
+    }
+}
+
+impl QueueSupervisor {
+    /// Start the supervisor on `arbiter`; its address, as the queue's callers use it.
+    pub(crate) fn start(arbiter: &actix::prelude::ArbiterHandle, setup: Setup) -> SupervisorTx {
+        let addr = QueueSupervisor::start_in_arbiter(arbiter, move |ctx| {
+            QueueSupervisor::new(setup, SupervisorTx(ctx.address()))
+        });
+        SupervisorTx(addr)
+    }
+
+    fn new(setup: Setup, tx: SupervisorTx) -> QueueSupervisor {
+        let Setup {
+            store,
+            config,
+            shared,
+            recovered,
+            events,
+            cluster,
+            workers,
+        } = setup;
         // Lanes need each session's turns in submission order.
         let mut recovered = recovered;
         recovered.sort_by_key(|t| t.seq);
@@ -136,11 +205,12 @@ impl Supervisor {
         for t in &recovered {
             pending.push(t.id, t.priority, t.seq, t.session_id);
         }
-        Supervisor {
+        QueueSupervisor {
             store,
             config,
             shared,
             tx,
+            workers,
             pending,
             running: HashMap::new(),
             waiters: HashMap::new(),
@@ -154,35 +224,57 @@ impl Supervisor {
             }),
             quiet_since: None,
             trimmed: false,
+            timer: None,
         }
     }
 
-    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    /// What follows every message (and every deadline): start what the free slots allow, note
+    /// whether the queue went quiet, re-arm the timer for the next deadline, and stop once a
+    /// shutdown is complete.
+    fn after_message(&mut self, ctx: &mut Context<Self>) {
         self.dispatch();
-        loop {
-            let kill_at = self
-                .shutdown
-                .as_ref()
-                .filter(|s| !s.killed)
-                .map(|s| s.deadline);
-            let trim_at = self.quiet_since.map(|at| at + mem::QUIET_AFTER);
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
-                    None => break,
-                },
-                _ = sleep_until_opt(kill_at) => self.kill_all_running(),
-                _ = sleep_until_opt(trim_at) => self.trim(),
-            }
-            self.dispatch();
-            self.note_quiet();
-            if self.shutdown_complete() {
-                break;
-            }
+        self.note_quiet();
+        if self.shutdown_complete() {
+            ctx.stop();
+            return;
+        }
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let kill_at = self
+            .shutdown
+            .as_ref()
+            .filter(|s| !s.killed)
+            .map(|s| s.deadline);
+        let trim_at = self.quiet_since.map(|at| at + mem::QUIET_AFTER);
+        let next = match (kill_at, trim_at) {
+            (Some(k), Some(t)) => Some(k.min(t)),
+            (k, t) => k.or(t),
+        };
+        if let Some(at) = next {
+            let wait = at.saturating_duration_since(Instant::now());
+            self.timer = Some(ctx.run_later(wait, |act, ctx| {
+                act.timer = None;
+                let now = Instant::now();
+                if act
+                    .shutdown
+                    .as_ref()
+                    .is_some_and(|s| !s.killed && s.deadline <= now)
+                {
+                    act.kill_all_running();
+                }
+                if act
+                    .quiet_since
+                    .is_some_and(|at| at + mem::QUIET_AFTER <= now)
+                {
+                    act.trim();
+                }
+                act.after_message(ctx);
+            }));
         }
     }
 
-    fn handle(&mut self, msg: Msg) {
+    fn handle_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Enqueue {
                 id,
@@ -213,7 +305,7 @@ impl Supervisor {
                 self.tell_listeners(&task);
                 match self.running.get(&id) {
                     Some(stop) => {
-                        let _ = stop.send(Some(StopReason::Cancelled));
+                        stop.do_send(Stop(StopReason::Cancelled));
                     }
                     None => self.wake_waiters(id, &task),
                 }
@@ -224,7 +316,7 @@ impl Supervisor {
                     self.notify(id, &task);
                 } else if let Some(stop) = self.running.get(&id) {
                     // The worker reports `Finished` once the process group is gone.
-                    let _ = stop.send(Some(StopReason::Cancelled));
+                    stop.do_send(Stop(StopReason::Cancelled));
                 }
             }
             Msg::Reprioritise { id, priority } => {
@@ -330,7 +422,7 @@ impl Supervisor {
             }
             Msg::EndedElsewhere(id) => match self.running.get(&id) {
                 Some(stop) => {
-                    let _ = stop.send(Some(StopReason::Cancelled));
+                    stop.do_send(Stop(StopReason::Cancelled));
                 }
                 None if self.waiters.contains_key(&id) => self.read_waited(vec![id]),
                 None => {}
@@ -387,12 +479,16 @@ impl Supervisor {
     /// A task reached its final record: wake its waiters and tell the listeners (once per
     /// task: this runs when the pending task is dropped or its worker is done).
     fn notify(&mut self, id: TaskId, task: &Task) {
-        self.wake_waiters(id, task);
+        // The session is free before its caller hears: the caller's next turn must not find
+        // it busy (the waiter's thread may run before this one goes on).
         if task.status.is_final() {
-            self.events.finish(task);
             if let Some(sid) = task.session_id {
                 self.shared.session_task_ended(sid);
             }
+        }
+        self.wake_waiters(id, task);
+        if task.status.is_final() {
+            self.events.finish(task);
             self.tell_listeners(task);
         }
     }
@@ -448,17 +544,18 @@ impl Supervisor {
     }
 
     fn spawn_worker(&mut self, id: TaskId, shared_run: Option<SharedRun>) {
-        let (stop_tx, stop_rx) = watch::channel(None);
-        self.running.insert(id, stop_tx);
-        tokio::spawn(worker::run_task(
-            id,
-            self.store.clone(),
-            self.config.clone(),
-            stop_rx,
-            self.tx.clone(),
-            self.events.clone(),
-            shared_run,
-        ));
+        let worker = WorkerActor::start(
+            self.workers.next(),
+            worker::Run {
+                id,
+                store: self.store.clone(),
+                config: self.config.clone(),
+                tx: self.tx.clone(),
+                events: self.events.clone(),
+                shared: shared_run,
+            },
+        );
+        self.running.insert(id, worker);
         self.shared
             .running
             .store(self.running.len() as u64, Ordering::SeqCst);
@@ -494,7 +591,7 @@ impl Supervisor {
             );
         }
         for stop in self.running.values() {
-            let _ = stop.send(Some(StopReason::Shutdown));
+            stop.do_send(Stop(StopReason::Shutdown));
         }
     }
 
@@ -511,12 +608,5 @@ impl Supervisor {
             }
         }
         done
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

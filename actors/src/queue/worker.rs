@@ -1,14 +1,18 @@
-//! The WorkerActor: one run of one task, from `pending` to its final record.
+//! The WorkerActor: one run of one task, from `pending` to its final record. It owns the run
+//! (and so the CLI's child process, in its own process group): told [`Stop`], it has the run
+//! end the group (SIGTERM, then SIGKILL after the grace); when the run is over — the group gone
+//! and the final record written — it reports `Finished` to the supervisor and stops.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
 use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::supervisor::Msg;
+use super::supervisor::{Msg, SupervisorTx};
 use super::Shared;
 use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
 use crate::cluster::{transcripts, Cluster};
@@ -44,17 +48,75 @@ pub(crate) struct SharedRun {
     pub queue: Arc<Shared>,
 }
 
+/// What a worker runs.
+pub(crate) struct Run {
+    pub id: TaskId,
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    /// Where to report `Finished`.
+    pub tx: SupervisorTx,
+    pub events: Arc<EventHub>,
+    pub shared: Option<SharedRun>,
+}
+
+/// One run; see the module docs.
+pub struct WorkerActor {
+    /// What the run watches to end early.
+    stop: watch::Sender<Option<StopReason>>,
+    /// The run, until `started` spawns it.
+    run: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+/// End the run early (a cancel, a timeout elsewhere, a lost lease, the shutdown grace): its
+/// process group is killed; `Finished` follows once it is gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop(pub StopReason);
+
+impl WorkerActor {
+    /// Start a worker for `run` on `arbiter`.
+    pub(crate) fn start(arbiter: &actix::prelude::ArbiterHandle, run: Run) -> Addr<WorkerActor> {
+        WorkerActor::start_in_arbiter(arbiter, move |_| {
+            let (stop, stop_rx) = watch::channel(None);
+            let future = run_task(run, stop_rx);
+            WorkerActor {
+                stop,
+                run: Some(Box::pin(future)),
+            }
+        })
+    }
+}
+
+impl Actor for WorkerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(run) = self.run.take() {
+            // Off the mailbox, so `Stop` is handled while the run goes on.
+            ctx.spawn(actix::fut::wrap_future::<_, Self>(run).map(|(), _, ctx| ctx.stop()));
+        }
+    }
+}
+
+impl Handler<Stop> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stop, _: &mut Context<Self>) {
+        let _ = self.stop.send(Some(msg.0));
+    }
+}
+
 /// Run one task and report to the supervisor. The report is sent only after the process group
 /// is gone, so the slot is never freed while a process of the run lives.
-pub(crate) async fn run_task(
-    id: TaskId,
-    store: Arc<dyn Store>,
-    config: Arc<Config>,
-    stop: watch::Receiver<Option<StopReason>>,
-    tx: mpsc::UnboundedSender<Msg>,
-    events: Arc<EventHub>,
-    shared: Option<SharedRun>,
-) {
+async fn run_task(run: Run, stop: watch::Receiver<Option<StopReason>>) {
+    let Run {
+        id,
+        store,
+        config,
+        tx,
+        events,
+        shared,
+    } = run;
     let (ended, handover) = execute(id, &store, &config, stop, &events, shared).await;
     let (task, wrote) = match ended {
         Ended::Wrote(t) => (Some(Box::new(t)), true),

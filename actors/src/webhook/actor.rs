@@ -241,6 +241,18 @@ impl WebhookActor {
         }));
     }
 
+    /// Store the delivery a final record calls for, without making it (stopping).
+    fn store_only(&mut self, task: &Task, ctx: &mut Context<Self>) {
+        let config = (self.delivery.config)();
+        if let Some(job) = new_job(task, &config.webhook, Utc::now()) {
+            let store = self.store();
+            let saved = self.ops.track_future(async move {
+                save(&store, &job).await;
+            });
+            ctx.spawn(saved.into_actor(self));
+        }
+    }
+
     /// Start the deliveries of the outbox this instance may make: every one without a
     /// cluster (at start), the ones nobody holds with one (at start and every sweep).
     fn resume(&mut self, at_start: bool) -> impl ActorFuture<Self, Output = ()> + 'static {
@@ -315,19 +327,6 @@ impl StreamHandler<Arc<Task>> for WebhookActor {
 
     /// The queue has stopped; deliveries in flight go on until [`Shutdown`].
     fn finished(&mut self, _: &mut Context<Self>) {}
-}
-
-impl WebhookActor {
-    fn store_only(&mut self, task: &Task, ctx: &mut Context<Self>) {
-        let config = (self.delivery.config)();
-        if let Some(job) = new_job(task, &config.webhook, Utc::now()) {
-            let store = self.store();
-            let saved = self.ops.track_future(async move {
-                save(&store, &job).await;
-            });
-            ctx.spawn(saved.into_actor(self));
-        }
-    }
 }
 
 impl Handler<ResumeOutbox> for WebhookActor {

@@ -127,7 +127,8 @@ impl Application {
         let counted = state.metrics.clone();
         let observer: DeliveryObserver =
             Arc::new(move |delivered, gave_up| counted.webhook_attempt(delivered, gave_up));
-        let webhooks = WebhookActor::start_with(
+        let webhooks = WebhookActor::start(
+            actor_system.arbiter(),
             state.store.clone(),
             finished,
             Arc::new(move || live.config()),
@@ -135,6 +136,7 @@ impl Application {
                 observer: Some(observer),
                 // With a cluster each delivery is made by the one instance holding its claim.
                 claim_as: state.cluster.as_ref().map(|c| c.instance().to_string()),
+                lookup: None,
             },
         )
         .await;

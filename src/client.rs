@@ -4,12 +4,19 @@
 //! same config file `serve` reads), speaks JSON, and turns every failure into a [`ClientError`]
 //! an operator can read: the daemon is down, the key is refused, or the server's own `error`
 //! sentence for any other 4xx/5xx.
+//!
+//! Requests go through awc, actix's HTTP client, whose connections are `!Send`: a [`Client`]
+//! (a target and a key, cheap to clone and `Send`) is used on an actix System — the control
+//! commands run on one, and so does the TUI's worker thread — where one awc client per thread
+//! keeps the connections to the daemon. https (a `--url`) goes through rustls, as webhooks do.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
-use reqwest::{Method, StatusCode};
+use awc::error::{ConnectError, SendRequestError};
+use awc::http::header::{HeaderValue, ACCEPT, AUTHORIZATION, USER_AGENT};
+use awc::http::{Method, StatusCode};
 use serde_json::Value;
 
 use actors::config::Config;
@@ -22,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// `POST /api/claude` waits for the run: as long as the server's own longest run may last.
 const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The largest answer read (a task list, a long result): far above any the daemon gives.
+const MAX_BODY: usize = 256 * 1024 * 1024;
 
 /// Where the daemon is and how to authenticate to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,32 +110,27 @@ impl ClientError {
     }
 }
 
-/// The daemon's HTTP API.
+/// The daemon's HTTP API. Its requests must run on an actix System (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
     target: Target,
+    /// `Bearer <key>`, checked when the client is made.
+    auth: Option<HeaderValue>,
 }
 
 impl Client {
     pub fn new(target: Target) -> Result<Client, ClientError> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = &target.api_key {
-            let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                ClientError::Transport(
-                    "the API key contains characters a header cannot hold".into(),
-                )
-            })?;
-            headers.insert(AUTHORIZATION, value);
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(CONNECT_TIMEOUT)
-            // The daemon is local: a proxy from the environment would only get in the way.
-            .no_proxy()
-            .build()
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        Ok(Client { http, target })
+        let auth = match &target.api_key {
+            Some(key) => Some(
+                HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    ClientError::Transport(
+                        "the API key contains characters a header cannot hold".into(),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Client { target, auth })
     }
 
     pub fn target(&self) -> &Target {
@@ -144,20 +148,21 @@ impl Client {
 
     /// `GET /health` with a caller-chosen limit (the start-up poll uses a short one).
     pub async fn health_within(&self, timeout: Duration) -> Result<Value, ClientError> {
-        let resp = self
-            .http
-            .get(self.url("/health"))
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(e))?;
-        let status = resp.status();
-        let body = read_json(resp).await?;
-        if status.is_success() || status == StatusCode::SERVICE_UNAVAILABLE {
-            Ok(body)
-        } else {
-            Err(api_error(status, &body))
-        }
+        self.within(timeout, async {
+            let resp = self
+                .request(Method::GET, "/health")
+                .send()
+                .await
+                .map_err(|e| self.transport_error(e))?;
+            let status = resp.status();
+            let body = read_json(resp).await?;
+            if status.is_success() || status == StatusCode::SERVICE_UNAVAILABLE {
+                Ok(body)
+            } else {
+                Err(api_error(status, &body))
+            }
+        })
+        .await
     }
 
     pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
@@ -190,12 +195,12 @@ impl Client {
         task_id: &str,
         last_event_id: Option<&str>,
     ) -> Result<sse::EventStream, ClientError> {
+        let path = format!("/api/tasks/{}/events", encode_segment(task_id));
         let mut req = self
-            .http
-            .get(self.url(&format!("/api/tasks/{}/events", encode_segment(task_id))))
-            .header(reqwest::header::ACCEPT, "text/event-stream");
+            .request(Method::GET, &path)
+            .insert_header((ACCEPT, "text/event-stream"));
         if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
+            req = req.insert_header(("Last-Event-ID", id));
         }
         // No overall timeout: a stream lasts as long as the run; the server pings every 15 s.
         let resp = req.send().await.map_err(|e| self.transport_error(e))?;
@@ -214,31 +219,97 @@ impl Client {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
-        let mut req = self.http.request(method, self.url(path)).timeout(timeout);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-        let status = resp.status();
-        let body = read_json(resp).await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(api_error(status, &body))
+        self.within(timeout, async {
+            let req = self.request(method, path);
+            let sent = match body {
+                Some(b) => req.send_json(b).await,
+                None => req.send().await,
+            };
+            let resp = sent.map_err(|e| self.transport_error(e))?;
+            let status = resp.status();
+            let body = read_json(resp).await?;
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(api_error(status, &body))
+            }
+        })
+        .await
+    }
+
+    fn request(&self, method: Method, path: &str) -> awc::ClientRequest {
+        let req = http().request(method, self.url(path));
+        match &self.auth {
+            Some(auth) => req.insert_header((AUTHORIZATION, auth.clone())),
+            None => req,
         }
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> ClientError {
-        let url = self.target.base_url.clone();
-        if e.is_timeout() {
-            ClientError::Timeout { url }
-        } else if e.is_connect() {
-            // Refused, or no route: either way no daemon answers there.
-            ClientError::DaemonDown { url }
-        } else {
-            ClientError::Transport(e.to_string())
+    /// `exchange`, the answer's body included, within `timeout`.
+    async fn within(
+        &self,
+        timeout: Duration,
+        exchange: impl std::future::Future<Output = Result<Value, ClientError>>,
+    ) -> Result<Value, ClientError> {
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ClientError::Timeout {
+                url: self.target.base_url.clone(),
+            }),
         }
     }
+
+    fn transport_error(&self, e: SendRequestError) -> ClientError {
+        let url = self.target.base_url.clone();
+        match e {
+            SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
+                ClientError::Timeout { url }
+            }
+            // Refused, no route, or a name that does not resolve: no daemon answers there.
+            SendRequestError::Connect(_) => ClientError::DaemonDown { url },
+            e => ClientError::Transport(e.to_string()),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's awc client and the actix System it was made on: its connections belong to
+    /// that System's runtime, so a thread that runs another System gets a new one.
+    static HTTP: RefCell<Option<(usize, awc::Client)>> = const { RefCell::new(None) };
+}
+
+/// The awc client of this thread (made on first use).
+fn http() -> awc::Client {
+    let Some(system) = actix_rt::System::try_current().map(|s| s.id()) else {
+        return build_http();
+    };
+    HTTP.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        match cached.as_ref() {
+            Some((id, client)) if *id == system => client.clone(),
+            _ => {
+                let client = build_http();
+                *cached = Some((system, client.clone()));
+                client
+            }
+        }
+    })
+}
+
+fn build_http() -> awc::Client {
+    let connector = awc::Connector::new()
+        .rustls_0_23(actors::webhook::deliver::tls_config())
+        .timeout(CONNECT_TIMEOUT);
+    awc::Client::builder()
+        .connector(connector)
+        // Each request has its own limit, body included (`Client::within`); the event stream
+        // has none.
+        .disable_timeout()
+        .add_default_header((
+            USER_AGENT,
+            concat!("claude-code-server/", env!("CARGO_PKG_VERSION")),
+        ))
+        .finish()
 }
 
 /// Escape an id typed by a user so it stays one path segment.
@@ -258,12 +329,14 @@ pub fn encode_query(s: &str) -> String {
     encode_segment(s)
 }
 
-async fn read_json(resp: reqwest::Response) -> Result<Value, ClientError> {
+async fn read_json(mut resp: awc::ClientResponse) -> Result<Value, ClientError> {
     let status = resp.status();
-    let text = resp
-        .text()
+    let bytes = resp
+        .body()
+        .limit(MAX_BODY)
         .await
         .map_err(|e| ClientError::Transport(e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes);
     serde_json::from_str(&text).map_err(|_| {
         let snippet: String = text.chars().take(200).collect();
         if status.is_success() {

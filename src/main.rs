@@ -104,6 +104,29 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
+    match command {
+        Command::Serve { config, host, port } => run_serve(config, host, port),
+        Command::Start(args) => on_actix(async move { control::start(&args.control()).await }),
+        Command::Stop(args) => on_actix(async move { control::stop(&args.control()).await }),
+        Command::Status(args) => on_actix(async move { control::status(&args.control()).await }),
+        Command::Tui(_) | Command::Watchdog { .. } => std::process::ExitCode::SUCCESS, // handled above
+    }
+}
+
+/// `start`, `stop` and `status` talk to the daemon through awc, whose futures are `!Send`: on
+/// an actix System (a current-thread runtime) of their own.
+fn on_actix(
+    command: impl std::future::Future<Output = std::process::ExitCode>,
+) -> std::process::ExitCode {
+    actix_rt::System::new().block_on(command)
+}
+
+/// `serve` on a multi-threaded tokio runtime.
+fn run_serve(
+    config: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+) -> std::process::ExitCode {
     // Before the runtime's threads start (they get their own allocator arenas).
     actors::mem::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -116,17 +139,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match command {
-        Command::Serve { config, host, port } => {
-            let code = runtime.block_on(serve(config, host, port));
-            logging::flush();
-            code
-        }
-        Command::Start(args) => runtime.block_on(control::start(&args.control())),
-        Command::Stop(args) => runtime.block_on(control::stop(&args.control())),
-        Command::Status(args) => runtime.block_on(control::status(&args.control())),
-        Command::Tui(_) | Command::Watchdog { .. } => std::process::ExitCode::SUCCESS, // handled above
-    }
+    let code = runtime.block_on(serve(config, host, port));
+    logging::flush();
+    code
 }
 
 async fn serve(

@@ -1,6 +1,8 @@
 //! Server-Sent Events: the parser (pure, fed any split of the bytes) and a stream over a
 //! response body, for `GET /api/tasks/:id/events`.
 
+use futures_util::StreamExt;
+
 use super::ClientError;
 
 /// One dispatched event.
@@ -86,17 +88,22 @@ impl SseParser {
     }
 }
 
+/// The bytes of a response body as they arrive (awc's payload; `!Send`, like the client).
+type Body = futures_util::stream::LocalBoxStream<'static, Result<bytes::Bytes, String>>;
+
 /// The events of a response body, as they arrive.
 pub struct EventStream {
-    resp: reqwest::Response,
+    body: Body,
     parser: SseParser,
     ready: std::collections::VecDeque<SseEvent>,
 }
 
 impl EventStream {
-    pub(super) fn new(resp: reqwest::Response) -> EventStream {
+    pub(super) fn new(resp: awc::ClientResponse) -> EventStream {
         EventStream {
-            resp,
+            body: resp
+                .map(|chunk| chunk.map_err(|e| e.to_string()))
+                .boxed_local(),
             parser: SseParser::new(),
             ready: Default::default(),
         }
@@ -108,10 +115,10 @@ impl EventStream {
             if let Some(e) = self.ready.pop_front() {
                 return Some(Ok(e));
             }
-            match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.ready.extend(self.parser.push(&bytes)),
-                Ok(None) => return None,
-                Err(e) => return Some(Err(ClientError::Transport(e.to_string()))),
+            match self.body.next().await {
+                Some(Ok(bytes)) => self.ready.extend(self.parser.push(&bytes)),
+                None => return None,
+                Some(Err(e)) => return Some(Err(ClientError::Transport(e))),
             }
         }
     }

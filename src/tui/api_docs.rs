@@ -136,7 +136,7 @@ pub fn open(siv: &mut Cursive) {
         "↑/↓ PgUp/PgDn scroll · Authorization: Bearer <key> or X-API-Key on /api/*",
     );
     let c2 = c.clone();
-    c.spawn(async move {
+    c.spawn(move || async move {
         let result = c2.client().get_json("/api/openapi.json").await;
         let text = docs_text(result);
         c2.ui

@@ -66,7 +66,7 @@ fn run(siv: &mut Cursive, c: &Ctx, name: &str, action: Action) {
     };
     set_text(siv, name, doing);
     let (c, name) = (c.clone(), name.to_string());
-    c.clone().spawn(async move {
+    c.clone().spawn(move || async move {
         let mut lines = match action {
             Action::Start => start_lines(&c).await,
             Action::Stop => stop_lines(&c).await,

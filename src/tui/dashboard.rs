@@ -33,7 +33,7 @@ pub fn open(siv: &mut Cursive) {
         ),
     );
     let c2 = c.clone();
-    c.spawn(async move {
+    c.spawn(move || async move {
         // Until the screen closes (its view is gone) or the TUI quits.
         while live.is_live() {
             render(&c2, &name, &live).await;
@@ -44,7 +44,7 @@ pub fn open(siv: &mut Cursive) {
 
 fn spawn_once(c: &Ctx, name: &str, live: &Live) {
     let (c2, name, live) = (c.clone(), name.to_string(), live.clone());
-    c.spawn(async move { render(&c2, &name, &live).await });
+    c.spawn(move || async move { render(&c2, &name, &live).await });
 }
 
 async fn render(c: &Ctx, name: &str, live: &Live) {

@@ -222,7 +222,7 @@ impl Logs {
 
     fn spawn_refresh(&self, force: bool) {
         let me = self.clone();
-        self.c.spawn(async move { me.refresh(force).await });
+        self.c.spawn(move || async move { me.refresh(force).await });
     }
 }
 
@@ -300,7 +300,7 @@ pub fn open(siv: &mut Cursive) {
         "f follow on/off · / search · c clear search · r reload · ↑/↓ PgUp/PgDn Home/End scroll",
     );
     let me = logs.clone();
-    logs.c.spawn(async move {
+    logs.c.spawn(move || async move {
         me.refresh(true).await;
         while me.live.is_live() {
             tokio::time::sleep(FOLLOW_EVERY).await;

@@ -67,7 +67,7 @@ impl List {
             None => format!("/api/sessions?limit={PAGE}&offset={}", st.offset),
         };
         let me = self.clone();
-        self.c.spawn(async move {
+        self.c.spawn(move || async move {
             let result = me.c.client().get_json(&path).await;
             let ui = me.c.ui.clone();
             ui.update(move |siv| me.show(siv, result, note));
@@ -261,7 +261,7 @@ impl Detail {
         let _ = siv;
         let me = self.clone();
         let c = self.list.c.clone();
-        c.spawn(async move {
+        c.spawn(move || async move {
             let client = me.list.c.client();
             let base = format!("/api/sessions/{}", encode_segment(&me.id));
             let (stats_path, messages_path) = (format!("{base}/stats"), format!("{base}/messages"));
@@ -286,7 +286,7 @@ impl Detail {
     fn set_status(&self, siv: &mut Cursive, status: &'static str) {
         set_text(siv, &self.name, format!("Setting the status to {status}…"));
         let me = self.clone();
-        self.list.c.spawn(async move {
+        self.list.c.spawn(move || async move {
             let path = format!("/api/sessions/{}/status", encode_segment(&me.id));
             let result = me
                 .list
@@ -318,7 +318,7 @@ impl Detail {
     fn delete(&self, siv: &mut Cursive) {
         set_text(siv, &self.name, "Deleting…");
         let me = self.clone();
-        self.list.c.spawn(async move {
+        self.list.c.spawn(move || async move {
             let path = format!("/api/sessions/{}", encode_segment(&me.id));
             let result = me.list.c.client().delete(&path).await;
             let ui = me.list.c.ui.clone();

@@ -31,7 +31,7 @@ pub fn open(siv: &mut Cursive) {
 
 fn load(c: &Ctx, name: &str, live: &Live) {
     let (c2, name, live) = (c.clone(), name.to_string(), live.clone());
-    c.spawn(async move {
+    c.spawn(move || async move {
         let client = c2.client();
         let daily_path = format!("/api/statistics/daily?limit={DAYS}");
         let (summary, daily, models) = tokio::join!(

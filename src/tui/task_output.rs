@@ -28,7 +28,7 @@ pub fn open(siv: &mut Cursive, task_id: &str) {
     );
     let task_id = task_id.to_string();
     let c2 = c.clone();
-    c.spawn(async move { follow(c2, task_id, name, live).await });
+    c.spawn(move || async move { follow(c2, task_id, name, live).await });
 }
 
 async fn follow(c: Ctx, task_id: String, name: String, live: Live) {

@@ -64,7 +64,7 @@ impl List {
             path.push_str(&format!("&status={status}"));
         }
         let me = self.clone();
-        self.c.spawn(async move {
+        self.c.spawn(move || async move {
             let result = me.c.client().get_json(&path).await;
             let ui = me.c.ui.clone();
             ui.update(move |siv| me.show(siv, result));
@@ -216,7 +216,7 @@ fn open_details(siv: &mut Cursive, list: &List, id: &str) {
 impl Detail {
     fn load(&self, _siv: &mut Cursive, note: Option<String>) {
         let me = self.clone();
-        self.list.c.spawn(async move {
+        self.list.c.spawn(move || async move {
             let path = format!("/api/tasks/{}", encode_segment(&me.id));
             let result = me.list.c.client().get_json(&path).await;
             if let Ok(b) = &result {
@@ -261,7 +261,7 @@ impl Detail {
     fn set_priority(&self, siv: &mut Cursive, priority: u8) {
         set_text(siv, &self.name, "Changing the priority…");
         let me = self.clone();
-        self.list.c.spawn(async move {
+        self.list.c.spawn(move || async move {
             let path = format!("/api/tasks/{}/priority", encode_segment(&me.id));
             let result = me
                 .list
@@ -296,7 +296,7 @@ impl Detail {
     fn cancel(&self, siv: &mut Cursive) {
         set_text(siv, &self.name, "Cancelling…");
         let me = self.clone();
-        self.list.c.spawn(async move {
+        self.list.c.spawn(move || async move {
             let path = format!("/api/tasks/{}", encode_segment(&me.id));
             let result = me.list.c.client().delete(&path).await;
             let note = match result {

@@ -75,7 +75,7 @@ fn health(siv: &mut Cursive, names: &Names) {
     let Some(c) = ctx(siv) else { return };
     set_text(siv, &names.output, "GET /health …");
     let (c2, out) = (c.clone(), names.output.clone());
-    c.spawn(async move {
+    c.spawn(move || async move {
         let client = c2.client();
         let url = client.url("/health");
         let text = match client.health().await {
@@ -102,7 +102,7 @@ fn send(siv: &mut Cursive, names: &Names, prompt: &str) {
         "POST /api/claude … (waiting for Claude; you can leave this screen)",
     );
     let (c2, out) = (c.clone(), names.output.clone());
-    c.spawn(async move {
+    c.spawn(move || async move {
         let result = c2
             .client()
             .post_json_long("/api/claude", &json!({"prompt": prompt}))

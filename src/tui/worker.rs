@@ -1,23 +1,28 @@
 //! The TUI's worker: every request to the daemon and every file read runs here, never on the
 //! UI thread, and hands its result back through cursive's `cb_sink()`.
 //!
-//! Why a thread with its own (current-thread) tokio runtime rather than blocking reqwest: the
-//! same async [`Client`] serves the CLI commands, the TUI and the tests; the TUI needs several
-//! things at once (the dashboard's refresh loop, a live SSE stream, a slow sync prompt) and a
-//! runtime multiplexes them on one thread where blocking calls would need a thread each; and
-//! a job is cancelled by simply dropping it (when the runtime goes, at exit).
+//! Why a thread with its own actix System (a current-thread runtime) rather than blocking
+//! calls: the same async [`Client`] serves the CLI commands, the TUI and the tests; the TUI
+//! needs several things at once (the dashboard's refresh loop, a live SSE stream, a slow sync
+//! prompt) and a runtime multiplexes them on one thread where blocking calls would need a
+//! thread each; and a job is cancelled by simply dropping it (when the runtime goes, at exit).
+//!
+//! The client is awc, whose futures are `!Send`: a job cannot be made on the UI thread and
+//! moved here. What crosses is the closure that makes it ([`Spawner::spawn`]), called on the
+//! worker thread, where the job then runs to its end.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cursive::{CbSink, Cursive, View};
+use futures_util::future::LocalBoxFuture;
 
 use crate::client::Client;
 use crate::daemon::Control;
 
-type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Makes a job, on the worker thread.
+type Job = Box<dyn FnOnce() -> LocalBoxFuture<'static, ()> + Send>;
 
 /// The worker thread. Dropping it stops the thread and drops every job still running (a
 /// refresh loop, a stream), whoever still holds a [`Spawner`].
@@ -34,26 +39,24 @@ pub struct Spawner {
 
 impl Worker {
     pub fn start() -> std::io::Result<Worker> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("tui-worker".into())
             .spawn(move || {
-                runtime.block_on(async move {
+                let system = actix_rt::System::new();
+                system.block_on(async move {
                     loop {
                         tokio::select! {
                             job = rx.recv() => match job {
-                                Some(job) => { tokio::spawn(job); }
+                                Some(make) => { actix_rt::spawn(make()); }
                                 None => break,
                             },
                             _ = &mut shutdown_rx => break,
                         }
                     }
                 });
-                // Dropping the runtime here cancels the jobs still running.
+                // Dropping the System's runtime here cancels the jobs still running.
             })?;
         Ok(Worker {
             spawner: Spawner { jobs: tx },
@@ -75,9 +78,15 @@ impl Drop for Worker {
 }
 
 impl Spawner {
-    pub fn spawn(&self, job: impl Future<Output = ()> + Send + 'static) {
+    /// Run the job `make` makes on the worker thread.
+    pub fn spawn<F, J>(&self, make: F)
+    where
+        F: FnOnce() -> J + Send + 'static,
+        J: Future<Output = ()> + 'static,
+    {
+        let job: Job = Box::new(move || Box::pin(make()));
         // Fails only when the worker thread is gone, i.e. while the TUI is closing.
-        let _ = self.jobs.send(Box::pin(job));
+        let _ = self.jobs.send(job);
     }
 }
 
@@ -166,9 +175,13 @@ impl Ctx {
         }
     }
 
-    /// Run `job` on the worker thread.
-    pub fn spawn(&self, job: impl Future<Output = ()> + Send + 'static) {
-        self.spawner.spawn(job)
+    /// Run the job `make` makes on the worker thread (see [`Spawner::spawn`]).
+    pub fn spawn<F, J>(&self, make: F)
+    where
+        F: FnOnce() -> J + Send + 'static,
+        J: Future<Output = ()> + 'static,
+    {
+        self.spawner.spawn(make)
     }
 
     /// The client as of now (it is replaced when the config's address changes).

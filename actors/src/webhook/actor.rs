@@ -1,17 +1,24 @@
-//! The WebhookActor: one tokio task that turns final task records into stored deliveries, and
-//! one tokio task per delivery that makes its attempts.
+//! The WebhookActor: an actix actor on the actor system's long-lived arbiter that turns final
+//! task records into stored deliveries, and makes each delivery as a future of its own.
 //!
-//! * A final record arrives from [`crate::queue::Queue::subscribe_finished`]. When
-//!   `webhook.enabled` and the task has a `webhook_url` (or there is a `webhook.defaultUrl`),
-//!   the delivery is stored in the outbox first, then handed to its own task, so a slow or dead
-//!   receiver delays nothing else; the run's queue slot was freed before the record arrived.
+//! * Final records arrive from [`crate::queue::Queue::subscribe_finished`], an unbounded
+//!   channel the actor reads as a stream (`add_stream`): records never wait for mailbox room, so
+//!   the queue is never held up, and the run's queue slot was freed before the record arrived.
+//!   When `webhook.enabled` and the task has a `webhook_url` (or there is a
+//!   `webhook.defaultUrl`), the delivery is stored in the outbox first, then started.
+//! * Nothing slow runs in a handler: store operations and deliveries are futures spawned on the
+//!   actor's context (`ctx.spawn`), so a slow or dead receiver delays nothing else, and the actor
+//!   keeps answering its messages meanwhile. A delivery's id is marked in flight before its first
+//!   store operation, so the sweep below never starts a delivery twice.
+//! * Deliveries go out through awc ([`Deliverer`], made on the arbiter: awc is `!Send`), with
+//!   the SSRF policy applied to every address connected to (see [`super::deliver`]).
 //! * Each attempt reads the live config (timeout, retries, backoff, secret, private targets),
 //!   so a reload applies to the next attempt. Every attempt is recorded; the outbox record is
 //!   updated after a failure (attempt count, when the next one is due) and deleted after a
 //!   success or the last retry.
 //! * At start the outbox is loaded and every delivery resumes where it stopped.
-//! * On shutdown, final records still in the mailbox are stored (not sent), running deliveries
-//!   are stopped; all of them resume after the next start.
+//! * On [`Shutdown`], final records still queued for the actor are stored (not sent), running
+//!   deliveries are stopped; all of them resume after the next start.
 //!
 //! # Several instances on one outbox (Redis storage)
 //! The outbox is shared, so every instance sees every delivery; each is made by the one
@@ -30,15 +37,19 @@
 //! made again by another). Without a cluster there are no claims and no sweep: the process
 //! owns the outbox alone.
 
-use std::collections::{HashMap, HashSet};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
-use super::deliver::{self, AttemptOutcome, AttemptSettings};
+use super::deliver::{system_lookup, AttemptOutcome, AttemptSettings, Deliverer, Lookup};
 use super::payload;
 use super::record::{WebhookAttempt, WebhookJob};
 use super::schedule::{jitter_unit, retry_delay, total_attempts};
@@ -52,7 +63,7 @@ use crate::store::Store;
 pub type ConfigSource = Arc<dyn Fn() -> Arc<Config> + Send + Sync>;
 
 /// Told the outcome of every attempt (for metrics): `delivered`, and whether a failed attempt
-/// was the last one (`gave_up`). Called from the delivery's task; it must not block.
+/// was the last one (`gave_up`). Called on the actor's arbiter; it must not block.
 pub type DeliveryObserver = Arc<dyn Fn(bool, bool) + Send + Sync>;
 
 /// With a cluster: how long a delivery's claim lasts unless its instance renews it, i.e. how
@@ -71,265 +82,403 @@ pub struct WebhookOptions {
     /// With a cluster: the name this instance claims deliveries under (its instance id).
     /// `None`: the process owns the outbox alone (no claims, no sweep).
     pub claim_as: Option<String>,
+    /// How webhook host names are resolved (`None`: the system's resolver). Every answer still
+    /// passes the SSRF policy; tests answer with addresses of their own.
+    pub lookup: Option<Lookup>,
 }
 
-/// Stops the actor. Dropping it stops the actor too (like a shutdown without the draining).
+/// Store the deliveries of the records still queued for the actor, stop every delivery in
+/// flight (they stay in the outbox), release this instance's claims, then stop the actor.
+/// Answered once all of that is done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Stop at once, without the draining of [`Shutdown`] (the handle was dropped).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Stop;
+
+/// Start the deliveries the outbox holds; answered once they are started.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ResumeOutbox;
+
+/// The running actor. Dropping it stops the actor too (like a shutdown without the draining).
 pub struct WebhookHandle {
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
+    addr: Option<Addr<WebhookActor>>,
 }
 
 impl WebhookHandle {
-    /// Store the deliveries of records still queued for the actor, stop every delivery in
-    /// flight (they stay in the outbox) and wait until the actor is gone. Call it after the
-    /// queue has shut down, so that every final record has been handed over.
+    /// [`Shutdown`], and wait until it is done. Call it after the queue has shut down, so that
+    /// every final record has been handed over.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Err(e) = (&mut self.done).await {
-            log::error!(error:% = e; "the webhook actor failed");
+        if let Some(addr) = self.addr.take() {
+            if addr.send(Shutdown).await.is_err() {
+                log::error!("the webhook actor was gone before its shutdown");
+            }
         }
     }
+}
+
+impl Drop for WebhookHandle {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr.take() {
+            addr.do_send(Stop);
+        }
+    }
+}
+
+/// What a delivery's future needs from the actor.
+#[derive(Clone)]
+struct Delivery {
+    store: Arc<dyn Store>,
+    config: ConfigSource,
+    observer: Option<DeliveryObserver>,
+    http: Rc<Deliverer>,
 }
 
 pub struct WebhookActor {
-    store: Arc<dyn Store>,
-    config: ConfigSource,
-    finished: mpsc::UnboundedReceiver<Arc<Task>>,
-    deliveries: JoinSet<()>,
-    observer: Option<DeliveryObserver>,
+    delivery: Delivery,
     claim_as: Option<Arc<str>>,
-    /// The deliveries this instance is making, by webhook id and by their task, so a sweep
-    /// does not start one twice.
-    in_flight: HashSet<String>,
-    by_task: HashMap<tokio::task::Id, String>,
+    /// The final records not handled yet: read as the actor's stream, drained at shutdown.
+    finished: Rc<RefCell<mpsc::UnboundedReceiver<Arc<Task>>>>,
+    /// The deliveries this instance is making, by webhook id, with their running future once
+    /// started (`None` while being stored or claimed), so a sweep does not start one twice.
+    in_flight: HashMap<String, Option<SpawnHandle>>,
+    /// Store operations in flight (saves, claims, outbox reads): waited for at shutdown.
+    ops: TaskTracker,
+    sweeping: bool,
+    stopping: bool,
+}
+
+impl Actor for WebhookActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Only a cluster has deliveries of other instances to take over.
+        if self.claim_as.is_some() {
+            ctx.run_interval(SWEEP_EVERY, |act, ctx| {
+                if !act.sweeping && !act.stopping {
+                    act.sweeping = true;
+                    ctx.spawn(act.resume(false).map(|(), act, _| act.sweeping = false));
+                }
+            });
+        }
+    }
 }
 
 impl WebhookActor {
-    /// Resume the outbox and start listening to `finished` (from `Queue::subscribe_finished`,
-    /// taken before any task can end so none is missed).
+    /// Start the actor on `arbiter`, resume the outbox and listen to `finished` (from
+    /// `Queue::subscribe_finished`, taken before any task can end so none is missed). Returns
+    /// once the stored deliveries have been started.
     pub async fn start(
-        store: Arc<dyn Store>,
-        finished: mpsc::UnboundedReceiver<Arc<Task>>,
-        config: ConfigSource,
-    ) -> WebhookHandle {
-        Self::start_observed(store, finished, config, None).await
-    }
-
-    /// [`WebhookActor::start`], telling `observer` the outcome of every attempt.
-    pub async fn start_observed(
-        store: Arc<dyn Store>,
-        finished: mpsc::UnboundedReceiver<Arc<Task>>,
-        config: ConfigSource,
-        observer: Option<DeliveryObserver>,
-    ) -> WebhookHandle {
-        let options = WebhookOptions {
-            observer,
-            claim_as: None,
-        };
-        Self::start_with(store, finished, config, options).await
-    }
-
-    /// [`WebhookActor::start`] with every option.
-    pub async fn start_with(
+        arbiter: &ArbiterHandle,
         store: Arc<dyn Store>,
         finished: mpsc::UnboundedReceiver<Arc<Task>>,
         config: ConfigSource,
         options: WebhookOptions,
     ) -> WebhookHandle {
-        let mut actor = WebhookActor {
-            store,
-            config,
-            finished,
-            deliveries: JoinSet::new(),
-            observer: options.observer,
-            claim_as: options.claim_as.map(Arc::from),
-            in_flight: HashSet::new(),
-            by_task: HashMap::new(),
-        };
-        actor.resume(true).await;
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let done = tokio::spawn(actor.run(stop_rx));
-        WebhookHandle {
-            stop: Some(stop_tx),
-            done,
+        let addr = WebhookActor::start_in_arbiter(arbiter, move |ctx| {
+            let finished = Rc::new(RefCell::new(finished));
+            let records = finished.clone();
+            ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+                records.borrow_mut().poll_recv(cx)
+            }));
+            let lookup = options.lookup.unwrap_or_else(system_lookup);
+            WebhookActor {
+                delivery: Delivery {
+                    store,
+                    config,
+                    observer: options.observer,
+                    // awc's client is made here, on the arbiter it is used on.
+                    http: Rc::new(Deliverer::new(lookup)),
+                },
+                claim_as: options.claim_as.map(Arc::from),
+                finished,
+                in_flight: HashMap::new(),
+                ops: TaskTracker::new(),
+                sweeping: false,
+                stopping: false,
+            }
+        });
+        if addr.send(ResumeOutbox).await.is_err() {
+            log::error!("the webhook actor did not start");
         }
+        WebhookHandle { addr: Some(addr) }
     }
 
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
-        let mut listening = true;
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.reset(); // the start-up pass was the first
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                msg = self.finished.recv(), if listening => match msg {
-                    Some(task) => {
-                        if let Some((job, stored)) = self.enqueue(&task).await {
-                            self.start_delivery(job, stored).await;
-                        }
-                    }
-                    // The queue has stopped; deliveries in flight go on until `shutdown`.
-                    None => listening = false,
-                },
-                Some(joined) = self.deliveries.join_next_with_id(), if !self.deliveries.is_empty() => {
-                    let id = match joined {
-                        Ok((id, ())) => id,
-                        Err(e) => {
-                            if e.is_panic() {
-                                log::error!("a webhook delivery task panicked");
-                            }
-                            e.id()
-                        }
-                    };
-                    if let Some(webhook_id) = self.by_task.remove(&id) {
-                        self.in_flight.remove(&webhook_id);
-                    }
-                }
-                _ = sweep.tick(), if self.claim_as.is_some() => self.resume(false).await,
+    fn store(&self) -> Arc<dyn Store> {
+        self.delivery.store.clone()
+    }
+
+    /// A final record: store the delivery it calls for, if any, then (claimed, with a cluster)
+    /// make it.
+    fn enqueue(&mut self, task: &Task, ctx: &mut Context<Self>) {
+        let config = (self.delivery.config)();
+        let Some(job) = new_job(task, &config.webhook, Utc::now()) else {
+            return;
+        };
+        self.in_flight.insert(job.webhook_id.clone(), None);
+        let store = self.store();
+        let owner = self.claim_as.clone();
+        let saved = self.ops.track_future(async move {
+            let stored = save(&store, &job).await;
+            // Not stored: no other instance can see it, so no claim is needed.
+            let go = match (&owner, stored) {
+                (Some(owner), true) => claim_new(&store, &job, owner).await,
+                _ => true,
+            };
+            (job, stored, go)
+        });
+        ctx.spawn(saved.into_actor(self).map(|(job, stored, go), act, ctx| {
+            if !go {
+                act.in_flight.remove(&job.webhook_id);
+            } else if !act.stopping {
+                act.deliver(job, stored, ctx);
             }
-        }
-        // Records the queue handed over before stopping: stored now, sent after the restart
-        // (or by another instance, which finds them unclaimed).
-        while let Ok(task) = self.finished.try_recv() {
-            self.enqueue(&task).await;
-        }
-        self.deliveries.shutdown().await;
-        // Handed over at once rather than when the claims expire.
-        if let Some(owner) = &self.claim_as {
-            for webhook_id in &self.in_flight {
-                if let Err(e) = self.store.release_webhook_job(webhook_id, owner).await {
-                    log::debug!(webhook_id = webhook_id, error:% = e; "cannot release the webhook delivery; its claim will expire");
-                }
-            }
+            // Stopping: stored, and released with the other claims by `Shutdown`.
+        }));
+    }
+
+    /// Store the delivery a final record calls for, without making it (stopping).
+    fn store_only(&mut self, task: &Task, ctx: &mut Context<Self>) {
+        let config = (self.delivery.config)();
+        if let Some(job) = new_job(task, &config.webhook, Utc::now()) {
+            let store = self.store();
+            let saved = self.ops.track_future(async move {
+                save(&store, &job).await;
+            });
+            ctx.spawn(saved.into_actor(self));
         }
     }
 
     /// Start the deliveries of the outbox this instance may make: every one without a
     /// cluster (at start), the ones nobody holds with one (at start and every sweep).
-    async fn resume(&mut self, at_start: bool) {
-        let jobs = match self.store.pending_webhook_jobs().await {
-            Ok(jobs) => jobs,
-            Err(e) => {
-                if at_start {
-                    log::error!(error:% = e; "cannot read the webhook outbox; stored deliveries are not resumed now");
-                } else {
-                    log::debug!(error:% = e; "cannot read the webhook outbox; trying again at the next sweep");
-                }
-                return;
-            }
-        };
-        let mut resumed = 0usize;
-        for job in jobs {
-            if self.in_flight.contains(&job.webhook_id) {
-                continue;
-            }
-            let job = match &self.claim_as {
-                None => job,
-                Some(owner) => {
-                    match self
-                        .store
-                        .claim_webhook_job(&job.webhook_id, owner, CLAIM_TTL)
-                        .await
-                    {
-                        // As stored now (another instance may have made attempts since the
-                        // list was read).
-                        Ok(Some(current)) => current,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            log::debug!(error:% = e; "cannot claim webhook deliveries now");
-                            break;
+    fn resume(&mut self, at_start: bool) -> impl ActorFuture<Self, Output = ()> + 'static {
+        let store = self.store();
+        let listed = self
+            .ops
+            .track_future(async move { store.pending_webhook_jobs().await });
+        listed
+            .into_actor(self)
+            .then(move |listed, act, _| {
+                let jobs = match listed {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        if at_start {
+                            log::error!(error:% = e; "cannot read the webhook outbox; stored deliveries are not resumed now");
+                        } else {
+                            log::debug!(error:% = e; "cannot read the webhook outbox; trying again at the next sweep");
                         }
+                        Vec::new()
                     }
+                };
+                let fresh: Vec<WebhookJob> = jobs
+                    .into_iter()
+                    .filter(|job| !act.in_flight.contains_key(&job.webhook_id))
+                    .collect();
+                for job in &fresh {
+                    act.in_flight.insert(job.webhook_id.clone(), None);
                 }
-            };
-            resumed += 1;
-            self.spawn(job, true);
-        }
-        if resumed > 0 {
-            log::info!(count = resumed; "resuming webhook deliveries");
-        }
-    }
-
-    /// Store the delivery a final record calls for, if any, and return it with whether it
-    /// was stored.
-    async fn enqueue(&self, task: &Task) -> Option<(WebhookJob, bool)> {
-        let config = (self.config)();
-        let job = new_job(task, &config.webhook, Utc::now())?;
-        let stored = match self.store.save_webhook_job(&job).await {
-            Ok(()) => true,
-            Err(e) => {
-                // Still attempted now; only a restart before it succeeds would lose it.
-                log::error!(task_id:% = task.id, webhook_id:% = job.webhook_id, error:% = e; "cannot store the webhook delivery");
-                false
-            }
-        };
-        Some((job, stored))
-    }
-
-    /// Make a new delivery: under its claim with a cluster, once it is stored.
-    async fn start_delivery(&mut self, job: WebhookJob, stored: bool) {
-        if let (Some(owner), true) = (&self.claim_as, stored) {
-            match self
-                .store
-                .claim_webhook_job(&job.webhook_id, owner, CLAIM_TTL)
-                .await
-            {
-                Ok(Some(_)) => {}
-                // Another instance's sweep claimed it between the save and here: it is theirs.
-                Ok(None) => return,
-                // Redis failed just now: deliver; the renewals claim it when Redis is back,
-                // unless another instance has by then (then this one stops).
-                Err(e) => {
-                    log::debug!(webhook_id:% = job.webhook_id, error:% = e; "cannot claim the new webhook delivery yet")
+                act.ops
+                    .track_future(claim_all(act.store(), act.claim_as.clone(), fresh))
+                    .into_actor(act)
+            })
+            .map(|(claimed, skipped), act, ctx| {
+                for webhook_id in skipped {
+                    act.in_flight.remove(&webhook_id);
                 }
-            }
-        }
-        // Not stored: no other instance can see it, so no claim is needed.
-        self.spawn(job, stored);
+                if act.stopping {
+                    return; // released with the other claims by `Shutdown`
+                }
+                if !claimed.is_empty() {
+                    log::info!(count = claimed.len(); "resuming webhook deliveries");
+                }
+                for job in claimed {
+                    act.deliver(job, true, ctx);
+                }
+            })
     }
 
-    fn spawn(&mut self, job: WebhookJob, claimed: bool) {
+    /// Make a delivery (its id is in flight already): under this instance's claim when
+    /// `claimed` and there is a cluster.
+    fn deliver(&mut self, job: WebhookJob, claimed: bool, ctx: &mut Context<Self>) {
         let owner = if claimed { self.claim_as.clone() } else { None };
         let webhook_id = job.webhook_id.clone();
-        let handle = self.deliveries.spawn(run_claimed(
-            job,
-            self.store.clone(),
-            self.config.clone(),
-            self.observer.clone(),
-            owner,
-        ));
-        self.by_task.insert(handle.id(), webhook_id.clone());
-        self.in_flight.insert(webhook_id);
+        let done = webhook_id.clone();
+        let run = run_claimed(job, self.delivery.clone(), owner);
+        let handle = ctx.spawn(run.into_actor(self).map(move |(), act, _| {
+            act.in_flight.remove(&done);
+        }));
+        self.in_flight.insert(webhook_id, Some(handle));
+    }
+}
+
+impl StreamHandler<Arc<Task>> for WebhookActor {
+    fn handle(&mut self, task: Arc<Task>, ctx: &mut Context<Self>) {
+        if self.stopping {
+            // Only records the drain of `Shutdown` missed: stored, sent after the restart.
+            self.store_only(&task, ctx);
+        } else {
+            self.enqueue(&task, ctx);
+        }
+    }
+
+    /// The queue has stopped; deliveries in flight go on until [`Shutdown`].
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<ResumeOutbox> for WebhookActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: ResumeOutbox, _: &mut Context<Self>) -> Self::Result {
+        self.sweeping = true;
+        Box::pin(self.resume(true).map(|(), act, _| act.sweeping = false))
+    }
+}
+
+impl Handler<Shutdown> for WebhookActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        // Records the queue handed over before stopping: stored now, sent after the restart
+        // (or by another instance, which finds them unclaimed).
+        let config = (self.delivery.config)();
+        let mut queued = Vec::new();
+        {
+            let mut finished = self.finished.borrow_mut();
+            while let Ok(task) = finished.try_recv() {
+                queued.extend(new_job(&task, &config.webhook, Utc::now()));
+            }
+        }
+        // Running deliveries stop here; they stay in the outbox.
+        for handle in self.in_flight.values().flatten() {
+            ctx.cancel_future(*handle);
+        }
+        self.ops.close();
+        let ops = self.ops.clone();
+        let store = self.store();
+        let drained = async move {
+            for job in queued {
+                save(&store, &job).await;
+            }
+            ops.wait().await;
+        };
+        Box::pin(
+            drained
+                .into_actor(self)
+                .then(|(), act, _| {
+                    // Handed over at once rather than when the claims expire.
+                    let store = act.store();
+                    let owner = act.claim_as.clone();
+                    let held: Vec<String> = act.in_flight.keys().cloned().collect();
+                    async move {
+                        let Some(owner) = owner else { return };
+                        for webhook_id in held {
+                            release(&store, &webhook_id, &owner).await;
+                        }
+                    }
+                    .into_actor(act)
+                })
+                .map(|(), _, ctx| ctx.stop()),
+        )
+    }
+}
+
+impl Handler<Stop> for WebhookActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// Store a delivery; whether it was stored.
+async fn save(store: &Arc<dyn Store>, job: &WebhookJob) -> bool {
+    match store.save_webhook_job(job).await {
+        Ok(()) => true,
+        Err(e) => {
+            // Still attempted now; only a restart before it succeeds would lose it.
+            log::error!(task_id:% = job.task_id, webhook_id:% = job.webhook_id, error:% = e; "cannot store the webhook delivery");
+            false
+        }
+    }
+}
+
+/// Claim a new delivery (just stored) for `owner`; whether to make it.
+async fn claim_new(store: &Arc<dyn Store>, job: &WebhookJob, owner: &str) -> bool {
+    match store
+        .claim_webhook_job(&job.webhook_id, owner, CLAIM_TTL)
+        .await
+    {
+        Ok(Some(_)) => true,
+        // Another instance's sweep claimed it between the save and here: it is theirs.
+        Ok(None) => false,
+        // Redis failed just now: deliver; the renewals claim it when Redis is back, unless
+        // another instance has by then (then this one stops).
+        Err(e) => {
+            log::debug!(webhook_id:% = job.webhook_id, error:% = e; "cannot claim the new webhook delivery yet");
+            true
+        }
+    }
+}
+
+/// The outbox's deliveries this instance may make, as stored now, and the ids of the others.
+/// Without an `owner` (no cluster) every one.
+async fn claim_all(
+    store: Arc<dyn Store>,
+    owner: Option<Arc<str>>,
+    jobs: Vec<WebhookJob>,
+) -> (Vec<WebhookJob>, Vec<String>) {
+    let Some(owner) = owner else {
+        return (jobs, Vec::new());
+    };
+    let mut claimed = Vec::new();
+    let mut skipped = Vec::new();
+    let mut jobs = jobs.into_iter();
+    for job in jobs.by_ref() {
+        match store
+            .claim_webhook_job(&job.webhook_id, &owner, CLAIM_TTL)
+            .await
+        {
+            // As stored now (another instance may have made attempts since the list was read).
+            Ok(Some(current)) => claimed.push(current),
+            Ok(None) => skipped.push(job.webhook_id),
+            Err(e) => {
+                log::debug!(error:% = e; "cannot claim webhook deliveries now");
+                skipped.push(job.webhook_id);
+                break;
+            }
+        }
+    }
+    skipped.extend(jobs.map(|job| job.webhook_id));
+    (claimed, skipped)
+}
+
+async fn release(store: &Arc<dyn Store>, webhook_id: &str, owner: &str) {
+    if let Err(e) = store.release_webhook_job(webhook_id, owner).await {
+        log::debug!(webhook_id = webhook_id, error:% = e; "cannot release the webhook delivery; its claim will expire");
     }
 }
 
 /// Make a delivery; with an `owner`, only while its claim is this instance's: renewed every
 /// [`RENEW_EVERY`], released when done.
-async fn run_claimed(
-    job: WebhookJob,
-    store: Arc<dyn Store>,
-    config: ConfigSource,
-    observer: Option<DeliveryObserver>,
-    owner: Option<Arc<str>>,
-) {
+async fn run_claimed(job: WebhookJob, delivery: Delivery, owner: Option<Arc<str>>) {
     let Some(owner) = owner else {
-        run_delivery(job, store, config, observer).await;
+        run_delivery(job, &delivery).await;
         return;
     };
     let webhook_id = job.webhook_id.clone();
+    let store = delivery.store.clone();
     tokio::select! {
-        () = run_delivery(job, store.clone(), config, observer) => {}
+        () = run_delivery(job, &delivery) => {}
         () = hold_claim(&store, &webhook_id, &owner) => {
             log::warn!(webhook_id = webhook_id; "the claim on this webhook delivery is lost (another instance holds it, or it left the outbox); stopping it here");
         }
     }
-    if let Err(e) = store.release_webhook_job(&webhook_id, &owner).await {
-        log::debug!(webhook_id = webhook_id, error:% = e; "cannot release the webhook delivery; its claim will expire");
-    }
+    release(&store, &webhook_id, &owner).await;
 }
 
 /// Renew the claim until it is lost (returns then). A failed renewal (Redis away) is tried
@@ -384,12 +533,13 @@ fn attempt_settings(config: &WebhookConfig) -> Result<AttemptSettings, SecretErr
 }
 
 /// Make the attempts of one delivery until it succeeds or its retries are spent.
-async fn run_delivery(
-    mut job: WebhookJob,
-    store: Arc<dyn Store>,
-    config: ConfigSource,
-    observer: Option<DeliveryObserver>,
-) {
+async fn run_delivery(mut job: WebhookJob, delivery: &Delivery) {
+    let Delivery {
+        store,
+        config,
+        observer,
+        http,
+    } = delivery;
     loop {
         let wait = (job.next_attempt_at - Utc::now())
             .to_std()
@@ -400,14 +550,14 @@ async fn run_delivery(
         let wh = &config.webhook;
         if !wh.enabled {
             log::info!(task_id:% = job.task_id, webhook_id:% = job.webhook_id; "webhooks are disabled; the delivery is dropped");
-            forget(&store, &job).await;
+            forget(store, &job).await;
             return;
         }
         let number = job.attempts.saturating_add(1);
         let at = Utc::now();
         let clock = tokio::time::Instant::now();
         let outcome = match attempt_settings(wh) {
-            Ok(settings) => deliver::attempt(&job, &settings, at.timestamp()).await,
+            Ok(settings) => http.attempt(&job, &settings, at.timestamp()).await,
             Err(e) => AttemptOutcome {
                 status_code: None,
                 error: Some(format!("webhook.secret cannot be used: {e}")),
@@ -439,7 +589,7 @@ async fn run_delivery(
             log::error!(webhook_id:% = job.webhook_id, error:% = e; "cannot record the webhook attempt");
         }
         if delivered || last {
-            forget(&store, &job).await;
+            forget(store, &job).await;
             return;
         }
         job.attempts = number;
@@ -458,9 +608,18 @@ async fn forget(store: &Arc<dyn Store>, job: &WebhookJob) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
     use super::*;
-    use crate::model::TaskStatus;
+    use crate::config::load::{from_file_doc, Environment};
+    use crate::model::{TaskId, TaskStatus};
     use crate::store::conformance::fixtures::{at, task};
+    use crate::store::memory::MemoryStore;
+    use crate::system::ActorSystem;
+    use crate::webhook::testing::Receiver;
 
     fn config(enabled: bool, default_url: Option<&str>) -> WebhookConfig {
         WebhookConfig {
@@ -533,5 +692,277 @@ mod tests {
         assert_eq!(attempt_settings(&c).err(), Some(SecretError::BadBase64));
         c.secret = Some("plain".into());
         assert!(attempt_settings(&c).expect("settings").key.is_some());
+    }
+
+    // ---- the actor: final records in, deliveries and outbox state out
+
+    /// A WebhookActor on an actor system of its own, over a memory store.
+    struct Rig {
+        store: Arc<MemoryStore>,
+        records: mpsc::UnboundedSender<Arc<Task>>,
+        seen: Arc<Mutex<Vec<(bool, bool)>>>,
+        handle: Option<WebhookHandle>,
+        system: Option<ActorSystem>,
+    }
+
+    impl Rig {
+        async fn start(webhook: serde_json::Value, store: Arc<MemoryStore>) -> Rig {
+            Rig::start_with(webhook, store, None).await
+        }
+
+        async fn start_with(
+            webhook: serde_json::Value,
+            store: Arc<MemoryStore>,
+            lookup: Option<Lookup>,
+        ) -> Rig {
+            let doc = json!({ "webhook": webhook });
+            let (config, _) = from_file_doc(&doc, &Environment::default()).expect("config");
+            let config = Arc::new(config);
+            let system = ActorSystem::start("webhook-test", 1).expect("actor system");
+            let (records, finished) = mpsc::unbounded_channel();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let told = seen.clone();
+            let options = WebhookOptions {
+                observer: Some(Arc::new(move |delivered, gave_up| {
+                    told.lock().expect("seen").push((delivered, gave_up))
+                })),
+                claim_as: None,
+                lookup,
+            };
+            let handle = WebhookActor::start(
+                system.arbiter(),
+                store.clone(),
+                finished,
+                Arc::new(move || config.clone()),
+                options,
+            )
+            .await;
+            Rig {
+                store,
+                records,
+                seen,
+                handle: Some(handle),
+                system: Some(system),
+            }
+        }
+
+        fn finish(&self, url: &str) -> Arc<Task> {
+            let task = Arc::new(done(Some(url)));
+            self.records.send(task.clone()).expect("the actor listens");
+            task
+        }
+
+        fn seen(&self) -> Vec<(bool, bool)> {
+            self.seen.lock().expect("seen").clone()
+        }
+
+        async fn outbox(&self) -> Vec<WebhookJob> {
+            self.store.pending_webhook_jobs().await.expect("outbox")
+        }
+
+        /// Wait (1 s at most) for the outbox to be empty.
+        async fn outbox_empties(&self, why: &str) {
+            for _ in 0..100 {
+                if self.outbox().await.is_empty() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{why}: {:?}", self.outbox().await);
+        }
+
+        /// Wait (10 s at most) until the task's recorded attempts pass `done`.
+        async fn attempts_until(
+            &self,
+            task_id: TaskId,
+            done: impl Fn(&[WebhookAttempt]) -> bool,
+        ) -> Vec<WebhookAttempt> {
+            for _ in 0..1000 {
+                let list = self
+                    .store
+                    .webhook_attempts(task_id)
+                    .await
+                    .expect("attempts");
+                if done(&list) {
+                    return list;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the attempts of {task_id} did not arrive");
+        }
+
+        async fn shutdown(&mut self) {
+            if let Some(handle) = self.handle.take() {
+                handle.shutdown().await;
+            }
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            drop(self.handle.take());
+            if let Some(system) = self.system.take() {
+                system.stop();
+            }
+        }
+    }
+
+    fn delivering(extra: serde_json::Value) -> serde_json::Value {
+        let mut doc = json!({"enabled": true, "allowPrivateTargets": true, "backoffMs": 10});
+        if let (Some(doc), Some(extra)) = (doc.as_object_mut(), extra.as_object()) {
+            doc.extend(extra.clone());
+        }
+        doc
+    }
+
+    #[tokio::test]
+    async fn a_final_record_is_stored_delivered_recorded_and_forgotten() {
+        let receiver = Receiver::start().await;
+        let rig = Rig::start(delivering(json!({})), Arc::default()).await;
+        let task = rig.finish(&receiver.url());
+        let hits = receiver.wait_for_hits(1).await;
+        let list = rig.attempts_until(task.id, |l| !l.is_empty()).await;
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].attempt, list[0].status_code), (1, Some(200)));
+        assert_eq!(hits[0].header("webhook-id"), list[0].webhook_id);
+        let body: serde_json::Value = serde_json::from_str(&hits[0].body).expect("json");
+        assert_eq!(body["event"], "task.completed");
+        assert_eq!(body["data"]["task_id"], json!(task.id));
+        rig.outbox_empties("a delivered webhook leaves the outbox")
+            .await;
+        assert_eq!(rig.seen(), vec![(true, false)]);
+    }
+
+    /// A failing receiver is tried again with the same webhook id, every attempt recorded and
+    /// observed, until it answers 2xx or the retries are spent; either way the delivery then
+    /// leaves the outbox.
+    #[tokio::test]
+    async fn failed_attempts_are_retried_until_success_or_the_last_retry() {
+        type Case = (
+            &'static [u16],
+            u32,
+            &'static [Option<u16>],
+            &'static [(bool, bool)],
+        );
+        let cases: [Case; 2] = [
+            (
+                &[500, 503],
+                2,
+                &[Some(500), Some(503), Some(200)],
+                &[(false, false), (false, false), (true, false)],
+            ),
+            (
+                &[500, 500],
+                1,
+                &[Some(500), Some(500)],
+                &[(false, false), (false, true)],
+            ),
+        ];
+        for (script, retries, codes, seen) in cases {
+            let receiver = Receiver::start().await;
+            receiver.script(script);
+            let rig = Rig::start(delivering(json!({"retries": retries})), Arc::default()).await;
+            let task = rig.finish(&receiver.url());
+            let list = rig
+                .attempts_until(task.id, |l| l.len() == codes.len())
+                .await;
+            let got: Vec<_> = list.iter().map(|a| a.status_code).collect();
+            assert_eq!(got, codes);
+            let hits = receiver.wait_for_hits(codes.len()).await;
+            let id = &list[0].webhook_id;
+            assert!(list.iter().all(|a| &a.webhook_id == id));
+            assert!(hits.iter().all(|h| h.header("webhook-id") == id));
+            assert_eq!(rig.seen(), seen);
+            rig.outbox_empties("a finished delivery leaves the outbox")
+                .await;
+        }
+    }
+
+    /// Deliveries are futures of their own: a receiver that never answers holds up none of the
+    /// others, and the actor keeps taking records.
+    #[tokio::test]
+    async fn deliveries_run_side_by_side() {
+        let receiver = Receiver::start().await;
+        receiver.hang();
+        let rig = Rig::start(delivering(json!({"timeout": 30000})), Arc::default()).await;
+        for _ in 0..20 {
+            rig.finish(&receiver.url());
+        }
+        receiver.wait_for_hits(20).await;
+        assert_eq!(rig.outbox().await.len(), 20);
+    }
+
+    /// Shutdown stores the records still queued, stops the deliveries in flight (they stay in
+    /// the outbox, their attempts not recorded) and is quick about it.
+    #[tokio::test]
+    async fn shutdown_stores_queued_records_and_stops_running_deliveries() {
+        let receiver = Receiver::start().await;
+        receiver.hang();
+        let mut rig = Rig::start(delivering(json!({"timeout": 30000})), Arc::default()).await;
+        let first = rig.finish(&receiver.url());
+        receiver.wait_for_hits(1).await;
+        let queued = [rig.finish(&receiver.url()), rig.finish(&receiver.url())];
+        let stopping = std::time::Instant::now();
+        rig.shutdown().await;
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            stopping.elapsed()
+        );
+        let outbox = rig.outbox().await;
+        let mut tasks: Vec<_> = outbox.iter().map(|j| j.task_id).collect();
+        tasks.sort();
+        let mut want = vec![first.id, queued[0].id, queued[1].id];
+        want.sort();
+        assert_eq!(tasks, want, "{outbox:?}");
+        assert!(outbox.iter().all(|j| j.attempts == 0));
+        assert!(rig
+            .store
+            .webhook_attempts(first.id)
+            .await
+            .expect("attempts")
+            .is_empty());
+    }
+
+    /// What the outbox holds at start is made, continuing its attempt count.
+    #[tokio::test]
+    async fn the_outbox_is_resumed_at_start() {
+        let receiver = Receiver::start().await;
+        let store = Arc::new(MemoryStore::new());
+        let config = config(true, None);
+        let mut job = new_job(&done(Some(&receiver.url())), &config, Utc::now()).expect("job");
+        job.attempts = 2;
+        store.save_webhook_job(&job).await.expect("save");
+        let rig = Rig::start(delivering(json!({"retries": 5})), store).await;
+        let hits = receiver.wait_for_hits(1).await;
+        assert_eq!(hits[0].header("webhook-id"), job.webhook_id);
+        let list = rig.attempts_until(job.task_id, |l| !l.is_empty()).await;
+        assert_eq!((list[0].attempt, list[0].status_code), (3, Some(200)));
+    }
+
+    /// SSRF at delivery: a name whose answer is a loopback address is refused, recorded as a
+    /// failed attempt naming the rule, and the address is never dialled.
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_and_never_dialled() {
+        let receiver = Receiver::start().await;
+        let local = receiver.addr;
+        let lookup: Lookup = Arc::new(move |_host, _port| {
+            Box::pin(async move { Ok::<Vec<SocketAddr>, std::io::Error>(vec![local]) })
+        });
+        let webhook = json!({"enabled": true, "retries": 0});
+        let rig = Rig::start_with(webhook, Arc::default(), Some(lookup)).await;
+        let task = rig.finish(&format!("http://hooks.test:{}/hook", local.port()));
+        let list = rig.attempts_until(task.id, |l| !l.is_empty()).await;
+        assert_eq!(list[0].status_code, None);
+        let error = list[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("loopback") && error.contains("allowPrivateTargets"),
+            "{error}"
+        );
+        assert!(
+            receiver.hits().is_empty(),
+            "the blocked address was dialled"
+        );
+        assert_eq!(rig.seen(), [(false, true)]);
     }
 }

@@ -5,8 +5,9 @@
 //! * [`sign`]     — Standard Webhooks signing and verification (pure).
 //! * [`schedule`] — when to retry (pure).
 //! * [`policy`]   — which URLs and addresses may be called (pure): the SSRF guard.
-//! * [`deliver`]  — one HTTP attempt to a resolved, checked address.
-//! * [`actor`]    — the WebhookActor: listens to final records, keeps the outbox, retries.
+//! * [`deliver`]  — one HTTP attempt over awc, connected only to addresses the policy allows.
+//! * [`actor`]    — the WebhookActor (actix): listens to final records, keeps the outbox,
+//!   retries.
 //!
 //! Delivery is at-least-once: a delivery is stored before its first attempt and deleted only
 //! after it succeeded or ran out of retries, so a restart resumes it; a receiver may see the
@@ -21,6 +22,10 @@ pub mod policy;
 pub mod record;
 pub mod schedule;
 pub mod sign;
+#[cfg(test)]
+pub(crate) mod testing;
 
-pub use actor::{ConfigSource, DeliveryObserver, WebhookActor, WebhookHandle, WebhookOptions};
+pub use actor::{
+    ConfigSource, DeliveryObserver, Shutdown, WebhookActor, WebhookHandle, WebhookOptions,
+};
 pub use record::{WebhookAttempt, WebhookJob};

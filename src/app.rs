@@ -116,7 +116,11 @@ impl Application {
             .reload
             .init(loaded.file_doc, env, opts.host, opts.port)
             .await;
-        MetricsActor::start(state.metrics.clone(), metrics_finished);
+        MetricsActor::start(
+            actor_system.arbiter(),
+            state.metrics.clone(),
+            metrics_finished,
+        );
         let live = state.clone();
         let counted = state.metrics.clone();
         let observer: DeliveryObserver =

@@ -19,6 +19,7 @@ use actors::events::EventHub;
 use actors::metrics::MetricsActor;
 use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
+use actors::rate_limit::RateLimitActor;
 use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
 use actors::store::redis::RedisStore;
@@ -104,12 +105,19 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
+        // With a cluster, one limit per key across every instance.
+        let rate_limiter = RateLimitActor::start(
+            actor_system.arbiter(),
+            config_tx.subscribe(),
+            cluster.clone(),
+        );
         let state = AppState::new(
             config_tx,
             queue,
             store,
             cluster,
             stats,
+            rate_limiter,
             opts.config_path.clone(),
         );
         state

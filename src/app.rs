@@ -90,7 +90,8 @@ impl Application {
             .context("cannot recover the task queue from storage")?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
         // With a cluster, statistics and budgets count the runs of every instance.
-        let stats = StatsActor::start_in(
+        let stats = StatsActor::start(
+            actor_system.arbiter(),
             store.clone(),
             queue.subscribe_finished(),
             config_rx,

@@ -19,6 +19,7 @@ use actors::events::EventHub;
 use actors::metrics::MetricsActor;
 use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
+use actors::rate_limit::RateLimitActor;
 use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
 use actors::store::redis::RedisStore;
@@ -95,7 +96,8 @@ impl Application {
         .context("cannot recover the task queue from storage")?;
         let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
         // With a cluster, statistics and budgets count the runs of every instance.
-        let stats = StatsActor::start_in(
+        let stats = StatsActor::start(
+            actor_system.arbiter(),
             store.clone(),
             queue.subscribe_finished(),
             config_rx,
@@ -110,19 +112,30 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
+        // With a cluster, one limit per key across every instance.
+        let rate_limiter = RateLimitActor::start(
+            actor_system.arbiter(),
+            config_tx.subscribe(),
+            cluster.clone(),
+        );
         let state = AppState::new(
             config_tx,
             queue,
             store,
             cluster,
             stats,
+            rate_limiter,
             opts.config_path.clone(),
         );
         state
             .reload
             .init(loaded.file_doc, env, opts.host, opts.port)
             .await;
-        MetricsActor::start(state.metrics.clone(), metrics_finished);
+        MetricsActor::start(
+            actor_system.arbiter(),
+            state.metrics.clone(),
+            metrics_finished,
+        );
         let live = state.clone();
         let counted = state.metrics.clone();
         let observer: DeliveryObserver =

@@ -34,7 +34,8 @@ pub struct Inner {
     /// With Redis storage: this instance among the others sharing it.
     pub cluster: Option<Arc<Cluster>>,
     pub stats: StatsHandle,
-    /// Shared by every instance with a cluster (in Redis), this instance's own otherwise.
+    /// The RateLimitActor's handle: shared by every instance with a cluster (in Redis), this
+    /// instance's own otherwise.
     pub rate_limiter: Limiter,
     pub started: Instant,
     pub claude: RwLock<ClaudeInfo>,
@@ -62,13 +63,14 @@ impl AppState {
         store: Arc<dyn Store>,
         cluster: Option<Arc<Cluster>>,
         stats: StatsHandle,
+        rate_limiter: Limiter,
         config_path: PathBuf,
     ) -> AppState {
         AppState(Arc::new(Inner {
             config,
             queue,
             store,
-            rate_limiter: Limiter::new(cluster.clone()),
+            rate_limiter,
             cluster,
             stats,
             started: Instant::now(),

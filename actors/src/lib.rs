@@ -9,12 +9,12 @@
 //! * [`store`]   — storage behind one async trait: memory, SQLite and Redis.
 //! * [`cluster`] — several instances on one Redis: instance ids and the control channel.
 //! * [`stats`]   — the StatsActor: figures per day, model and key; daily budgets.
-//! * [`rate_limit`] — GCRA per API key (or client IP) and its sharded limiter.
+//! * [`rate_limit`] — GCRA per API key (or client IP): the RateLimitActor and its table.
 //! * [`webhook`] — the WebhookActor and its pure parts: payload, signing, retries, SSRF policy.
 //! * [`metrics`] — counters and histograms for `GET /metrics`, and the MetricsActor.
 //! * [`mem`]     — giving freed heap back to the OS when the process goes quiet.
 //! * [`system`]  — the actix actor system the actors run on: its own threads (arbiters),
-//!   reached from anywhere by messages.
+//!   reached from anywhere by messages; [`system::Feed`], a tokio channel as an actor's input.
 
 pub mod claude;
 pub mod cluster;

@@ -138,6 +138,60 @@ impl Drop for ActorSystem {
     }
 }
 
+/// Most items a [`Feed`] takes in one poll before it lets the actor's mailbox run.
+const FEED_BUDGET: usize = 256;
+
+/// An actor's input from a tokio channel (the queue's subscription of final records): an
+/// [`ActorFuture`](actix::fut::ActorFuture) spawned in the actor's context (`ctx.spawn`) that
+/// hands each item to `take` as it arrives. The receiver stays in the actor's state, so a
+/// handler can take in what is already waiting ([`drain`]) before it answers: actix polls the
+/// mailbox before spawned futures, so a query sent after an item could otherwise be answered
+/// first. When the channel closes, `rx` is set to `None` and the future ends.
+pub struct Feed<A: actix::Actor, T> {
+    pub rx: fn(&mut A) -> &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>,
+    pub take: fn(&mut A, T, &mut A::Context),
+}
+
+impl<A: actix::Actor, T> actix::fut::ActorFuture<A> for Feed<A, T> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        act: &mut A,
+        ctx: &mut A::Context,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        for _ in 0..FEED_BUDGET {
+            let Some(rx) = (self.rx)(act).as_mut() else {
+                return Poll::Ready(());
+            };
+            match rx.poll_recv(task) {
+                Poll::Ready(Some(item)) => (self.take)(act, item, ctx),
+                Poll::Ready(None) => {
+                    *(self.rx)(act) = None;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // More is waiting: come back after the mailbox had its turn.
+        task.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Everything already waiting in `rx` (nothing once it is closed).
+pub fn drain<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    if let Some(r) = rx.as_mut() {
+        while let Ok(item) = r.try_recv() {
+            out.push(item);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

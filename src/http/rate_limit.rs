@@ -1,7 +1,9 @@
 //! Middleware: rate limiting of `/api/*` and `/v1/*` per API key (per client IP when
 //! anonymous), with the `RateLimit-*` headers on every response of those routes and a 429
-//! `rate_limited` over the limit. With Redis storage the count is shared by every instance
-//! (see `actors::rate_limit::shared`), so a key has one limit however requests are balanced.
+//! `rate_limited` over the limit. The count is kept by the RateLimitActor
+//! (`actors::rate_limit::actor`): without Redis the check reads its table directly, with no
+//! message; with Redis storage it is shared by every instance, so a key has one limit however
+//! requests are balanced.
 //!
 //! It needs the [`Caller`] the authentication middleware sets, so it is layered inside it (see
 //! `http::router`): a request is authenticated first, then counted under its key. Requests

@@ -1,7 +1,8 @@
 //! Operational metrics for `GET /metrics` (Prometheus text format).
 //!
 //! * [`registry`] — counter and histogram families and the text encoding (pure).
-//! * [`actor`]    — the MetricsActor: counts every final task record from the queue.
+//! * [`actor`]    — the MetricsActor (actix, on the actor system's arbiter): counts every final
+//!   task record from the queue.
 //!
 //! [`Metrics`] is shared (`Arc`) by the parts that count: the HTTP layer (requests, rate-limit
 //! rejections, config reloads), the MetricsActor (runs, cost, tokens) and the WebhookActor's
@@ -17,7 +18,7 @@ use crate::store::TaskCounts;
 pub mod actor;
 pub mod registry;
 
-pub use actor::MetricsActor;
+pub use actor::{MetricsActor, Settle};
 use registry::{encode_gauge, CounterVec, HistogramVec};
 
 /// Run durations: from a quick answer to the default maximum timeout.

@@ -1,29 +1,31 @@
-//! The limiter the HTTP layer calls on every request: GCRA state per key in a sharded map.
+//! The per-key GCRA state of one instance: a [`DashMap`] from key to TAT, owned by the
+//! [`RateLimitActor`](super::actor::RateLimitActor) and read by the hot check directly.
 //!
-//! Why locks and not an actor: a check is a hash lookup and a few integer operations (well
-//! under a microsecond). Sending it to an actor would cost two channel hand-offs and a task
-//! wake-up per request, and would put every request of the server through one task. A
-//! `std::sync::Mutex` per shard is held only for that lookup, never across an `.await`, and
-//! 16 shards keep unrelated keys from contending.
+//! Why the hot check reads the map rather than asking the actor: a check is a hash lookup and
+//! a few integer operations under one of the map's shard locks (well under a microsecond). A
+//! message to the actor and its answer cost microseconds and put every request of the server
+//! through the actor's one thread (measured in [`super::actor`]). The actor keeps what is not
+//! per request: sweeping, reacting to reloads, the Redis sharing.
 //!
 //! Memory stays bounded: a key whose bucket is full again is indistinguishable from a key never
-//! seen (see [`super::gcra`]), so it is dropped. Each shard sweeps its idle keys every
-//! [`SWEEP_EVERY`] checks and whenever it grows past its soft capacity, so the map holds about
-//! the keys active within the last window.
+//! seen (see [`super::gcra`]), so [`Table::sweep`] drops it. The actor sweeps every
+//! [`SWEEP_EVERY`], and sooner when [`SWEEP_AFTER_NEW_KEYS`] keys were added since the last
+//! sweep (the check that adds the one past that number says so, [`Checked::sweep_due`]), so the
+//! map holds about the keys active within the last window.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 
 use super::gcra::{self, Decision, Policy, Tat};
 
-const SHARDS: usize = 16;
-/// Checks between two sweeps of a shard.
-pub const SWEEP_EVERY: u32 = 1024;
-/// A shard larger than this is swept before it grows further.
-const SOFT_CAPACITY: usize = 4096;
+/// How often the actor sweeps idle keys.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Keys added since the last sweep that make the next one due at once.
+pub const SWEEP_AFTER_NEW_KEYS: usize = 16_384;
 
 /// Where the limiter reads the time: the monotonic clock, or a fake one in tests.
 pub trait Clock: Send + Sync + 'static {
@@ -47,95 +49,108 @@ impl Clock for MonotonicClock {
     }
 }
 
-#[derive(Default)]
-struct Shard {
-    keys: HashMap<String, Tat>,
-    since_sweep: u32,
+/// One check's answer, and whether it made a sweep due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub decision: Decision,
+    /// This check added the key that passed [`SWEEP_AFTER_NEW_KEYS`]: ask the actor to sweep
+    /// (once: later checks do not say so again until the sweep).
+    pub sweep_due: bool,
 }
 
-impl Shard {
-    fn sweep(&mut self, now: Duration) {
-        self.keys.retain(|_, tat| !tat.is_idle(now));
-        self.since_sweep = 0;
-    }
-}
-
-pub struct RateLimiter {
-    shards: Vec<Mutex<Shard>>,
+/// The per-key state.
+pub struct Table {
+    keys: DashMap<String, Tat>,
     clock: Arc<dyn Clock>,
+    /// Keys added since the last sweep.
+    added: AtomicUsize,
 }
 
-impl Default for RateLimiter {
+impl Default for Table {
     fn default() -> Self {
-        RateLimiter::new(Arc::new(MonotonicClock::default()))
+        Table::new(Arc::new(MonotonicClock::default()))
     }
 }
 
-impl RateLimiter {
-    pub fn new(clock: Arc<dyn Clock>) -> RateLimiter {
-        RateLimiter {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+impl Table {
+    pub fn new(clock: Arc<dyn Clock>) -> Table {
+        Table {
+            keys: DashMap::new(),
             clock,
-        }
-    }
-
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) % self.shards.len();
-        // A panic while holding a shard lock leaves plain data behind; keep using it.
-        match self.shards[i].lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
+            added: AtomicUsize::new(0),
         }
     }
 
     /// Count one request of `key` under `policy` and say whether it may pass.
-    pub fn check(&self, key: &str, policy: Policy) -> Decision {
+    pub fn check(&self, key: &str, policy: Policy) -> Checked {
         let now = self.clock.now();
-        let mut shard = self.shard(key);
-        shard.since_sweep += 1;
-        if shard.since_sweep >= SWEEP_EVERY || shard.keys.len() >= SOFT_CAPACITY {
-            shard.sweep(now);
+        let decide = |tat: &mut Tat| {
+            let (decision, next) = gcra::check(Some(*tat), policy, now);
+            *tat = next.unwrap_or(*tat);
+            decision
+        };
+        // A known key: no allocation.
+        if let Some(mut tat) = self.keys.get_mut(key) {
+            return Checked {
+                decision: decide(&mut tat),
+                sweep_due: false,
+            };
         }
-        let current = shard.keys.get(key).copied();
-        let (decision, next) = gcra::check(current, policy, now);
-        if let Some(tat) = next {
-            if current.is_some() {
-                if let Some(slot) = shard.keys.get_mut(key) {
-                    *slot = tat;
+        match self.keys.entry(key.to_owned()) {
+            // Added by another check meanwhile.
+            Entry::Occupied(mut e) => Checked {
+                decision: decide(e.get_mut()),
+                sweep_due: false,
+            },
+            Entry::Vacant(e) => {
+                let (decision, next) = gcra::check(None, policy, now);
+                let mut sweep_due = false;
+                if let Some(tat) = next {
+                    e.insert(tat);
+                    sweep_due =
+                        self.added.fetch_add(1, Ordering::Relaxed) + 1 == SWEEP_AFTER_NEW_KEYS;
                 }
-            } else {
-                shard.keys.insert(key.to_string(), tat);
+                Checked {
+                    decision,
+                    sweep_due,
+                }
             }
         }
-        decision
+    }
+
+    /// Drop the keys whose bucket is full again; returns how many.
+    pub fn sweep(&self) -> usize {
+        self.added.store(0, Ordering::Relaxed);
+        let now = self.clock.now();
+        let before = self.keys.len();
+        self.keys.retain(|_, tat| !tat.is_idle(now));
+        before.saturating_sub(self.keys.len())
+    }
+
+    /// Forget every key (rate limiting was turned off).
+    pub fn clear(&self) {
+        self.keys.clear();
+        self.added.store(0, Ordering::Relaxed);
     }
 
     /// Keys currently tracked (idle ones not yet swept included).
     pub fn tracked_keys(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| match s.lock() {
-                Ok(g) => g.keys.len(),
-                Err(p) => p.into_inner().keys.len(),
-            })
-            .sum()
+        self.keys.len()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) mod tests {
+    use std::sync::atomic::AtomicU64;
 
     use super::*;
 
     /// A clock the test moves by hand.
     #[derive(Default)]
-    struct FakeClock(AtomicU64);
+    pub(crate) struct FakeClock(AtomicU64);
 
     impl FakeClock {
-        fn advance(&self, d: Duration) {
+        pub(crate) fn advance(&self, d: Duration) {
             self.0.fetch_add(d.as_nanos() as u64, Ordering::SeqCst);
         }
     }
@@ -149,37 +164,52 @@ mod tests {
     #[test]
     fn keys_are_limited_separately() {
         let clock = Arc::new(FakeClock::default());
-        let rl = RateLimiter::new(clock.clone());
+        let t = Table::new(clock.clone());
         let p = Policy::new(2, Duration::from_secs(10));
-        assert!(rl.check("key:a", p).allowed);
-        assert!(rl.check("key:a", p).allowed);
-        assert!(!rl.check("key:a", p).allowed);
-        assert!(rl.check("key:b", p).allowed);
+        let allowed = |key| t.check(key, p).decision.allowed;
+        assert!(allowed("key:a"));
+        assert!(allowed("key:a"));
+        assert!(!allowed("key:a"));
+        assert!(allowed("key:b"));
         clock.advance(Duration::from_secs(5));
-        assert!(rl.check("key:a", p).allowed);
-        assert!(!rl.check("key:a", p).allowed);
+        assert!(allowed("key:a"));
+        assert!(!allowed("key:a"));
     }
 
     #[test]
-    fn idle_keys_are_evicted_so_memory_stays_bounded() {
+    fn a_sweep_drops_idle_keys_only_and_changes_no_answer() {
         let clock = Arc::new(FakeClock::default());
-        let rl = RateLimiter::new(clock.clone());
+        let t = Table::new(clock.clone());
         let p = Policy::new(10, Duration::from_secs(1));
-        // Many one-off callers (say, anonymous IPs), one second apart in batches.
-        for batch in 0..20u32 {
-            for i in 0..5_000u32 {
-                rl.check(&format!("ip:{batch}-{i}"), p);
-            }
-            clock.advance(Duration::from_secs(1));
+        for i in 0..100 {
+            t.check(&format!("ip:{i}"), p);
         }
-        // Never more than about one window's worth of keys (plus the sweep slack).
-        let tracked = rl.tracked_keys();
-        assert!(
-            tracked <= 5_000 + SHARDS * SWEEP_EVERY as usize,
-            "{tracked} keys tracked"
+        clock.advance(Duration::from_secs(1));
+        t.check("ip:busy", p);
+        assert_eq!(t.sweep(), 100);
+        assert_eq!(
+            t.tracked_keys(),
+            1,
+            "the key active within the window stays"
         );
-        // Evicting changes no answer: a swept key starts with a full bucket, as it would have.
-        let d = rl.check("ip:0-0", p);
-        assert_eq!(d.remaining, 9);
+        // A swept key starts with a full bucket, as it would have.
+        assert_eq!(t.check("ip:0", p).decision.remaining, 9);
+    }
+
+    #[test]
+    fn the_check_that_passes_the_new_key_threshold_says_a_sweep_is_due_once() {
+        let t = Table::default();
+        let p = Policy::new(1, Duration::from_secs(60));
+        let due: Vec<usize> = (0..SWEEP_AFTER_NEW_KEYS * 2)
+            .filter(|i| t.check(&format!("ip:{i}"), p).sweep_due)
+            .collect();
+        assert_eq!(due, [SWEEP_AFTER_NEW_KEYS - 1]);
+        // Known keys never count; after a sweep the count starts again.
+        assert!(!t.check("ip:0", p).sweep_due);
+        t.sweep();
+        let due = (0..SWEEP_AFTER_NEW_KEYS)
+            .filter(|i| t.check(&format!("new:{i}"), p).sweep_due)
+            .count();
+        assert_eq!(due, 1);
     }
 }

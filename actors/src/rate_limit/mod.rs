@@ -2,16 +2,20 @@
 //!
 //! * [`gcra`]    — the algorithm and the `RateLimit-*` header values (pure, exact integers).
 //! * [`policy`]  — which limit applies to a caller, from the live config (pure).
-//! * [`limiter`] — the sharded, self-evicting map of per-key state of one instance.
-//! * [`shared`]  — the same limit across every instance on one Redis ([`Limiter`], what the
-//!   HTTP layer calls: shared with a cluster, local otherwise and while Redis is away).
+//! * [`limiter`] — the per-key state of one instance: a `DashMap` of GCRA states, swept of
+//!   idle keys.
+//! * [`shared`]  — the same limit across every instance on one Redis (a Lua script).
+//! * [`actor`]   — the RateLimitActor (actix): owns the table, sweeps it, follows config
+//!   reloads and owns the Redis sharing; and [`Limiter`], its handle, what the HTTP layer
+//!   calls (the table directly without Redis; through the actor with it).
 
+pub mod actor;
 pub mod gcra;
 pub mod limiter;
 pub mod policy;
 pub mod shared;
 
+pub use actor::{Limiter, RateLimitActor};
 pub use gcra::{Decision, Policy};
-pub use limiter::{Clock, MonotonicClock, RateLimiter};
+pub use limiter::{Clock, MonotonicClock, Table};
 pub use policy::{limiter_key, policy_for};
-pub use shared::Limiter;

@@ -12,10 +12,11 @@
 //!   split into `1/scale` parts where `scale = limit / gcd(limit, window in µs)`: the interval is
 //!   then a whole number and `limit` requests fit the window exactly (7 per second: exactly 7).
 //!   A policy whose window in those units passes 2^53 (a limit in the hundreds of thousands
-//!   over a day) is counted per instance instead, with a warning.
+//!   over a day) is counted per instance instead (the RateLimitActor warns when the config
+//!   holds one).
 //! * Bounded: the state `<ns>:rl:<key>` (`"<tat µs>:<remainder>:<scale>"`) expires with
 //!   `PEXPIRE` when its bucket is full again, which is exactly when it stops mattering.
-//! * Redis unavailable: that request is decided by this instance's local limiter (one warning
+//! * Redis unavailable: that request is decided by this instance's local table (one warning
 //!   when it starts, one line when Redis answers again). Refusing every request (503) would turn
 //!   a storage outage into a full outage of endpoints that need no storage; letting everything
 //!   through would drop the protection silently. Meanwhile each instance enforces the limit on
@@ -27,7 +28,6 @@ use std::sync::{Arc, LazyLock};
 use redis::Script;
 
 use super::gcra::{Decision, Grid, Policy};
-use super::limiter::RateLimiter;
 use crate::cluster::Cluster;
 
 /// Largest integer a Lua number (a double) holds exactly.
@@ -102,13 +102,13 @@ return {1, backlog}
     )
 });
 
-/// The limiter of a cluster: decides in Redis, falls back to `local` while Redis is away.
+/// The limit of a cluster, decided in Redis. The RateLimitActor owns it and falls back to its
+/// own table when [`SharedLimiter::check`] cannot decide.
 pub struct SharedLimiter {
     cluster: Arc<Cluster>,
-    /// Redis failed on the last request (so the next failure is not logged again).
+    /// Redis failed on the last request (so the next failure is not logged again). Checks run
+    /// concurrently, each in its own task: an atomic, not actor state.
     degraded: AtomicBool,
-    /// A policy too fine for Redis was reported (once is enough).
-    warned_exact: AtomicBool,
 }
 
 impl SharedLimiter {
@@ -116,22 +116,13 @@ impl SharedLimiter {
         SharedLimiter {
             cluster,
             degraded: AtomicBool::new(false),
-            warned_exact: AtomicBool::new(false),
         }
     }
 
-    /// Count one request of `key`; `None` when it could not be decided in Redis.
-    async fn check(&self, key: &str, policy: Policy) -> Option<Decision> {
-        let Some((scale, grid)) = micro_grid(policy) else {
-            if !self.warned_exact.swap(true, Ordering::Relaxed) {
-                log::warn!(
-                    limit = policy.limit,
-                    window_ms = policy.window.as_millis() as u64;
-                    "this rate limit is too fine to count exactly in Redis; it is counted per instance"
-                );
-            }
-            return None;
-        };
+    /// Count one request of `key`; `None` when it could not be decided in Redis (Redis
+    /// unavailable, or a policy too fine for it).
+    pub async fn check(&self, key: &str, policy: Policy) -> Option<Decision> {
+        let (scale, grid) = micro_grid(policy)?;
         let mut inv = GCRA.prepare_invoke();
         inv.key(self.cluster.key(&format!("rl:{key}")))
             .arg(scale)
@@ -146,11 +137,7 @@ impl SharedLimiter {
                 let decision = grid.decide(u128::from(backlog));
                 if decision.allowed != (allowed == 1) {
                     // Both apply the same rule to the same number; say so if they ever differ.
-                    log::error!(
-                        key = key,
-                        backlog = backlog;
-                        "the shared rate limit script and the local rule disagree"
-                    );
+                    log::error!(key = key, backlog = backlog; "the shared rate limit script and the local rule disagree");
                 }
                 Some(decision)
             }
@@ -161,38 +148,6 @@ impl SharedLimiter {
                 None
             }
         }
-    }
-}
-
-/// What the HTTP layer calls: the shared limit with a cluster, the local one otherwise (and
-/// as the fallback while Redis is unavailable).
-pub struct Limiter {
-    local: RateLimiter,
-    shared: Option<SharedLimiter>,
-}
-
-impl Limiter {
-    /// The local limiter alone, or shared through `cluster`.
-    pub fn new(cluster: Option<Arc<Cluster>>) -> Limiter {
-        Limiter {
-            local: RateLimiter::default(),
-            shared: cluster.map(SharedLimiter::new),
-        }
-    }
-
-    /// Count one request of `key` under `policy` and say whether it may pass.
-    pub async fn check(&self, key: &str, policy: Policy) -> Decision {
-        if let Some(shared) = &self.shared {
-            if let Some(d) = shared.check(key, policy).await {
-                return d;
-            }
-        }
-        self.local.check(key, policy)
-    }
-
-    /// The local limiter (tests and the fallback).
-    pub fn local(&self) -> &RateLimiter {
-        &self.local
     }
 }
 
@@ -242,88 +197,5 @@ mod tests {
                 assert_eq!(shared, local, "{policy:?} at {ms} ms");
             }
         }
-    }
-
-    async fn cluster_on(url: &str, ns: &str) -> Arc<Cluster> {
-        let store = crate::store::redis::RedisStore::connect(url, ns)
-            .await
-            .expect("connect");
-        Cluster::join(url, Arc::new(store)).expect("join")
-    }
-
-    #[tokio::test]
-    async fn instances_on_one_redis_share_one_limit() {
-        let url = crate::store::redis::test_server::shared_url().unwrap_or_else(|e| panic!("{e}"));
-        let ns = crate::store::redis::test_server::test_namespace();
-        let a = Limiter::new(Some(cluster_on(&url, &ns).await));
-        let b = Limiter::new(Some(cluster_on(&url, &ns).await));
-        let p = Policy::new(3, 60 * SEC);
-        let answers = [
-            a.check("key:x", p).await,
-            b.check("key:x", p).await,
-            a.check("key:x", p).await,
-            b.check("key:x", p).await,
-        ];
-        let allowed: Vec<_> = answers.iter().map(|d| d.allowed).collect();
-        assert_eq!(allowed, [true, true, true, false]);
-        assert_eq!(
-            answers.iter().map(|d| d.remaining).collect::<Vec<_>>(),
-            [2, 1, 0, 0]
-        );
-        // The same headers the local limiter gives for a burst at one instant (give or take
-        // the few ms between the calls).
-        assert_eq!(answers[3].reset_secs(), 60);
-        assert!(matches!(answers[3].retry_after_secs(), Some(19 | 20)));
-        // Nothing was counted locally, another key is apart, another namespace too.
-        assert_eq!(a.local().tracked_keys(), 0);
-        assert!(b.check("key:y", p).await.allowed);
-        let other = Limiter::new(Some(cluster_on(&url, &format!("{ns}-o")).await));
-        assert!(other.check("key:x", p).await.allowed);
-
-        // A new policy applies to the next request, whatever units the state was written in:
-        // 7 per minute (µs in sevenths) spent, then 100 per minute (whole µs) finds the minute
-        // spent too.
-        let sevenths = Policy::new(7, 60 * SEC);
-        for _ in 0..7 {
-            assert!(a.check("key:z", sevenths).await.allowed);
-        }
-        let loose = Policy::new(100, 60 * SEC);
-        let d = b.check("key:z", loose).await;
-        assert!(!d.allowed, "{d:?}");
-        assert_eq!(d.reset_secs(), 60);
-    }
-
-    #[tokio::test]
-    async fn many_concurrent_requests_never_pass_more_than_the_limit() {
-        let url = crate::store::redis::test_server::shared_url().unwrap_or_else(|e| panic!("{e}"));
-        let ns = crate::store::redis::test_server::test_namespace();
-        let a = Arc::new(Limiter::new(Some(cluster_on(&url, &ns).await)));
-        let b = Arc::new(Limiter::new(Some(cluster_on(&url, &ns).await)));
-        let p = Policy::new(7, 3600 * SEC);
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..40 {
-            let l = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tasks.spawn(async move { l.check("key:burst", p).await.allowed });
-        }
-        let mut passed = 0;
-        while let Some(r) = tasks.join_next().await {
-            passed += usize::from(r.expect("join"));
-        }
-        assert_eq!(passed, 7);
-    }
-
-    #[tokio::test]
-    async fn without_redis_each_instance_limits_on_its_own() {
-        let mut server = crate::store::redis::test_server::RedisServer::start()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let limiter = Limiter::new(Some(cluster_on(&server.url(), "rl").await));
-        let p = Policy::new(2, 60 * SEC);
-        assert!(limiter.check("key:k", p).await.allowed);
-        server.kill();
-        // Decided locally, from a full bucket: the limit still holds, per instance.
-        assert!(limiter.check("key:k", p).await.allowed);
-        assert!(limiter.check("key:k", p).await.allowed);
-        assert!(!limiter.check("key:k", p).await.allowed);
-        assert_eq!(limiter.local().tracked_keys(), 1);
     }
 }

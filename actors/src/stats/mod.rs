@@ -6,8 +6,9 @@
 //! * [`budget`]    — the daily budget decision (pure).
 //! * [`counters`]  — a day as flat counters that instances add to concurrently (pure).
 //! * [`shared`]    — those counters in Redis: the statistics of a cluster.
-//! * [`actor`]     — the StatsActor: folds the queue's final records, persists days (or adds
-//!   them to the shared counters), answers.
+//! * [`actor`]     — the StatsActor (actix, on the actor system's arbiter): folds the queue's
+//!   final records, persists days (or adds them to the shared counters), answers queries and
+//!   budget checks; [`StatsHandle`] is how the HTTP layer asks it.
 
 pub mod actor;
 pub mod aggregate;
@@ -16,6 +17,8 @@ pub mod counters;
 pub mod shared;
 pub mod sketch;
 
-pub use actor::{DaySelection, StatsActor, StatsError, StatsHandle};
+pub use actor::{
+    DaySelection, Flush, QueryDaily, QueryRollup, SpentToday, StatsActor, StatsError, StatsHandle,
+};
 pub use aggregate::{Counters, DayStats, Rollup, Scope, ANONYMOUS_KEY};
 pub use budget::BudgetError;

@@ -197,3 +197,30 @@ pub fn batch_answer(finished: &[Task]) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::validate::check;
+
+    #[test]
+    fn prompts_hold_one_to_max_batch() {
+        let mut config =
+            Config::from_merged(actors::config::load::defaults_doc()).expect("defaults");
+        config.limits.max_batch = 2;
+        let body = |n: usize| {
+            let prompts = vec!["p"; n];
+            serde_json::from_value::<BatchRequest>(json!({ "prompts": prompts })).expect("shape")
+        };
+        for n in [0, 3] {
+            let e = check(&body(n), &config).expect_err("refused");
+            assert_eq!(
+                e.details,
+                Some(
+                    json!({"field": "prompts", "rule": "must hold 1 to 2 prompts (limits.maxBatch)"})
+                )
+            );
+        }
+        assert!(check(&body(2), &config).is_ok());
+    }
+}

@@ -416,3 +416,72 @@ fn turn_request(
     req.model = None;
     validate(req, &state.config())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_and_code(body: &impl Rules, config: &Config) -> (String, ErrorCode) {
+        let e = check(body, config).expect_err("refused");
+        let field = e.details.as_ref().and_then(|d| d["field"].as_str());
+        (field.unwrap_or_default().to_string(), e.code)
+    }
+
+    #[test]
+    fn status_is_one_of_three() {
+        let config = Config::from_merged(actors::config::load::defaults_doc()).expect("defaults");
+        for status in ["active", "archived", "closed"] {
+            assert!(check(
+                &StatusChange {
+                    status: status.into()
+                },
+                &config
+            )
+            .is_ok());
+        }
+        let e = check(
+            &StatusChange {
+                status: "open".into(),
+            },
+            &config,
+        )
+        .expect_err("refused");
+        assert_eq!(
+            e.details,
+            Some(json!({"field": "status", "rule": STATUS_RULE}))
+        );
+    }
+
+    #[test]
+    fn a_new_session_follows_the_run_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config =
+            Config::from_merged(actors::config::load::defaults_doc()).expect("defaults");
+        config.allowed_project_roots = vec![dir.path().display().to_string()];
+        config.allowed_models = vec!["a".into()];
+        let body = |project_path: Option<&str>, model: Option<&str>, metadata: Option<Value>| {
+            CreateSession {
+                project_path: project_path.map(String::from),
+                model: model.map(String::from),
+                metadata,
+            }
+        };
+        let outside = body(Some("/"), Some("b"), Some(json!(1)));
+        assert_eq!(
+            field_and_code(&outside, &config),
+            ("project_path".into(), ErrorCode::ForbiddenPath)
+        );
+        let model = body(None, Some("b"), Some(json!(1)));
+        assert_eq!(
+            field_and_code(&model, &config),
+            ("model".into(), ErrorCode::Forbidden)
+        );
+        let metadata = body(None, None, Some(json!(1)));
+        assert_eq!(
+            field_and_code(&metadata, &config),
+            ("metadata".into(), ErrorCode::ValidationError)
+        );
+        let dir = dir.path().to_str();
+        assert!(check(&body(dir, Some("a"), Some(json!({}))), &config).is_ok());
+    }
+}

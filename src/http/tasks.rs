@@ -254,3 +254,25 @@ pub async fn queue_status(State(state): State<AppState>) -> Result<Json<Value>, 
         }
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::validate::check;
+
+    #[test]
+    fn priority_is_from_1_to_10() {
+        let config = actors::config::Config::from_merged(actors::config::load::defaults_doc())
+            .expect("defaults");
+        for (priority, ok) in [(0, false), (1, true), (10, true), (11, false)] {
+            let result = check(&PriorityChange { priority }, &config);
+            assert_eq!(result.is_ok(), ok, "{priority}");
+            if let Err(e) = result {
+                assert_eq!(
+                    e.details,
+                    Some(json!({"field": "priority", "rule": "must be an integer from 1 to 10"}))
+                );
+            }
+        }
+    }
+}

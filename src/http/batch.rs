@@ -7,21 +7,26 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use validator::{Validate, ValidateArgs, ValidationError, ValidationErrors};
 
+use actors::config::Config;
 use actors::model::{Task, TaskMode, TaskStatus};
 
 use super::auth::Caller;
 use super::claude::{build_task, submit_all, success_body};
 use super::error::ApiError;
-use super::extract::ApiJson;
 use super::idempotency::{self, Claim, IdempotencyKey, Kind};
 use super::run_request::{validate, RunRequest};
+use super::validate::{rule, Rules, ValidatedJson};
 use crate::state::AppState;
 
-/// The batch body: `prompts` plus the run fields shared by every prompt.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// The batch body: `prompts` plus the run fields shared by every prompt. Those fields, and each
+/// prompt, are checked by [`RunRequest`]'s rules, one prompt at a time.
+#[derive(Debug, Deserialize, utoipa::ToSchema, Validate)]
+#[validate(context = Config)]
 pub struct BatchRequest {
     /// 1 to `limits.maxBatch` prompts, each run as its own task.
+    #[validate(custom(function = "batch_size", use_context))]
     pub prompts: Vec<String>,
     pub project_path: Option<String>,
     pub model: Option<String>,
@@ -41,6 +46,24 @@ pub struct BatchRequest {
     pub metadata: Option<Value>,
 }
 
+impl Rules for BatchRequest {
+    const FIELDS: &'static [&'static str] = &["prompts"];
+
+    fn rules(&self, config: &Config) -> Result<(), ValidationErrors> {
+        self.validate_with_args(config)
+    }
+}
+
+fn batch_size(prompts: &[String], config: &Config) -> Result<(), ValidationError> {
+    let max = config.limits.max_batch as usize;
+    if prompts.is_empty() || prompts.len() > max {
+        return Err(rule(format!(
+            "must hold 1 to {max} prompts (limits.maxBatch)"
+        )));
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/api/claude/batch", tag = "runs", operation_id = "runBatch",
     summary = "Run up to 10 prompts at once", request_body = crate::http::batch::BatchRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key runs once")),
@@ -50,16 +73,9 @@ pub async fn run_batch(
     State(state): State<AppState>,
     caller: Caller,
     idem: IdempotencyKey,
-    ApiJson(req): ApiJson<BatchRequest>,
+    ValidatedJson(req): ValidatedJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
     let config = state.config();
-    let max = config.limits.max_batch as usize;
-    if req.prompts.is_empty() || req.prompts.len() > max {
-        return Err(ApiError::field(
-            "prompts",
-            format!("must hold 1 to {max} prompts (limits.maxBatch)"),
-        ));
-    }
     state
         .stats
         .check_budget(caller.key_name.as_deref(), &config)
@@ -180,4 +196,31 @@ pub fn batch_answer(finished: &[Task]) -> Response {
         })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::validate::check;
+
+    #[test]
+    fn prompts_hold_one_to_max_batch() {
+        let mut config =
+            Config::from_merged(actors::config::load::defaults_doc()).expect("defaults");
+        config.limits.max_batch = 2;
+        let body = |n: usize| {
+            let prompts = vec!["p"; n];
+            serde_json::from_value::<BatchRequest>(json!({ "prompts": prompts })).expect("shape")
+        };
+        for n in [0, 3] {
+            let e = check(&body(n), &config).expect_err("refused");
+            assert_eq!(
+                e.details,
+                Some(
+                    json!({"field": "prompts", "rule": "must hold 1 to 2 prompts (limits.maxBatch)"})
+                )
+            );
+        }
+        assert!(check(&body(2), &config).is_ok());
+    }
 }

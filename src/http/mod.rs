@@ -33,6 +33,7 @@ pub mod statistics;
 pub mod tasks;
 pub mod turns;
 pub mod unread_body;
+pub mod validate;
 pub mod webhooks;
 
 pub fn router(state: AppState) -> Router {

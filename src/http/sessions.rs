@@ -10,9 +10,11 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
+use validator::{Validate, ValidateArgs, ValidationError, ValidationErrors};
 
 use actors::claude::transcript;
 use actors::cluster::transcripts;
+use actors::config::Config;
 use actors::error::ErrorCode;
 use actors::model::{rfc3339, Session, SessionId, SessionStatus, TaskStatus};
 use actors::store::{SessionFilter, TaskFilter};
@@ -23,9 +25,10 @@ use super::extract::ApiJson;
 use super::idempotency::IdempotencyKey;
 use super::params::{page, text, QueryMap};
 use super::run_request::{
-    resolve_project_path, validate, validate_metadata, validate_model, RunRequest,
+    metadata_rule, model_rule, project_path_rule, resolve_project_path, validate, RunRequest,
 };
 use super::turns::{self, Target};
+use super::validate::{check, rule, Rules, ValidatedJson};
 use crate::state::AppState;
 
 /// The session object of the API.
@@ -68,12 +71,24 @@ async fn visible_session_raw(
     visible_session(state, caller, parse_session_id(raw)?).await
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema, Validate)]
+#[validate(context = Config)]
 pub struct CreateSession {
+    #[validate(custom(function = "project_path_rule", use_context))]
     pub project_path: Option<String>,
+    #[validate(custom(function = "model_rule", use_context))]
     pub model: Option<String>,
     #[schema(value_type = Option<Object>)]
+    #[validate(custom(function = "metadata_rule"))]
     pub metadata: Option<Value>,
+}
+
+impl Rules for CreateSession {
+    const FIELDS: &'static [&'static str] = &["project_path", "model", "metadata"];
+
+    fn rules(&self, config: &Config) -> Result<(), ValidationErrors> {
+        self.validate_with_args(config)
+    }
 }
 
 #[utoipa::path(post, path = "/api/sessions", tag = "sessions", operation_id = "createSession",
@@ -83,19 +98,13 @@ pub struct CreateSession {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<CreateSession>,
+    ValidatedJson(req): ValidatedJson<CreateSession>,
 ) -> Result<Response, ApiError> {
     let config = state.config();
+    // Resolving can still fail: the default directory is the config's.
     let project_path = resolve_project_path(req.project_path.as_deref(), &config)?;
-    let model = match req.model {
-        Some(m) => validate_model(m, &config)?,
-        None => config.default_model.clone(),
-    };
-    let metadata = req
-        .metadata
-        .map(validate_metadata)
-        .transpose()?
-        .unwrap_or_else(|| json!({}));
+    let model = req.model.unwrap_or_else(|| config.default_model.clone());
+    let metadata = req.metadata.unwrap_or_else(|| json!({}));
     let now = Utc::now();
     let session = Session {
         id: Uuid::new_v4(),
@@ -119,17 +128,21 @@ pub async fn create(
         .into_response())
 }
 
-fn parse_status(q: &HashMap<String, String>) -> Result<Option<SessionStatus>, ApiError> {
-    match text(q, "status") {
-        None => Ok(None),
-        Some("active") => Ok(Some(SessionStatus::Active)),
-        Some("archived") => Ok(Some(SessionStatus::Archived)),
-        Some("closed") => Ok(Some(SessionStatus::Closed)),
-        Some(_) => Err(ApiError::field(
-            "status",
-            "must be one of: active, archived, closed",
-        )),
+const STATUS_RULE: &str = "must be one of: active, archived, closed";
+
+fn session_status(name: &str) -> Option<SessionStatus> {
+    match name {
+        "active" => Some(SessionStatus::Active),
+        "archived" => Some(SessionStatus::Archived),
+        "closed" => Some(SessionStatus::Closed),
+        _ => None,
     }
+}
+
+fn parse_status(q: &HashMap<String, String>) -> Result<Option<SessionStatus>, ApiError> {
+    text(q, "status")
+        .map(|s| session_status(s).ok_or_else(|| ApiError::field("status", STATUS_RULE)))
+        .transpose()
 }
 
 #[utoipa::path(get, path = "/api/sessions", tag = "sessions", operation_id = "listSessions",
@@ -249,9 +262,24 @@ pub async fn stats(
     })))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema, Validate)]
 pub struct StatusChange {
+    #[validate(custom(function = "status_rule"))]
     pub status: String,
+}
+
+impl Rules for StatusChange {
+    const FIELDS: &'static [&'static str] = &["status"];
+
+    fn rules(&self, _: &Config) -> Result<(), ValidationErrors> {
+        self.validate()
+    }
+}
+
+fn status_rule(status: &str) -> Result<(), ValidationError> {
+    session_status(status)
+        .map(drop)
+        .ok_or_else(|| rule(STATUS_RULE))
 }
 
 #[utoipa::path(patch, path = "/api/sessions/{id}/status", tag = "sessions", operation_id = "setSessionStatus",
@@ -265,18 +293,10 @@ pub async fn set_status(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<StatusChange>,
 ) -> Result<Json<Value>, ApiError> {
+    // An unknown session is 404 before its body is judged.
     let mut session = visible_session_raw(&state, &caller, &id).await?;
-    session.status = match req.status.as_str() {
-        "active" => SessionStatus::Active,
-        "archived" => SessionStatus::Archived,
-        "closed" => SessionStatus::Closed,
-        _ => {
-            return Err(ApiError::field(
-                "status",
-                "must be one of: active, archived, closed",
-            ))
-        }
-    };
+    check(&req, &state.config())?;
+    session.status = session_status(&req.status).unwrap_or(session.status);
     session.updated_at = Utc::now();
     if !state.store.update_session(&session).await? {
         return Err(ApiError::not_found("Session"));
@@ -395,4 +415,73 @@ fn turn_request(
     req.session_id = None;
     req.model = None;
     validate(req, &state.config())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_and_code(body: &impl Rules, config: &Config) -> (String, ErrorCode) {
+        let e = check(body, config).expect_err("refused");
+        let field = e.details.as_ref().and_then(|d| d["field"].as_str());
+        (field.unwrap_or_default().to_string(), e.code)
+    }
+
+    #[test]
+    fn status_is_one_of_three() {
+        let config = Config::from_merged(actors::config::load::defaults_doc()).expect("defaults");
+        for status in ["active", "archived", "closed"] {
+            assert!(check(
+                &StatusChange {
+                    status: status.into()
+                },
+                &config
+            )
+            .is_ok());
+        }
+        let e = check(
+            &StatusChange {
+                status: "open".into(),
+            },
+            &config,
+        )
+        .expect_err("refused");
+        assert_eq!(
+            e.details,
+            Some(json!({"field": "status", "rule": STATUS_RULE}))
+        );
+    }
+
+    #[test]
+    fn a_new_session_follows_the_run_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config =
+            Config::from_merged(actors::config::load::defaults_doc()).expect("defaults");
+        config.allowed_project_roots = vec![dir.path().display().to_string()];
+        config.allowed_models = vec!["a".into()];
+        let body = |project_path: Option<&str>, model: Option<&str>, metadata: Option<Value>| {
+            CreateSession {
+                project_path: project_path.map(String::from),
+                model: model.map(String::from),
+                metadata,
+            }
+        };
+        let outside = body(Some("/"), Some("b"), Some(json!(1)));
+        assert_eq!(
+            field_and_code(&outside, &config),
+            ("project_path".into(), ErrorCode::ForbiddenPath)
+        );
+        let model = body(None, Some("b"), Some(json!(1)));
+        assert_eq!(
+            field_and_code(&model, &config),
+            ("model".into(), ErrorCode::Forbidden)
+        );
+        let metadata = body(None, None, Some(json!(1)));
+        assert_eq!(
+            field_and_code(&metadata, &config),
+            ("metadata".into(), ErrorCode::ValidationError)
+        );
+        let dir = dir.path().to_str();
+        assert!(check(&body(dir, Some("a"), Some(json!({}))), &config).is_ok());
+    }
 }

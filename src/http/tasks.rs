@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
+use validator::{Validate, ValidationErrors};
 
 use actors::model::{rfc3339, Priority, Task, TaskStatus};
 use actors::queue::CancelReason;
@@ -17,8 +18,9 @@ use super::error::ApiError;
 use super::extract::ApiJson;
 use super::idempotency::{IdempotencyKey, Kind};
 use super::params::{page, text, QueryMap};
-use super::run_request::{validate, RunRequest};
+use super::run_request::{validate, RunRequest, PRIORITY_MAX, PRIORITY_MIN};
 use super::turns::{self, Admitted, Target};
+use super::validate::{check, Rules};
 use crate::state::AppState;
 
 /// The task object of `api.md` § Tasks and the queue.
@@ -161,10 +163,19 @@ pub async fn create_async(
         .into_response())
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, utoipa::ToSchema, Validate)]
 pub struct PriorityChange {
     #[schema(minimum = 1, maximum = 10)]
+    #[validate(range(min = PRIORITY_MIN, max = PRIORITY_MAX, message = "must be an integer from 1 to 10"))]
     pub priority: i64,
+}
+
+impl Rules for PriorityChange {
+    const FIELDS: &'static [&'static str] = &["priority"];
+
+    fn rules(&self, _: &actors::config::Config) -> Result<(), ValidationErrors> {
+        self.validate()
+    }
 }
 
 /// `PATCH /api/tasks/:id/priority`: pending tasks only; the new place applies at once.
@@ -179,9 +190,10 @@ pub async fn set_priority(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PriorityChange>,
 ) -> Result<Json<Value>, ApiError> {
+    // An unknown task is 404 before its body is judged.
     let task = visible_task(&state, &caller, &id).await?;
-    let priority = Priority::new(req.priority)
-        .ok_or_else(|| ApiError::field("priority", "must be an integer from 1 to 10"))?;
+    check(&req, &state.config())?;
+    let priority = Priority::new(req.priority).unwrap_or(task.priority);
     let old_priority = task.priority;
     let task = state.queue.set_priority(task.id, priority).await?;
     // The seed's fields (`message`, `task_id`, `old_priority`, `new_priority`) beside the task.
@@ -241,4 +253,26 @@ pub async fn queue_status(State(state): State<AppState>) -> Result<Json<Value>, 
             "total_cost_usd": counts.total_cost_usd,
         }
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::validate::check;
+
+    #[test]
+    fn priority_is_from_1_to_10() {
+        let config = actors::config::Config::from_merged(actors::config::load::defaults_doc())
+            .expect("defaults");
+        for (priority, ok) in [(0, false), (1, true), (10, true), (11, false)] {
+            let result = check(&PriorityChange { priority }, &config);
+            assert_eq!(result.is_ok(), ok, "{priority}");
+            if let Err(e) = result {
+                assert_eq!(
+                    e.details,
+                    Some(json!({"field": "priority", "rule": "must be an integer from 1 to 10"}))
+                );
+            }
+        }
+    }
 }

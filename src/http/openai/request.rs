@@ -14,13 +14,15 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
+use validator::{Validate, ValidationErrors};
 
 use super::super::error::ApiError;
 use super::super::run_request::RunRequest;
+use super::super::validate::{first_error, Rules};
 
 /// OpenAI's chat completion request. Sampling fields (`temperature`, `top_p`, `max_tokens`,
 /// `stop`, `seed`, penalties, `response_format`, ...) are accepted and ignored.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema, Validate)]
 pub struct ChatRequest {
     /// Optional here (OpenAI requires it): absent means `defaultModel`.
     pub model: Option<String>,
@@ -33,10 +35,19 @@ pub struct ChatRequest {
     /// OpenAI's own request metadata: stored with the task like native `metadata`.
     pub metadata: Option<Value>,
     /// Must be 1.
+    #[validate(range(min = 1, max = 1, message = "must be 1 (one choice per request)"))]
     pub n: Option<i64>,
     /// Refused unless empty: no function calling.
+    #[validate(length(
+        max = 0,
+        message = "is not supported: the server does not do function calling"
+    ))]
     pub tools: Option<Vec<Value>>,
     /// Refused unless empty: no function calling.
+    #[validate(length(
+        max = 0,
+        message = "is not supported: the server does not do function calling"
+    ))]
     pub functions: Option<Vec<Value>>,
     // ---- extensions (send them with the SDKs' `extra_body`)
     /// Continue this session (same as the `X-Session-Id` header).
@@ -83,21 +94,21 @@ pub struct ChatRun {
     pub include_usage: bool,
 }
 
+/// The derived rules are the request's own; the messages are checked as they are translated
+/// (a refusal names the message and the content part), then the run's rules apply to the
+/// native request.
+impl Rules for ChatRequest {
+    const FIELDS: &'static [&'static str] = &["n", "tools", "functions"];
+
+    fn rules(&self, _: &actors::config::Config) -> Result<(), ValidationErrors> {
+        self.validate()
+    }
+}
+
 /// Translate the request. `header_session` is the `X-Session-Id` header, if sent.
 pub fn translate(req: ChatRequest, header_session: Option<String>) -> Result<ChatRun, ApiError> {
-    if let Some(n) = req.n {
-        if n != 1 {
-            return Err(ApiError::field("n", "must be 1 (one choice per request)"));
-        }
-    }
-    for (name, list) in [("tools", &req.tools), ("functions", &req.functions)] {
-        if list.as_ref().is_some_and(|l| !l.is_empty()) {
-            return Err(ApiError::field(
-                name,
-                "is not supported: the server does not do function calling",
-            ));
-        }
-    }
+    req.validate()
+        .map_err(|e| first_error(&e, ChatRequest::FIELDS))?;
     let session_id = match (header_session, req.session_id) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::field(
@@ -334,6 +345,13 @@ mod tests {
         assert_eq!(field(json!({"messages": []}), None), "messages");
         let n = json!({"n": 2, "messages": [{"role": "user", "content": "a"}]});
         assert_eq!(field(n, None), "n");
+        let n = json!({"n": 0, "messages": [{"role": "user", "content": "a"}]});
+        assert_eq!(field(n, None), "n");
+        let functions = json!({"functions": [{}], "messages": [{"role": "user", "content": "a"}]});
+        assert_eq!(field(functions, None), "functions");
+        // The first field in the order they were always checked.
+        let both = json!({"functions": [{}], "n": 3, "messages": []});
+        assert_eq!(field(both, None), "n");
         let tools = json!({"tools": [{"type": "function"}], "messages": [{"role": "user", "content": "a"}]});
         assert_eq!(field(tools, None), "tools");
         let role = json!({"messages": [{"role": "tool", "content": "a"}, {"role": "user", "content": "b"}]});

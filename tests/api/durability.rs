@@ -69,8 +69,18 @@ pub(crate) async fn start_daemon_with_env(
     Daemon { child, base }
 }
 
-#[tokio::test]
-async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once() {
+/// The files of a daemon run as a child process: a temp dir with its config (the fake CLI,
+/// SQLite in `data/`, a free port, no rate limit, `extra` merged over), and its calls log.
+pub(crate) struct DaemonDir {
+    /// Kept for the life of the test.
+    pub _dir: tempfile::TempDir,
+    pub root: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+    pub calls: std::path::PathBuf,
+    pub port: u16,
+}
+
+pub(crate) fn daemon_dir(extra: Value) -> DaemonDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().canonicalize().expect("canonical");
     let project = root.join("project");
@@ -78,25 +88,39 @@ async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once()
     let calls = root.join("calls.jsonl");
     let port = free_port();
     let config = root.join("config.json");
-    std::fs::write(
-        &config,
-        json!({
-            "port": port,
-            "claudePath": FAKE_CLAUDE,
-            "claudeEnv": {
-                "CLAUDE_CONFIG_DIR": root.join("claude-home").display().to_string(),
-                "FAKE_CLAUDE_LOG": calls.display().to_string(),
-            },
-            "defaultProjectPath": project.display().to_string(),
-            "dataDir": root.join("data").display().to_string(),
-            "pidFile": root.join("server.pid").display().to_string(),
-            "logFile": root.join("server.log").display().to_string(),
-            "taskQueue": {"concurrency": 1},
-            "rateLimit": {"enabled": false},
-        })
-        .to_string(),
-    )
-    .expect("config");
+    let mut doc = json!({
+        "port": port,
+        "claudePath": FAKE_CLAUDE,
+        "claudeEnv": {
+            "CLAUDE_CONFIG_DIR": root.join("claude-home").display().to_string(),
+            "FAKE_CLAUDE_LOG": calls.display().to_string(),
+        },
+        "defaultProjectPath": project.display().to_string(),
+        "dataDir": root.join("data").display().to_string(),
+        "pidFile": root.join("server.pid").display().to_string(),
+        "logFile": root.join("server.log").display().to_string(),
+        "rateLimit": {"enabled": false},
+    });
+    actors::config::merge::merge_patch(&mut doc, &extra);
+    std::fs::write(&config, doc.to_string()).expect("config");
+    DaemonDir {
+        _dir: dir,
+        root,
+        config,
+        calls,
+        port,
+    }
+}
+
+#[tokio::test]
+async fn accepted_tasks_survive_kill_9_and_the_running_one_is_interrupted_once() {
+    let DaemonDir {
+        _dir,
+        root,
+        config,
+        calls,
+        port,
+    } = daemon_dir(json!({"taskQueue": {"concurrency": 1}}));
 
     let mut daemon = start_daemon(&config, &root, port).await;
     let client = reqwest::Client::new();

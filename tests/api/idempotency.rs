@@ -255,32 +255,14 @@ async fn a_storage_failure_after_the_claim_gives_the_key_back() {
 /// over (within `ABANDONED_AFTER`), gets 202 and the prompt runs once.
 #[tokio::test]
 async fn a_claim_left_by_a_killed_daemon_is_taken_over_by_the_retry() {
-    use crate::durability::{free_port, start_daemon, start_daemon_with_env};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().canonicalize().expect("canonical");
-    let project = root.join("project");
-    std::fs::create_dir_all(&project).expect("mkdir");
-    let calls = root.join("calls.jsonl");
-    let port = free_port();
-    let config = root.join("config.json");
-    std::fs::write(
-        &config,
-        json!({
-            "port": port,
-            "claudePath": FAKE_CLAUDE,
-            "claudeEnv": {
-                "CLAUDE_CONFIG_DIR": root.join("claude-home").display().to_string(),
-                "FAKE_CLAUDE_LOG": calls.display().to_string(),
-            },
-            "defaultProjectPath": project.display().to_string(),
-            "dataDir": root.join("data").display().to_string(),
-            "pidFile": root.join("server.pid").display().to_string(),
-            "logFile": root.join("server.log").display().to_string(),
-            "rateLimit": {"enabled": false},
-        })
-        .to_string(),
-    )
-    .expect("config");
+    use crate::durability::{daemon_dir, start_daemon, start_daemon_with_env, DaemonDir};
+    let DaemonDir {
+        _dir,
+        root,
+        config,
+        calls,
+        port,
+    } = daemon_dir(json!({}));
     let failpoint = [("CCS_FAILPOINT", "after_idempotency_claim")];
     let mut daemon = start_daemon_with_env(&config, &root, port, &failpoint).await;
     let client = reqwest::Client::new();

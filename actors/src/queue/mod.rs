@@ -253,27 +253,33 @@ impl Queue {
                 "pending tasks recovered from storage"
             );
         }
-        let tx = QueueSupervisor::start(
-            system.arbiter(),
-            Setup {
-                store: store.clone(),
-                config,
-                shared: shared.clone(),
-                recovered: pending,
-                events: events.clone(),
-                cluster: None,
-                workers: system.worker_pool(),
-            },
-        );
-        Ok(Queue {
-            tx,
+        let setup = Setup {
+            store,
+            config,
+            shared,
+            recovered: pending,
+            events,
+            cluster: None,
+            workers: system.worker_pool(),
+        };
+        Ok(Queue::launch(system, setup, interrupted))
+    }
+
+    /// Start the supervisor on the actor system's arbiter, and the handle over it.
+    fn launch(system: &ActorSystem, setup: Setup, interrupted: Vec<TaskId>) -> Queue {
+        let store = setup.store.clone();
+        let shared = setup.shared.clone();
+        let events = setup.events.clone();
+        let cluster = setup.cluster.clone();
+        Queue {
+            tx: QueueSupervisor::start(system.arbiter(), setup),
             interrupted: Arc::new(Mutex::new(interrupted)),
             store,
             shared,
             events,
             cluster,
             shared_pending: Arc::new(Recent::new(HEALTH_MAX_AGE)),
-        })
+        }
     }
 
     /// With Redis storage: the queue is shared by every instance on the namespace. Nothing is
@@ -295,28 +301,18 @@ impl Queue {
             session_tasks: Mutex::new(HashMap::new()),
         });
         let lease_ms = config.task_queue.lease_ms;
-        let tx = QueueSupervisor::start(
-            system.arbiter(),
-            Setup {
-                store: store.clone(),
-                config,
-                shared: shared.clone(),
-                recovered: Vec::new(),
-                events: events.clone(),
-                cluster: Some(cluster.clone()),
-                workers: system.worker_pool(),
-            },
-        );
-        claims::start(cluster.clone(), tx.clone(), lease_ms);
-        Queue {
-            tx,
-            interrupted: Arc::new(Mutex::new(Vec::new())),
+        let setup = Setup {
             store,
+            config,
             shared,
+            recovered: Vec::new(),
             events,
-            cluster: Some(cluster),
-            shared_pending: Arc::new(Recent::new(HEALTH_MAX_AGE)),
-        }
+            cluster: Some(cluster.clone()),
+            workers: system.worker_pool(),
+        };
+        let queue = Queue::launch(system, setup, Vec::new());
+        claims::start(cluster, queue.tx.clone(), lease_ms);
+        queue
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -104,6 +104,19 @@ impl Fixture {
         }
     }
 
+    /// A run that hangs until it is stopped, started and waited for: its submission and its
+    /// process group.
+    async fn hanging_run(&self) -> (Submitted, i32) {
+        let run = self
+            .queue
+            .submit(self.task("hang", 5), true, false)
+            .await
+            .expect("submit");
+        self.wait_until("it runs", |f| f.dir.path().join("pid").exists())
+            .await;
+        (run, self.hung_pid())
+    }
+
     fn hung_pid(&self) -> i32 {
         std::fs::read_to_string(self.dir.path().join("pid"))
             .ok()
@@ -177,14 +190,7 @@ async fn runs_start_by_priority_within_the_limit_and_waiters_get_the_final_recor
 #[tokio::test]
 async fn a_cancel_stops_the_worker_and_its_process_group_is_gone() {
     let f = start(2).await;
-    let run = f
-        .queue
-        .submit(f.task("hang", 5), true, false)
-        .await
-        .expect("submit");
-    f.wait_until("it runs", |f| f.dir.path().join("pid").exists())
-        .await;
-    let pgid = f.hung_pid();
+    let (run, pgid) = f.hanging_run().await;
     assert!(group_alive(pgid));
     let cancelled = f
         .queue
@@ -209,14 +215,7 @@ async fn a_cancel_stops_the_worker_and_its_process_group_is_gone() {
 #[tokio::test]
 async fn shutdown_ends_the_runs_after_the_grace_and_refuses_new_ones() {
     let f = start(1).await;
-    let run = f
-        .queue
-        .submit(f.task("hang", 5), true, false)
-        .await
-        .expect("submit");
-    f.wait_until("it runs", |f| f.dir.path().join("pid").exists())
-        .await;
-    let pgid = f.hung_pid();
+    let (run, pgid) = f.hanging_run().await;
     f.queue.shutdown(Duration::from_millis(100)).await;
     let done = run.done.expect("a waiter").await.expect("the final record");
     assert_eq!(done.status, TaskStatus::Failed, "{done:?}");

@@ -5,9 +5,9 @@
 //! key is compared, so neither the position of a match nor a key's length shows in the timing.
 //! A key never appears in a log line or a response.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -80,8 +80,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let config = state.config();
     let ip = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .get::<super::front::PeerAddr>()
+        .map(|p| p.0.ip());
     let caller = if config.auth.api_keys.is_empty() {
         // No keys: the server listens on loopback only (or the operator allowed anonymous
         // access), and the local caller is the admin.

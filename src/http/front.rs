@@ -21,12 +21,16 @@ use actix_web::http::header::{HeaderName as AHeaderName, HeaderValue as AHeaderV
 use actix_web::http::StatusCode as AStatus;
 use actix_web::{web, HttpRequest, HttpResponse};
 use axum::body::{Body, Bytes};
-use axum::extract::ConnectInfo;
 use axum::http::{self, HeaderName, HeaderValue, Method, Request, Version};
 use futures_util::StreamExt;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+
+/// The client's address, in a request's extensions for the routes (authentication of the
+/// anonymous local caller, rate limits by address).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Chunks of a request body in flight between the two sides.
 const BODY_CHANNEL: usize = 4;
@@ -82,9 +86,7 @@ fn translate_request(req: &HttpRequest, payload: web::Payload) -> Result<Request
     };
     let mut request = builder.body(body).map_err(|_| AStatus::BAD_REQUEST)?;
     if let Some(peer) = req.peer_addr() {
-        request
-            .extensions_mut()
-            .insert(ConnectInfo::<SocketAddr>(peer));
+        request.extensions_mut().insert(PeerAddr(peer));
     }
     Ok(request)
 }

@@ -9,9 +9,7 @@
 //! `http::router`): a request is authenticated first, then counted under its key. Requests
 //! refused by authentication are not counted against any key.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -47,8 +45,8 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
         None => (
             None,
             req.extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
+                .get::<super::front::PeerAddr>()
+                .map(|p| p.0.ip()),
         ),
     };
     let Some(policy) = policy_for(&config, key_name.as_deref()) else {

@@ -20,6 +20,7 @@ use actors::metrics::MetricsActor;
 use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
 use actors::rate_limit::RateLimitActor;
+use actors::session::SessionHandle;
 use actors::stats::StatsActor;
 use actors::store::memory::MemoryStore;
 use actors::store::redis::RedisStore;
@@ -85,11 +86,15 @@ impl Application {
             events = events.with_cluster(cluster.clone());
         }
         let events = Arc::new(events);
+        // The single writer of session records: the HTTP handlers' writes and the workers'
+        // turn accounting.
+        let sessions = SessionHandle::start(actor_system.arbiter(), store.clone());
         let queue = Queue::start(
             store.clone(),
             config.clone(),
             events,
             cluster.clone(),
+            sessions,
             &actor_system,
         )
         .await

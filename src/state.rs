@@ -1,5 +1,5 @@
-//! What every handler shares: the live config, the queue, the store, the statistics, the rate
-//! limiter, and facts about the CLI.
+//! What every handler shares: the live config, the queue, the store, the session writer, the
+//! statistics, the rate limiter, and facts about the CLI.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -12,6 +12,7 @@ use actors::config::Config;
 use actors::metrics::Metrics;
 use actors::queue::Queue;
 use actors::rate_limit::Limiter;
+use actors::session::SessionHandle;
 use actors::stats::StatsHandle;
 use actors::store::Store;
 
@@ -31,6 +32,8 @@ pub struct Inner {
     config: watch::Sender<Arc<Config>>,
     pub queue: Queue,
     pub store: Arc<dyn Store>,
+    /// The SessionActor: every write of a session record goes through it.
+    pub sessions: SessionHandle,
     /// With Redis storage: this instance among the others sharing it.
     pub cluster: Option<Arc<Cluster>>,
     pub stats: StatsHandle,
@@ -66,10 +69,13 @@ impl AppState {
         rate_limiter: Limiter,
         config_path: PathBuf,
     ) -> AppState {
+        // The queue's workers and the routes share one SessionActor.
+        let sessions = queue.sessions().clone();
         AppState(Arc::new(Inner {
             config,
             queue,
             store,
+            sessions,
             rate_limiter,
             cluster,
             stats,

@@ -63,9 +63,7 @@ pub fn start(
 mod tests {
     use super::*;
     use crate::config::load::{from_file_doc, Environment};
-    use crate::model::{
-        Priority, RunOutcome, RunSpec, Session, SessionStatus, Task, TaskMode, TaskStatus,
-    };
+    use crate::model::{Priority, RunOutcome, RunSpec, Session, Task, TaskMode, TaskStatus};
     use crate::store::memory::MemoryStore;
 
     fn config(sessions: u32, tasks: u32) -> Config {
@@ -82,20 +80,7 @@ mod tests {
     }
 
     fn session(updated: DateTime<Utc>) -> Session {
-        Session {
-            id: uuid::Uuid::new_v4(),
-            created_at: updated,
-            updated_at: updated,
-            status: SessionStatus::Active,
-            model: None,
-            project_path: "/".into(),
-            messages_count: 0,
-            total_cost_usd: 0.0,
-            last_reported_cost_usd: 0.0,
-            last_task_id: None,
-            owner: None,
-            metadata: serde_json::json!({}),
-        }
+        crate::session::fixtures::session("/", updated)
     }
 
     fn task() -> Task {

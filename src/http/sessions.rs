@@ -120,7 +120,7 @@ pub async fn create(
         owner: caller.owner(),
         metadata,
     };
-    state.store.insert_session(&session).await?;
+    state.sessions.create(session.clone(), false).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"success": true, "session": session_json(&session)})),
@@ -294,13 +294,14 @@ pub async fn set_status(
     ApiJson(req): ApiJson<StatusChange>,
 ) -> Result<Json<Value>, ApiError> {
     // An unknown session is 404 before its body is judged.
-    let mut session = visible_session_raw(&state, &caller, &id).await?;
+    let session = visible_session_raw(&state, &caller, &id).await?;
     check(&req, &state.config())?;
-    session.status = session_status(&req.status).unwrap_or(session.status);
-    session.updated_at = Utc::now();
-    if !state.store.update_session(&session).await? {
+    let status = session_status(&req.status).unwrap_or(session.status);
+    // The SessionActor changes the record as it is then: a turn's accounting written
+    // meanwhile stays.
+    let Some(session) = state.sessions.set_status(session.id, status).await? else {
         return Err(ApiError::not_found("Session"));
-    }
+    };
     Ok(Json(
         json!({"success": true, "session": session_json(&session)}),
     ))
@@ -333,7 +334,7 @@ pub async fn delete(
         )
         .with_session(session.id));
     }
-    state.store.delete_session(session.id).await?;
+    state.sessions.delete(session.id).await?;
     // The CLI's transcript goes too: a deleted conversation should not stay readable on disk.
     if let Some(dir) = transcript::config_dir(&state.config().claude_env) {
         let _ = std::fs::remove_file(transcript::path(

@@ -189,7 +189,7 @@ pub async fn prepare(
             let mode = SessionMode::Create { id: session.id };
             // Lazily: the turn's task insert, next and durable, makes both durable before
             // any answer names the session (one fsync instead of two).
-            state.store.insert_session_lazily(&session).await?;
+            state.sessions.create(session.clone(), true).await?;
             (session, mode, false, None)
         }
         Target::Continue(sid) => {
@@ -234,7 +234,7 @@ pub async fn prepare(
             // A cumulative-cost CLI starts the fork from the parent's total.
             session.last_reported_cost_usd = parent.last_reported_cost_usd;
             // Durable with the turn's task insert, as above.
-            state.store.insert_session_lazily(&session).await?;
+            state.sessions.create(session.clone(), true).await?;
             let mode = SessionMode::Fork {
                 from: parent.id,
                 id: session.id,

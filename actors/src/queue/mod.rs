@@ -37,6 +37,7 @@ pub mod worker;
 #[cfg(test)]
 mod tests;
 
+use crate::session::SessionHandle;
 use crate::system::ActorSystem;
 use supervisor::{Msg, QueueSupervisor, Setup, SupervisorTx};
 
@@ -173,6 +174,8 @@ pub struct Queue {
     /// [`Queue::announce_interrupted`] once they have subscribed.
     interrupted: Arc<Mutex<Vec<TaskId>>>,
     store: Arc<dyn Store>,
+    /// The SessionActor its workers record turns with.
+    sessions: SessionHandle,
     shared: Arc<Shared>,
     events: Arc<EventHub>,
     /// With Redis storage: the instances sharing the queue.
@@ -185,17 +188,21 @@ pub struct Queue {
 impl Queue {
     /// Recover from a previous run (tasks left `processing` end `failed`/`interrupted`, and so
     /// do pending sync runs, whose callers were connected to the previous process; pending
-    /// async and batch tasks are queued again in order) and start the supervisor.
+    /// async and batch tasks are queued again in order) and start the supervisor. `sessions`
+    /// (the SessionActor) records each turn on its session.
     pub async fn start(
         store: Arc<dyn Store>,
         config: Arc<Config>,
         events: Arc<EventHub>,
         cluster: Option<Arc<Cluster>>,
+        sessions: SessionHandle,
         system: &ActorSystem,
     ) -> Result<Queue, StoreError> {
         events.set_replay_bytes(config.limits.event_replay_bytes);
         if let Some(cluster) = cluster {
-            return Ok(Queue::start_shared(store, config, events, cluster, system));
+            return Ok(Queue::start_shared(
+                store, config, events, cluster, sessions, system,
+            ));
         }
         let mut interrupted = store.interrupt_processing(Utc::now()).await?;
         if !interrupted.is_empty() {
@@ -261,6 +268,7 @@ impl Queue {
             events,
             cluster: None,
             workers: system.worker_pool(),
+            sessions,
         };
         Ok(Queue::launch(system, setup, interrupted))
     }
@@ -271,10 +279,12 @@ impl Queue {
         let shared = setup.shared.clone();
         let events = setup.events.clone();
         let cluster = setup.cluster.clone();
+        let sessions = setup.sessions.clone();
         Queue {
             tx: QueueSupervisor::start(system.arbiter(), setup),
             interrupted: Arc::new(Mutex::new(interrupted)),
             store,
+            sessions,
             shared,
             events,
             cluster,
@@ -290,6 +300,7 @@ impl Queue {
         config: Arc<Config>,
         events: Arc<EventHub>,
         cluster: Arc<Cluster>,
+        sessions: SessionHandle,
         system: &ActorSystem,
     ) -> Queue {
         let shared = Arc::new(Shared {
@@ -309,6 +320,7 @@ impl Queue {
             events,
             cluster: Some(cluster.clone()),
             workers: system.worker_pool(),
+            sessions,
         };
         let queue = Queue::launch(system, setup, Vec::new());
         claims::start(cluster, queue.tx.clone(), lease_ms);
@@ -317,6 +329,11 @@ impl Queue {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The SessionActor the queue's workers record turns with: the writer of session records.
+    pub fn sessions(&self) -> &SessionHandle {
+        &self.sessions
     }
 
     /// With Redis storage: this instance among those sharing the queue.

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::events::EventHub;
 use crate::mem;
 use crate::model::{Priority, SessionId, Task, TaskId};
+use crate::session::SessionHandle;
 use crate::store::redis::{Claimed, Leased};
 use crate::store::Store;
 use crate::system::WorkerPool;
@@ -123,6 +124,8 @@ pub struct QueueSupervisor {
     tx: SupervisorTx,
     /// Where the workers run.
     workers: WorkerPool,
+    /// The SessionActor, handed to each worker.
+    sessions: SessionHandle,
     pending: Schedule,
     /// The runs going on, by task: their WorkerActors (told [`Stop`] to end a run early).
     running: HashMap<TaskId, Addr<WorkerActor>>,
@@ -159,6 +162,8 @@ pub(crate) struct Setup {
     pub events: Arc<EventHub>,
     pub cluster: Option<Arc<Cluster>>,
     pub workers: WorkerPool,
+    /// The SessionActor, for the workers' turn accounting.
+    pub sessions: SessionHandle,
 }
 
 impl Actor for QueueSupervisor {
@@ -197,6 +202,7 @@ impl QueueSupervisor {
             events,
             cluster,
             workers,
+            sessions,
         } = setup;
         // Lanes need each session's turns in submission order.
         let mut recovered = recovered;
@@ -211,6 +217,7 @@ impl QueueSupervisor {
             shared,
             tx,
             workers,
+            sessions,
             pending,
             running: HashMap::new(),
             waiters: HashMap::new(),
@@ -553,6 +560,7 @@ impl QueueSupervisor {
                 tx: self.tx.clone(),
                 events: self.events.clone(),
                 shared: shared_run,
+                sessions: self.sessions.clone(),
             },
         );
         self.running.insert(id, worker);

@@ -65,15 +65,11 @@ cat "{FIXTURE}""#,
     let events = Arc::new(EventHub::new(Arc::new(|t: &Task| {
         ("end", json!({"id": t.id}))
     })));
-    let queue = Queue::start(
-        Arc::new(MemoryStore::new()),
-        Arc::new(config),
-        events,
-        None,
-        &system,
-    )
-    .await
-    .expect("queue");
+    let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::new());
+    let sessions = crate::session::SessionHandle::start(system.arbiter(), store.clone());
+    let queue = Queue::start(store, Arc::new(config), events, None, sessions, &system)
+        .await
+        .expect("queue");
     Fixture { dir, queue, system }
 }
 

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::events::{init_data, EventHub};
 use crate::model::{Session, SessionId, SessionMode, Task, TaskId, TaskMode};
 use crate::session::accounting::{apply_turn, cost_mode, run_cost};
+use crate::session::SessionHandle;
 use crate::store::redis::{Claimed, Leased, NextClaim, SessionTurn};
 use crate::store::{Store, StoreError};
 
@@ -57,6 +58,9 @@ pub(crate) struct Run {
     pub tx: SupervisorTx,
     pub events: Arc<EventHub>,
     pub shared: Option<SharedRun>,
+    /// The writer of session records: a turn's accounting when it did not go with the final
+    /// record (always, on local storage).
+    pub sessions: SessionHandle,
 }
 
 /// One run; see the module docs.
@@ -116,8 +120,9 @@ async fn run_task(run: Run, stop: watch::Receiver<Option<StopReason>>) {
         tx,
         events,
         shared,
+        sessions,
     } = run;
-    let (ended, handover) = execute(id, &store, &config, stop, &events, shared).await;
+    let (ended, handover) = execute(id, &store, &config, stop, &events, shared, &sessions).await;
     let (task, wrote) = match ended {
         Ended::Wrote(t) => (Some(Box::new(t)), true),
         Ended::Read(t) => (t.map(Box::new), false),
@@ -148,6 +153,7 @@ async fn execute(
     stop: watch::Receiver<Option<StopReason>>,
     events: &EventHub,
     shared: Option<SharedRun>,
+    sessions: &SessionHandle,
 ) -> (Ended, Option<Claimed>) {
     let read = || async { Ended::Read(store.get_task(id).await.ok().flatten()) };
     let read_session = |sid: Option<SessionId>| async move {
@@ -304,22 +310,17 @@ async fn execute(
     if accounted {
         return (ended, handover);
     }
-    // The session's accounting did not go with the final record: write it now. On the shared
-    // queue the session is read again, as it changed during the run or the task was ended by
-    // someone else meanwhile; elsewhere it was read after the run.
-    let session = match (&shared, session) {
-        (Some(_), Some(_)) => read_session(sid).await,
-        (_, session) => session,
-    };
+    // The session's accounting did not go with the final record: the SessionActor writes it
+    // now, over the record as it is then (on the shared queue it changed during the run, or
+    // the task was ended by someone else meanwhile), never interleaved with another write of
+    // it from this instance (a `PATCH status`).
     let final_task = match &ended {
         Ended::Wrote(t) => Some(t),
         Ended::Read(t) => t.as_ref(),
     };
-    if let (Some(s), Some(t)) = (session, final_task) {
-        let s = with_turn(s, t);
-        // Lazily: this bookkeeping rides on the next fsync (as a sync run's final record does).
-        if let Err(e) = store.update_session_lazily(&s).await {
-            log::error!(session_id:% = s.id, error:% = e; "cannot record the turn on its session");
+    if let (Some(sid), Some(_), Some(t)) = (sid, &session, final_task) {
+        if let Err(e) = sessions.apply_turn(sid, t.clone(), mode, reported).await {
+            log::error!(session_id:% = sid, error:% = e; "cannot record the turn on its session");
         }
     }
     (ended, handover)

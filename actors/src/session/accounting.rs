@@ -79,7 +79,7 @@ pub fn apply_turn(
 mod tests {
     use super::*;
     use crate::claude::stream::parse_json_output;
-    use crate::model::{Priority, RunSpec, SessionStatus, TaskMode};
+    use crate::session::fixtures::completed_task;
 
     fn fixture_cost(name: &str) -> f64 {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/claude-cli/")
@@ -93,27 +93,7 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session {
-            id: uuid::Uuid::new_v4(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            status: SessionStatus::Active,
-            model: None,
-            project_path: "/p".into(),
-            messages_count: 0,
-            total_cost_usd: 0.0,
-            last_reported_cost_usd: 0.0,
-            last_task_id: None,
-            owner: None,
-            metadata: serde_json::json!({}),
-        }
-    }
-
-    fn completed_task() -> Task {
-        let spec = RunSpec::new("x", "/p", 1000);
-        let mut t = Task::new(spec, Priority::SYNC_DEFAULT, TaskMode::Sync);
-        t.status = TaskStatus::Completed;
-        t
+        super::super::fixtures::session("/p", Utc::now())
     }
 
     #[test]

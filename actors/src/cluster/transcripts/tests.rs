@@ -6,7 +6,6 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::config::load::{from_file_doc, Environment};
-use crate::model::{Session, SessionStatus};
 use crate::store::redis::test_server::{shared_url, test_namespace};
 use crate::store::redis::RedisStore;
 use crate::store::Store;
@@ -151,20 +150,7 @@ async fn fixture() -> Fixture {
 impl Fixture {
     async fn session(&self) -> SessionId {
         let now = Utc::now();
-        let s = Session {
-            id: uuid::Uuid::new_v4(),
-            created_at: now,
-            updated_at: now,
-            status: SessionStatus::Active,
-            model: None,
-            project_path: self.cwd.clone(),
-            messages_count: 0,
-            total_cost_usd: 0.0,
-            last_reported_cost_usd: 0.0,
-            last_task_id: None,
-            owner: None,
-            metadata: serde_json::json!({}),
-        };
+        let s = crate::session::fixtures::session(self.cwd.clone(), now);
         self.store.insert_session(&s).await.expect("insert");
         s.id
     }

@@ -10,8 +10,9 @@
 //!   (queue supervisor, statistics, webhooks, rate limits, sessions). Each handles its
 //!   messages one at a time, so each one's state needs no lock.
 //! * [`ActorSystem::worker_arbiter`] — one of a pool of arbiters (one per core), handed out in
-//!   turn, for the actors that run the CLI (WorkerActors): a drain of many runs uses every
-//!   core instead of one thread.
+//!   turn, for the WorkerActors, so their mailboxes are spread over threads. (A worker's run
+//!   itself goes on the server's runtime, beside the storage connections: see
+//!   `queue::worker`.)
 //!
 //! The system stops with [`ActorSystem::stop`] (or when dropped): every arbiter's loop ends and
 //! its actors are stopped, after the application's own shutdown has ended their work.

@@ -268,6 +268,7 @@ impl Queue {
             events,
             cluster: None,
             workers: system.worker_pool(),
+            io: tokio::runtime::Handle::current(),
             sessions,
         };
         Ok(Queue::launch(system, setup, interrupted))
@@ -320,6 +321,7 @@ impl Queue {
             events,
             cluster: Some(cluster.clone()),
             workers: system.worker_pool(),
+            io: tokio::runtime::Handle::current(),
             sessions,
         };
         let queue = Queue::launch(system, setup, Vec::new());

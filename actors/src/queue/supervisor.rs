@@ -1,6 +1,6 @@
 //! The QueueSupervisor: an actix actor that owns the pending order, the running set and the
 //! concurrency limit. It never awaits storage; it only reacts to messages ([`Msg`]) and starts
-//! a [`WorkerActor`] per run, on the worker arbiters (one per core) so a drain uses every core.
+//! a [`WorkerActor`] per run, on the worker arbiters.
 //! Two deadlines it keeps itself: the end of the shutdown grace (then it stops its runs) and
 //! the quiet moment to give memory back; each is a timer re-armed after every message.
 
@@ -126,6 +126,8 @@ pub struct QueueSupervisor {
     workers: WorkerPool,
     /// The SessionActor, handed to each worker.
     sessions: SessionHandle,
+    /// The runtime the runs' I/O goes on (see `worker::Run::io`).
+    io: tokio::runtime::Handle,
     pending: Schedule,
     /// The runs going on, by task: their WorkerActors (told [`Stop`] to end a run early).
     running: HashMap<TaskId, Addr<WorkerActor>>,
@@ -164,6 +166,8 @@ pub(crate) struct Setup {
     pub workers: WorkerPool,
     /// The SessionActor, for the workers' turn accounting.
     pub sessions: SessionHandle,
+    /// The runtime the runs' I/O goes on (see `worker::Run::io`).
+    pub io: tokio::runtime::Handle,
 }
 
 impl Actor for QueueSupervisor {
@@ -203,6 +207,7 @@ impl QueueSupervisor {
             cluster,
             workers,
             sessions,
+            io,
         } = setup;
         // Lanes need each session's turns in submission order.
         let mut recovered = recovered;
@@ -218,6 +223,7 @@ impl QueueSupervisor {
             tx,
             workers,
             sessions,
+            io,
             pending,
             running: HashMap::new(),
             waiters: HashMap::new(),
@@ -561,6 +567,7 @@ impl QueueSupervisor {
                 events: self.events.clone(),
                 shared: shared_run,
                 sessions: self.sessions.clone(),
+                io: self.io.clone(),
             },
         );
         self.running.insert(id, worker);

@@ -148,22 +148,27 @@ pub async fn run_batch(
         Err(replay) => return Ok(replay),
     };
     if is_async {
-        let ids: Vec<Value> = submitted.tasks().map(|t| json!(t.id)).collect();
-        let items: Vec<Value> = submitted
-            .tasks()
-            .map(|t| json!({"task_id": t.id, "status": t.status, "priority": t.priority}))
-            .collect();
+        let answer = batch_async_answer(submitted.tasks());
         submitted.detach();
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"success": true, "task_ids": ids, "tasks": items})),
-        )
-            .into_response());
+        return Ok(answer);
     }
     let finished = submitted
         .wait_all(&state.queue, config.cancel_on_disconnect)
         .await?;
     Ok(batch_answer(&finished))
+}
+
+/// The 202 of an async batch (and of its retry): every task's id, status and priority.
+pub fn batch_async_answer<'a>(tasks: impl Iterator<Item = &'a Task> + Clone) -> Response {
+    let ids: Vec<Value> = tasks.clone().map(|t| json!(t.id)).collect();
+    let items: Vec<Value> = tasks
+        .map(|t| json!({"task_id": t.id, "status": t.status, "priority": t.priority}))
+        .collect();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"success": true, "task_ids": ids, "tasks": items})),
+    )
+        .into_response()
 }
 
 /// The 200 body of a sync batch: every result in order, and the summary.

@@ -84,7 +84,7 @@ pub struct SubmittedAll(Vec<(actors::queue::Submitted, CancelOnDrop)>);
 
 impl SubmittedAll {
     /// The stored tasks, in submission order.
-    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> + Clone {
         self.0.iter().map(|(s, _)| &s.task)
     }
 

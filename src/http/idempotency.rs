@@ -273,18 +273,7 @@ pub async fn claim(
             Some(t) => sync_answer(&wait_final(state, t).await?),
             None => return Err(in_progress()),
         },
-        Kind::BatchAsync => {
-            let items: Vec<Value> = tasks
-                .iter()
-                .map(|t| json!({"task_id": t.id, "status": t.status, "priority": t.priority}))
-                .collect();
-            let ids: Vec<Value> = tasks.iter().map(|t| json!(t.id)).collect();
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({"success": true, "task_ids": ids, "tasks": items})),
-            )
-                .into_response()
-        }
+        Kind::BatchAsync => super::batch::batch_async_answer(tasks.iter()),
         Kind::BatchSync | Kind::Chat => {
             let mut done = Vec::with_capacity(tasks.len());
             for t in &tasks {
@@ -326,6 +315,12 @@ async fn any_stored(state: &AppState, claim: &Value) -> Result<bool, ApiError> {
         }
     }
     Ok(false)
+}
+
+/// The `finished_answer` of the kinds that never answer with finished tasks of their own
+/// ([`claim`] does not call it for them).
+pub fn no_finished_answer(_: &[Task]) -> Response {
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
 }
 
 /// What identifies a request: its route, how it is answered, and what it runs.

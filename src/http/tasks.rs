@@ -16,7 +16,7 @@ use actors::store::TaskFilter;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::idempotency::{IdempotencyKey, Kind};
+use super::idempotency::{self, IdempotencyKey, Kind};
 use super::params::{page, text, QueryMap};
 use super::run_request::{validate, RunRequest, PRIORITY_MAX, PRIORITY_MIN};
 use super::turns::{self, Admitted, Target};
@@ -142,7 +142,7 @@ pub async fn create_async(
         Some(sid) => Target::Continue(sid),
         None => Target::NewSession,
     };
-    let unused = |_: &[Task]| StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let unused = idempotency::no_finished_answer;
     let admitted = turns::admit(
         &state,
         &caller,

@@ -128,7 +128,7 @@ pub async fn start(
     let stream = run.stream;
     // A stream's retry replays the answer, not the stream (the task id leads to its events).
     let kind = if is_async { Kind::Async } else { Kind::Sync };
-    let unused = |_: &[Task]| StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let unused = idempotency::no_finished_answer;
     let queued = match admit(state, caller, idem, run, target, kind, unused).await? {
         Admitted::Replay(response) => return Ok(response),
         Admitted::Queued(q) => *q,

@@ -223,23 +223,19 @@ impl Application {
         write_pid_file(&pid_file);
         log::info!(host:% = config.host, port = port, storage = state.store.kind(); "listening");
 
-        let router = crate::http::router(state.clone());
         let listener = listener.into_std()?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let server = actix_web::HttpServer::new(move || {
-            actix_web::App::new()
-                .app_data(actix_web::web::Data::new(router.clone()))
-                .default_service(actix_web::web::to(crate::http::front::to_router))
-        })
-        // A client's EOF ends its connection at once, dropping a pending handler: a client
-        // that goes away takes its run with it (issue 17; actix-web >= 4.12).
-        .h1_allow_half_closed(false)
-        // Signals are ours (src/daemon.rs): the shutdown order below needs the queue first.
-        .disable_signals()
-        .shutdown_timeout(5)
-        .workers(workers)
-        .listen(listener)?
-        .run();
+        let app_state = state.clone();
+        let server = actix_web::HttpServer::new(move || crate::http::app(app_state.clone()))
+            // A client's EOF ends its connection at once, dropping a pending handler: a client
+            // that goes away takes its run with it (issue 17; actix-web >= 4.12).
+            .h1_allow_half_closed(false)
+            // Signals are ours (src/daemon.rs): the shutdown order below needs the queue first.
+            .disable_signals()
+            .shutdown_timeout(5)
+            .workers(workers)
+            .listen(listener)?
+            .run();
         let http = server.handle();
         let server = tokio::spawn(server);
 

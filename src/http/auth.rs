@@ -7,11 +7,13 @@
 
 use std::net::IpAddr;
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use std::future::{ready, Ready};
+
+use actix_web::body::BoxBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -51,16 +53,17 @@ impl Caller {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(req.extensions().get::<Caller>().cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InternalError,
                 "The request was not authenticated.",
             )
-        })
+        }))
     }
 }
 
@@ -76,12 +79,13 @@ fn is_open(path: &str, config: &Config) -> bool {
 }
 
 /// Middleware: identify the caller, or answer 401.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    state: AppState,
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let config = state.config();
-    let ip = req
-        .extensions()
-        .get::<super::front::PeerAddr>()
-        .map(|p| p.0.ip());
+    let ip = req.peer_addr().map(|p| p.ip());
     let caller = if config.auth.api_keys.is_empty() {
         // No keys: the server listens on loopback only (or the operator allowed anonymous
         // access), and the local caller is the admin.
@@ -97,30 +101,34 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                 admin: k.admin,
                 ip,
             },
-            None if is_open(req.uri().path(), &config) => Caller {
+            None if is_open(req.path(), &config) => Caller {
                 key_name: None,
                 admin: false,
                 ip,
             },
-            None => return unauthorized(presented_key(req.headers()).is_some()),
+            None => {
+                let resp = unauthorized(presented_key(req.headers()).is_some());
+                return Ok(req.into_response(resp));
+            }
         }
     };
-    req.extensions_mut().insert(caller.clone());
-    let mut resp = next.run(req).await;
-    // For the access log, which runs outside this layer: it names the key (never the key itself).
-    resp.extensions_mut().insert(caller);
-    resp
+    // In the request's extensions: for the routes (the `Caller` extractor), the rate limit
+    // layer, and the access log after the answer (it names the key, never the key itself).
+    req.extensions_mut().insert(caller);
+    next.call(req).await
 }
 
-fn unauthorized(had_key: bool) -> Response {
+fn unauthorized(had_key: bool) -> HttpResponse {
     let message = if had_key {
         "The API key is not valid."
     } else {
         "An API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
     };
     let mut resp = ApiError::new(ErrorCode::Unauthorized, message).into_response();
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     resp
 }
 
@@ -189,20 +197,26 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
+            header::HeaderValue::from_static("Bearer abc"),
         );
         assert_eq!(presented_key(&h), Some("abc"));
         let mut h = HeaderMap::new();
         h.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_static("bearer  abc "),
+            header::HeaderValue::from_static("bearer  abc "),
         );
         assert_eq!(presented_key(&h), Some("abc"));
         let mut h = HeaderMap::new();
-        h.insert("x-api-key", HeaderValue::from_static("xyz"));
+        h.insert(
+            header::HeaderName::from_static("x-api-key"),
+            header::HeaderValue::from_static("xyz"),
+        );
         assert_eq!(presented_key(&h), Some("xyz"));
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            header::HeaderValue::from_static("Basic abc"),
+        );
         assert_eq!(presented_key(&h), None);
     }
 

@@ -1,10 +1,8 @@
 //! `POST /api/claude/batch`: several prompts, each its own task in the one queue (so the
 //! concurrency limit holds for batches too). Batch runs are one-off runs, not session turns.
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use validator::{Validate, ValidateArgs, ValidationError, ValidationErrors};
@@ -70,11 +68,11 @@ fn batch_size(prompts: &[String], config: &Config) -> Result<(), ValidationError
     responses((status = 200, body = crate::http::schema::BatchAnswer), (status = 202, body = crate::http::schema::BatchAsyncAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn run_batch(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     idem: IdempotencyKey,
     ValidatedJson(req): ValidatedJson<BatchRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let config = state.config();
     state
         .stats
@@ -145,7 +143,7 @@ pub async fn run_batch(
     };
     let submitted = match admitted {
         Ok(submitted) => submitted,
-        Err(replay) => return Ok(replay),
+        Err(replay) => return Ok(replay.into_response()),
     };
     if is_async {
         let answer = batch_async_answer(submitted.tasks());
@@ -159,20 +157,17 @@ pub async fn run_batch(
 }
 
 /// The 202 of an async batch (and of its retry): every task's id, status and priority.
-pub fn batch_async_answer<'a>(tasks: impl Iterator<Item = &'a Task> + Clone) -> Response {
+pub fn batch_async_answer<'a>(tasks: impl Iterator<Item = &'a Task> + Clone) -> HttpResponse {
     let ids: Vec<Value> = tasks.clone().map(|t| json!(t.id)).collect();
     let items: Vec<Value> = tasks
         .map(|t| json!({"task_id": t.id, "status": t.status, "priority": t.priority}))
         .collect();
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"success": true, "task_ids": ids, "tasks": items})),
-    )
-        .into_response()
+    HttpResponse::build(StatusCode::ACCEPTED)
+        .json(json!({"success": true, "task_ids": ids, "tasks": items}))
 }
 
 /// The 200 body of a sync batch: every result in order, and the summary.
-pub fn batch_answer(finished: &[Task]) -> Response {
+pub fn batch_answer(finished: &[Task]) -> HttpResponse {
     let mut results = Vec::with_capacity(finished.len());
     let (mut ok, mut failed, mut cost, mut duration) = (0u64, 0u64, 0.0f64, 0u64);
     for t in finished {
@@ -186,21 +181,17 @@ pub fn batch_answer(finished: &[Task]) -> Response {
             results.push(ApiError::from_task(t).body());
         }
     }
-    (
-        StatusCode::OK,
-        Json(json!({
-            "success": true,
-            "results": results,
-            "summary": {
-                "total": finished.len(),
-                "successful": ok,
-                "failed": failed,
-                "total_cost_usd": cost,
-                "total_duration_ms": duration,
-            }
-        })),
-    )
-        .into_response()
+    HttpResponse::build(StatusCode::OK).json(json!({
+        "success": true,
+        "results": results,
+        "summary": {
+            "total": finished.len(),
+            "successful": ok,
+            "failed": failed,
+            "total_cost_usd": cost,
+            "total_duration_ms": duration,
+        }
+    }))
 }
 
 #[cfg(test)]

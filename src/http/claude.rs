@@ -1,10 +1,8 @@
 //! `POST /api/claude`: run a prompt, synchronously (the request waits for its task) or
 //! asynchronously (202 with the task id).
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
 use serde_json::{json, Value};
 
 use actors::error::ErrorCode;
@@ -26,11 +24,11 @@ use crate::state::AppState;
         (status = 202, description = "Queued (`async: true`)", body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn run_claude(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     idem: IdempotencyKey,
     ApiJson(req): ApiJson<RunRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let config = state.config();
     let run = validate(req, &config)?;
     let target = match run.session_id {
@@ -192,11 +190,11 @@ pub fn async_answer(task: &Task) -> Value {
 }
 
 /// The answer for a finished task: 200 with the result, or its error with the right status.
-pub fn sync_answer(task: &Task) -> Response {
+pub fn sync_answer(task: &Task) -> HttpResponse {
     if task.status != TaskStatus::Completed {
         return ApiError::from_task(task).into_response();
     }
-    (StatusCode::OK, Json(success_body(task))).into_response()
+    HttpResponse::build(StatusCode::OK).json(success_body(task))
 }
 
 /// The body of a completed run (`api.md` § sync answer).

@@ -1,8 +1,7 @@
 //! `GET /api/config`: the effective config, secrets redacted. `PATCH /api/config`: a JSON merge
 //! patch (RFC 7396) over the config file, validated, written and applied like a hot reload.
 
-use axum::extract::State;
-use axum::Json;
+use actix_web::web::Json;
 use serde_json::{json, Value};
 
 use actors::error::ErrorCode;
@@ -28,10 +27,7 @@ fn require_admin(caller: &Caller, what: &str) -> Result<(), ApiError> {
     description = "Admins only.",
     responses((status = 200, description = "The effective config, secrets redacted", body = crate::http::schema::ConfigAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
-pub async fn get_config(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+pub async fn get_config(state: AppState, caller: Caller) -> Result<Json<Value>, ApiError> {
     require_admin(&caller, "Reading")?;
     Ok(Json(json!({
         "success": true,
@@ -49,7 +45,7 @@ pub async fn get_config(
     responses((status = 200, description = "The new effective config, secrets redacted, and the keys that need a restart", body = crate::http::schema::ConfigPatched), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn patch(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     ApiJson(patch): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {

@@ -2,8 +2,8 @@
 //! `{"success":false,"error","code","details"?,"task_id"?,"session_id"?}` with the status the
 //! error-code table gives.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -102,18 +102,34 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The response: the status of the code, the JSON body, and `Retry-After` when set.
+    pub fn into_response(self) -> HttpResponse {
+        self.error_response()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+/// Handlers and extractors return `Result<_, ApiError>`; actix-web answers the error with this.
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
         if self.code == ErrorCode::InternalError {
             log::error!(message:% = self.message; "internal error");
         }
-        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        let mut resp = HttpResponse::build(self.status());
         if let Some(secs) = self.retry_after_secs {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+            resp.insert_header((header::RETRY_AFTER, secs));
         }
-        resp
+        resp.json(self.body())
     }
 }
 
@@ -145,18 +161,20 @@ fn capitalise(s: &str) -> String {
     }
 }
 
-/// Answer for unknown routes.
-pub async fn route_not_found(uri: axum::http::Uri) -> ApiError {
+/// Answer for unknown routes (the app's default service).
+pub async fn route_not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorCode::RouteNotFound,
-        format!("No route for {}.", uri.path()),
+        format!("No route for {}.", req.path()),
     )
+    .into_response()
 }
 
-/// Answer for a known route called with the wrong method.
-pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+/// Answer for a known route called with the wrong method (each resource's default service).
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
-        format!("Method {method} is not allowed on {}.", uri.path()),
+        format!("Method {} is not allowed on {}.", req.method(), req.path()),
     )
+    .into_response()
 }

@@ -10,14 +10,11 @@
 //! the client reconnects to.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use actix_web::http::header::HeaderMap;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use actors::events::{EventSource, TaskEvent, TaskLog};
@@ -26,6 +23,7 @@ use actors::model::{Task, TaskStatus};
 use super::auth::Caller;
 use super::claude::{success_body, CancelOnDrop};
 use super::error::ApiError;
+use super::sse::{self, Event};
 use super::tasks::visible_task;
 use crate::state::AppState;
 
@@ -51,13 +49,13 @@ pub fn final_event(task: &Task) -> (&'static str, Value) {
     responses((status = 200, description = "Server-Sent Events: init, text, tool_use, tool_result, then result or error", content_type = "text/event-stream", body = crate::http::schema::SseEvent), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn task_events(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
-    let after = last_event_id(&headers)?;
+    let after = last_event_id(req.headers())?;
     let source = state.queue.events().source(&task, &state.store);
     Ok(stream_source(source, after, None))
 }
@@ -89,12 +87,12 @@ struct Reader {
 }
 
 /// An SSE response reading `log` after event `after`.
-pub fn stream(log: Arc<TaskLog>, after: u64, guard: Option<CancelOnDrop>) -> Response {
+pub fn stream(log: Arc<TaskLog>, after: u64, guard: Option<CancelOnDrop>) -> HttpResponse {
     stream_source(EventSource::Local(log), after, guard)
 }
 
 /// An SSE response reading `source` after event `after`.
-pub fn stream_source(source: EventSource, after: u64, guard: Option<CancelOnDrop>) -> Response {
+pub fn stream_source(source: EventSource, after: u64, guard: Option<CancelOnDrop>) -> HttpResponse {
     let reader = Reader {
         source,
         after,
@@ -110,7 +108,7 @@ pub fn stream_source(source: EventSource, after: u64, guard: Option<CancelOnDrop
                     .id(e.id.to_string())
                     .event(e.kind)
                     .data(e.data.get());
-                return Some((Ok::<Event, Infallible>(event), r));
+                return Some((event, r));
             }
             match r.source.next_after(r.after).await {
                 Some(batch) => r.buffered.extend(batch),
@@ -124,7 +122,5 @@ pub fn stream_source(source: EventSource, after: u64, guard: Option<CancelOnDrop
             }
         }
     });
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(PING_INTERVAL).text("ping"))
-        .into_response()
+    sse::response(events, PING_INTERVAL)
 }

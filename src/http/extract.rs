@@ -2,10 +2,14 @@
 //! `limits.maxBodyBytes` read live from the config (413), the syntax (400 `invalid_json`) and
 //! the shape, naming the field that does not fit (400 `validation_error`).
 
-use axum::body::Body;
-use axum::extract::{FromRequest, Request};
-use axum::http::header;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest};
+use bytes::BytesMut;
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -14,61 +18,84 @@ use actors::error::ErrorCode;
 use super::error::ApiError;
 use crate::state::AppState;
 
+/// The state every handler reads: registered once as app data (`http::app`).
+impl FromRequest for AppState {
+    type Error = ApiError;
+    type Future = Ready<Result<AppState, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(state_of(req))
+    }
+}
+
+/// The app's state, from a request of the app.
+pub fn state_of(req: &HttpRequest) -> Result<AppState, ApiError> {
+    req.app_data::<AppState>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorCode::InternalError, "The app has no state."))
+}
+
 pub struct ApiJson<T>(pub T);
 
 /// How long a refused (non-JSON) body may take to arrive before the answer goes out without it.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
-impl<T: DeserializeOwned + Send> FromRequest<AppState> for ApiJson<T> {
-    type Rejection = ApiError;
+impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.config().limits.max_body_bytes;
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !is_json(content_type) {
-            // Read (and drop) a body within the limit that arrives promptly, so the connection
-            // stays usable; past either, the answer says `Connection: close` (unread_body.rs).
-            let drain = Limited::new(
-                req.into_body(),
-                usize::try_from(limit).unwrap_or(usize::MAX),
-            )
-            .collect();
-            let _ = tokio::time::timeout(DRAIN_WITHIN, drain).await;
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "The body must be JSON, sent with `Content-Type: application/json`.",
-            ));
-        }
-        let declared = req
-            .headers()
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let state = state_of(req);
+        let headers = req.headers();
+        let is_json = is_json(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
+        let payload = payload.take();
+        Box::pin(async move {
+            let limit = state?.config().limits.max_body_bytes;
+            if !is_json {
+                // Read (and drop) a body within the limit that arrives promptly, so the
+                // connection stays usable; past either, the answer says `Connection: close`
+                // (unread_body.rs).
+                let _ = tokio::time::timeout(DRAIN_WITHIN, read_body(payload, limit)).await;
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    "The body must be JSON, sent with `Content-Type: application/json`.",
+                ));
+            }
+            if declared.is_some_and(|n| n > limit) {
+                return Err(too_large(limit));
+            }
+            let bytes = read_body(payload, limit).await?;
+            parse_json(&bytes).map(ApiJson)
+        })
+    }
+}
+
+/// The whole body, refused (413) as soon as it passes `limit` bytes.
+async fn read_body(mut payload: Payload, limit: u64) -> Result<BytesMut, ApiError> {
+    let max = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                "The request body could not be read.",
+            )
+        })?;
+        if body.len().saturating_add(chunk.len()) > max {
             return Err(too_large(limit));
         }
-        let body: Body = req.into_body();
-        let bytes = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(too_large(limit))
-            }
-            Err(_) => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidJson,
-                    "The request body could not be read.",
-                ))
-            }
-        };
-        parse_json(&bytes).map(ApiJson)
+        body.extend_from_slice(&chunk);
     }
+    Ok(body)
 }
 
 fn too_large(limit: u64) -> ApiError {

@@ -1,9 +1,7 @@
 //! `GET /health`: liveness and readiness for load balancers (503 when degraded).
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
 use chrono::Utc;
 use serde_json::json;
 
@@ -15,7 +13,7 @@ use crate::state::AppState;
     summary = "Health of storage, Claude CLI and queue",
     responses((status = 200, description = "OK: storage and Claude CLI answer", body = crate::http::schema::Health), (status = 503, description = "Degraded: storage down or CLI missing", body = crate::http::schema::Health)),
     security(()))]
-pub async fn health(State(state): State<AppState>) -> Response {
+pub async fn health(state: AppState) -> HttpResponse {
     let config = state.config();
     let storage_ok = state
         .storage_health
@@ -49,5 +47,5 @@ pub async fn health(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    HttpResponse::build(status).json(body)
 }

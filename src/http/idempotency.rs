@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -40,12 +40,19 @@ const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey(pub Option<String>, pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = ApiError;
+impl FromRequest for IdempotencyKey {
+    type Error = ApiError;
+    type Future = Ready<Result<IdempotencyKey, ApiError>>;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let route = format!("{} {}", parts.method, parts.uri.path());
-        let Some(v) = parts.headers.get("idempotency-key") else {
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(IdempotencyKey::of(req))
+    }
+}
+
+impl IdempotencyKey {
+    fn of(req: &HttpRequest) -> Result<IdempotencyKey, ApiError> {
+        let route = format!("{} {}", req.method(), req.path());
+        let Some(v) = req.headers().get("idempotency-key") else {
             return Ok(IdempotencyKey(None, route));
         };
         let key = v
@@ -107,10 +114,37 @@ impl Kind {
 
 /// What [`claim`] decided.
 pub enum Claim {
-    /// A retry of an earlier request: its answer, built from the original tasks.
-    Replay(Response),
+    /// A retry of an earlier request: its answer, from the original tasks.
+    Replay(Replay),
     /// Go ahead; the guard gives the key back unless the request's tasks get stored.
     Proceed(ClaimGuard),
+}
+
+/// The answer of a retry, from the original request's tasks (final where the answer needs
+/// them). The response itself is built by the handler ([`Replay::into_response`]): claims are
+/// made on a task of their own (`turns::admit`), and a response is not `Send`.
+pub struct Replay {
+    kind: Kind,
+    tasks: Vec<Task>,
+    finished_answer: fn(&[Task]) -> HttpResponse,
+}
+
+impl Replay {
+    pub fn into_response(self) -> HttpResponse {
+        let first = self.tasks.first();
+        match (self.kind, first) {
+            (Kind::Async, Some(t)) => {
+                HttpResponse::build(StatusCode::ACCEPTED).json(async_answer(t))
+            }
+            (Kind::TaskCreated, Some(t)) => HttpResponse::build(StatusCode::CREATED)
+                .json(json!({"success": true, "task": task_json(t)})),
+            (Kind::Sync, Some(t)) => sync_answer(t),
+            (Kind::BatchAsync, _) => super::batch::batch_async_answer(self.tasks.iter()),
+            (Kind::BatchSync | Kind::Chat, _) => (self.finished_answer)(&self.tasks),
+            // `claim` answers these with `in_progress` instead.
+            (Kind::Async | Kind::TaskCreated | Kind::Sync, None) => in_progress().into_response(),
+        }
+    }
 }
 
 /// The claim this request made (nothing when it sent no key). Call [`ClaimGuard::keep`] once
@@ -194,7 +228,7 @@ pub async fn claim(
     kind: Kind,
     task_ids: &[Uuid],
     what: &str,
-    finished_answer: impl FnOnce(&[Task]) -> Response,
+    finished_answer: fn(&[Task]) -> HttpResponse,
 ) -> Result<Claim, ApiError> {
     let Some(header) = &key.0 else {
         return Ok(Claim::Proceed(ClaimGuard(None)));
@@ -256,33 +290,23 @@ pub async fn claim(
     for id in ids {
         tasks.push(stored_task(state, id).await?);
     }
-    let response = match kind {
-        Kind::Async => match tasks.first() {
-            Some(t) => (StatusCode::ACCEPTED, Json(async_answer(t))).into_response(),
-            None => return Err(in_progress()),
-        },
-        Kind::TaskCreated => match tasks.first() {
-            Some(t) => (
-                StatusCode::CREATED,
-                Json(json!({"success": true, "task": task_json(t)})),
-            )
-                .into_response(),
-            None => return Err(in_progress()),
-        },
-        Kind::Sync => match tasks.first() {
-            Some(t) => sync_answer(&wait_final(state, t).await?),
-            None => return Err(in_progress()),
-        },
-        Kind::BatchAsync => super::batch::batch_async_answer(tasks.iter()),
-        Kind::BatchSync | Kind::Chat => {
-            let mut done = Vec::with_capacity(tasks.len());
-            for t in &tasks {
-                done.push(wait_final(state, t).await?);
-            }
-            finished_answer(&done)
+    let answers_with_one = matches!(kind, Kind::Async | Kind::TaskCreated | Kind::Sync);
+    if answers_with_one && tasks.is_empty() {
+        return Err(in_progress());
+    }
+    // These answer with the run's result: wait for it, as the first request did.
+    if matches!(kind, Kind::Sync | Kind::BatchSync | Kind::Chat) {
+        let mut done = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            done.push(wait_final(state, t).await?);
         }
-    };
-    Ok(Claim::Replay(response))
+        tasks = done;
+    }
+    Ok(Claim::Replay(Replay {
+        kind,
+        tasks,
+        finished_answer,
+    }))
 }
 
 /// A test hook, in debug builds only: with `CCS_FAILPOINT=after_idempotency_claim` in the
@@ -319,8 +343,8 @@ async fn any_stored(state: &AppState, claim: &Value) -> Result<bool, ApiError> {
 
 /// The `finished_answer` of the kinds that never answer with finished tasks of their own
 /// ([`claim`] does not call it for them).
-pub fn no_finished_answer(_: &[Task]) -> Response {
-    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+pub fn no_finished_answer(_: &[Task]) -> HttpResponse {
+    HttpResponse::InternalServerError().finish()
 }
 
 /// What identifies a request: its route, how it is answered, and what it runs.

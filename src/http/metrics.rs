@@ -1,9 +1,8 @@
 //! `GET /metrics`: Prometheus text format. Open when `metrics.public` (the authentication layer
 //! lets it through without a key), otherwise for admin keys only.
 
-use axum::extract::State;
-use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use actix_web::http::header;
+use actix_web::HttpResponse;
 
 use actors::error::ErrorCode;
 
@@ -19,7 +18,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
     description = "Open to anyone when `metrics.public`; otherwise an admin key.",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String), crate::http::schema::CommonErrors),
     security((), ("bearer" = []), ("api_key" = [])))]
-pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn metrics(state: AppState, caller: Caller) -> Result<HttpResponse, ApiError> {
     if !state.config().metrics.public && !caller.admin {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -39,8 +38,7 @@ pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Re
         stored.as_ref(),
         state.started.elapsed(),
     );
-    let mut resp = body.into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    Ok(resp)
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, CONTENT_TYPE))
+        .body(body))
 }

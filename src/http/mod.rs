@@ -2,10 +2,11 @@
 //!
 //! Handlers validate input and talk to the actors; they hold no state of their own.
 
-use axum::routing::{get, patch, post};
-use axum::Router;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpResponse};
 
 use crate::state::AppState;
 
@@ -17,7 +18,6 @@ pub mod config_api;
 pub mod error;
 pub mod events;
 pub mod extract;
-pub mod front;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
@@ -26,9 +26,11 @@ pub mod openai;
 pub mod openapi;
 pub mod params;
 pub mod rate_limit;
+pub mod routing;
 pub mod run_request;
 pub mod schema;
 pub mod sessions;
+pub mod sse;
 pub mod statistics;
 pub mod tasks;
 pub mod turns;
@@ -36,82 +38,93 @@ pub mod unread_body;
 pub mod validate;
 pub mod webhooks;
 
-pub fn router(state: AppState) -> Router {
-    let x_request_id = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/health", get(health::health))
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/docs")
-                .url("/api/openapi.json", openapi::document()),
-        )
-        .route("/api/claude", post(claude::run_claude))
-        .route("/api/claude/batch", post(batch::run_batch))
-        .route("/metrics", get(metrics::metrics))
-        .route(
-            "/api/config",
-            get(config_api::get_config).patch(config_api::patch),
-        )
-        .route("/api/tasks", get(tasks::list_tasks))
-        .route("/api/tasks/async", post(tasks::create_async))
-        .route("/api/tasks/queue/status", get(tasks::queue_status))
-        .route(
-            "/api/tasks/{id}",
-            get(tasks::get_task).delete(tasks::cancel),
-        )
-        .route("/api/tasks/{id}/priority", patch(tasks::set_priority))
-        .route("/api/tasks/{id}/events", get(events::task_events))
-        .route("/api/sessions", post(sessions::create).get(sessions::list))
-        .route("/api/sessions/search", get(sessions::search))
-        .route(
-            "/api/sessions/{id}",
-            get(sessions::get).delete(sessions::delete),
-        )
-        .route("/api/sessions/{id}/stats", get(sessions::stats))
-        .route("/api/sessions/{id}/status", patch(sessions::set_status))
-        .route("/api/sessions/{id}/messages", get(sessions::messages))
-        .route(
-            "/api/sessions/{id}/continue",
-            post(sessions::continue_session),
-        )
-        .route("/api/sessions/{id}/fork", post(sessions::fork))
-        .route("/api/statistics", get(statistics::overview))
-        .route("/api/statistics/summary", get(statistics::summary))
-        .route("/api/statistics/daily", get(statistics::daily_list))
-        .route("/api/statistics/range", get(statistics::range))
-        .route("/api/statistics/models", get(statistics::models))
-        .route("/api/tasks/{id}/webhooks", get(webhooks::list_deliveries))
-        .merge(openai::routes())
-        .fallback(error::route_not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        // Layers added later run earlier: authentication runs first and sets the `Caller`
-        // that rate limiting counts under.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        .with_state(state.clone())
-        .layer(CatchPanicLayer::custom(panic_response))
+/// The application of one HTTP worker: the routes, behind the layers every request passes
+/// through. Listed innermost first (`wrap` puts each layer around the ones before it), so
+/// authentication runs before rate limiting, which counts under the key it found. Inside all
+/// of them, each resource catches its handlers' panics (`routing::resource`).
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .configure(routes)
+        .default_service(web::to(error::route_not_found))
+        .wrap(from_fn(rate_limit::limit))
+        .wrap(from_fn(auth::authenticate))
         // Outside every layer that can refuse a request, so /v1 errors all leave in OpenAI's shape.
-        .layer(axum::middleware::from_fn(openai::error::convert_errors))
-        // Outside the panic catcher (a caught panic is logged as its 500) and inside the
-        // request id layers (the id is set by then). `Router::layer` wraps each route, so the
-        // matched route template is known here.
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            observe::observe,
-        ))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .wrap(from_fn(openai::error::convert_errors))
+        // Outside the panic catcher (a caught panic is logged as its 500); sets the request id.
+        .wrap(from_fn(observe::observe))
         // Outermost: sees every answer, whichever layer gave it.
-        .layer(axum::middleware::from_fn(unread_body::close_if_unread))
+        .wrap(from_fn(unread_body::close_if_unread))
 }
 
-/// A panic in a handler is a bug: answer 500 JSON, never an HTML page or a dropped connection.
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    error::ApiError::new(actors::error::ErrorCode::InternalError, "Internal error.").into_response()
+/// Every route. Each resource answers a method it does not serve with a JSON 405
+/// (`routing::resource`); a path no resource matches gets the app's JSON 404.
+fn routes(cfg: &mut web::ServiceConfig) {
+    use routing::{delete, get, patch, post, resource};
+    cfg.service(resource("/health").route(get().to(health::health)))
+        .service(
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+                .url("/api/openapi.json", openapi::document()),
+        )
+        .service(resource("/docs").route(get().to(docs_redirect)))
+        .service(resource("/api/claude").route(post().to(claude::run_claude)))
+        .service(resource("/api/claude/batch").route(post().to(batch::run_batch)))
+        .service(resource("/metrics").route(get().to(metrics::metrics)))
+        .service(
+            resource("/api/config")
+                .route(get().to(config_api::get_config))
+                .route(patch().to(config_api::patch)),
+        )
+        .service(resource("/api/tasks").route(get().to(tasks::list_tasks)))
+        .service(resource("/api/tasks/async").route(post().to(tasks::create_async)))
+        .service(resource("/api/tasks/queue/status").route(get().to(tasks::queue_status)))
+        .service(
+            resource("/api/tasks/{id}")
+                .route(get().to(tasks::get_task))
+                .route(delete().to(tasks::cancel)),
+        )
+        .service(resource("/api/tasks/{id}/priority").route(patch().to(tasks::set_priority)))
+        .service(resource("/api/tasks/{id}/events").route(get().to(events::task_events)))
+        .service(resource("/api/tasks/{id}/webhooks").route(get().to(webhooks::list_deliveries)))
+        .service(
+            resource("/api/sessions")
+                .route(post().to(sessions::create))
+                .route(get().to(sessions::list)),
+        )
+        .service(resource("/api/sessions/search").route(get().to(sessions::search)))
+        .service(
+            resource("/api/sessions/{id}")
+                .route(get().to(sessions::get))
+                .route(delete().to(sessions::delete)),
+        )
+        .service(resource("/api/sessions/{id}/stats").route(get().to(sessions::stats)))
+        .service(resource("/api/sessions/{id}/status").route(patch().to(sessions::set_status)))
+        .service(resource("/api/sessions/{id}/messages").route(get().to(sessions::messages)))
+        .service(
+            resource("/api/sessions/{id}/continue").route(post().to(sessions::continue_session)),
+        )
+        .service(resource("/api/sessions/{id}/fork").route(post().to(sessions::fork)))
+        .service(resource("/api/statistics").route(get().to(statistics::overview)))
+        .service(resource("/api/statistics/summary").route(get().to(statistics::summary)))
+        .service(resource("/api/statistics/daily").route(get().to(statistics::daily_list)))
+        .service(resource("/api/statistics/range").route(get().to(statistics::range)))
+        .service(resource("/api/statistics/models").route(get().to(statistics::models)))
+        .configure(openai::routes);
+}
+
+/// `/docs` → the Swagger UI page, `/docs/`.
+async fn docs_redirect() -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/docs/"))
+        .finish()
 }

@@ -1,42 +1,59 @@
-//! Middleware: the request's `x-request-id` on every log line of the request (a task-local
-//! read by the log formatter, see `logging::format::in_request`), one access log line, and the
-//! HTTP metrics.
+//! Middleware: the request id, then the request's observation.
 //!
-//! Layered outside authentication (see `http::router`), so 401s and 429s are logged and counted
-//! too; the key name comes back on the response from the authentication layer. The access line
-//! holds the path without its query and the key's name, never the key or the body.
+//! - `x-request-id`: the client's, or a new UUID; set on the request (handlers and the log
+//!   formatter see it) and on the response.
+//! - the id on every log line of the request (a task-local read by the log formatter, see
+//!   `logging::format::in_request`), one access log line, and the HTTP metrics.
+//!
+//! Layered outside authentication (see `http::app`), so 401s and 429s are logged and counted
+//! too; the key name comes from the [`Caller`] the authentication layer left in the request's
+//! extensions. The access line holds the path without its query and the key's name, never the
+//! key or the body.
 
 use std::time::Instant;
+
+use actix_web::body::BoxBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
 
 use super::auth::Caller;
 use crate::logging::format::in_request;
 use crate::state::AppState;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 
 /// The route label of requests no route matched: one series, whatever the path.
 const UNMATCHED: &str = "unmatched";
 
-pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub async fn observe(
+    state: AppState,
+    mut req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
+    let request_id = match req.headers().get(&REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or(HeaderValue::from_static("-"));
+            req.headers_mut().insert(REQUEST_ID, id.clone());
+            id
+        }
+    };
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    in_request(request_id, async move {
-        let resp = next.run(req).await;
+    let path = req.path().to_owned();
+    let id_text = request_id.to_str().unwrap_or("").to_owned();
+    in_request(id_text, async move {
+        let mut resp = next.call(req).await?;
+        resp.headers_mut().insert(REQUEST_ID, request_id);
         let elapsed = started.elapsed();
         let status = resp.status().as_u16();
+        // After routing: the matched resource's pattern (`/api/tasks/{id}`), not the path.
+        let route = resp.request().match_pattern();
         let key = resp
+            .request()
             .extensions()
             .get::<Caller>()
             .and_then(|c| c.key_name.clone());
@@ -55,7 +72,7 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
             key = key.as_deref().unwrap_or("-");
             "request"
         );
-        resp
+        Ok(resp)
     })
     .await
 }

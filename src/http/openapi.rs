@@ -74,7 +74,7 @@ use super::{
 )]
 pub struct ApiDoc;
 
-/// `GET /api/openapi.json`, served by the Swagger UI router (see `http::router`); this function
+/// `GET /api/openapi.json`, served by the Swagger UI service (see `http::routes`); this function
 /// only documents it.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations", operation_id = "getOpenApiDocument",
     summary = "This OpenAPI document",
@@ -84,7 +84,8 @@ pub struct ApiDoc;
 #[allow(dead_code)]
 fn openapi_json() {}
 
-/// `GET /docs`, served by the Swagger UI router; this function only documents it.
+/// `GET /docs`, a redirect to the Swagger UI page (see `http::routes`); this function only
+/// documents it.
 #[utoipa::path(get, path = "/docs", tag = "operations", operation_id = "getApiDocsPage",
     summary = "Swagger UI",
     description = "Swagger UI, built into the binary (no CDN), showing this document. The page is `/docs/`, its files below it.",

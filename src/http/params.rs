@@ -3,21 +3,26 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Query};
-use axum::http::request::Parts;
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest};
 
 use super::error::ApiError;
 
 /// The query string as a map; a malformed one is a JSON 400 like every other error.
 pub struct QueryMap(pub HashMap<String, String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
-    type Rejection = ApiError;
+impl FromRequest for QueryMap {
+    type Error = ApiError;
+    type Future = Ready<Result<QueryMap, ApiError>>;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .map(|Query(q)| QueryMap(q))
-            .map_err(|_| ApiError::field("(query)", "is not a valid query string"))
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            serde_urlencoded::from_str::<HashMap<String, String>>(req.query_string())
+                .map(QueryMap)
+                .map_err(|_| ApiError::field("(query)", "is not a valid query string")),
+        )
     }
 }
 

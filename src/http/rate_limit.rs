@@ -6,13 +6,14 @@
 //! requests are balanced.
 //!
 //! It needs the [`Caller`] the authentication middleware sets, so it is layered inside it (see
-//! `http::router`): a request is authenticated first, then counted under its key. Requests
+//! `http::app`): a request is authenticated first, then counted under its key. Requests
 //! refused by authentication are not counted against any key.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use actix_web::body::BoxBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpResponse};
 
 use actors::error::ErrorCode;
 use actors::rate_limit::{limiter_key, policy_for, Decision, Policy};
@@ -33,41 +34,40 @@ fn is_limited(path: &str) -> bool {
         .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
 }
 
-pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_limited(req.uri().path()) {
-        return next.run(req).await;
+pub async fn limit(
+    state: AppState,
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if !is_limited(req.path()) {
+        return next.call(req).await;
     }
     // Read the live config: a new limit applies to the next request.
     let config = state.config();
     let (key_name, ip) = match req.extensions().get::<Caller>() {
         Some(c) => (c.key_name.clone(), c.ip),
         // Only if the layers were ever reordered: still limit, by address.
-        None => (
-            None,
-            req.extensions()
-                .get::<super::front::PeerAddr>()
-                .map(|p| p.0.ip()),
-        ),
+        None => (None, req.peer_addr().map(|p| p.ip())),
     };
     let Some(policy) = policy_for(&config, key_name.as_deref()) else {
-        return next.run(req).await;
+        return next.call(req).await;
     };
     let decision = state
         .rate_limiter
         .check(&limiter_key(key_name.as_deref(), ip), policy)
         .await;
     let mut resp = if decision.allowed {
-        next.run(req).await
+        next.call(req).await?
     } else {
         log::info!(key:? = key_name, ip:? = ip; "rate limited");
         state.metrics.rate_limited();
-        too_many_requests(&decision)
+        req.into_response(too_many_requests(&decision))
     };
     set_headers(resp.headers_mut(), &decision, &policy);
-    resp
+    Ok(resp)
 }
 
-fn too_many_requests(d: &Decision) -> Response {
+fn too_many_requests(d: &Decision) -> HttpResponse {
     ApiError {
         retry_after_secs: Some(d.retry_after_secs().unwrap_or(1)),
         ..ApiError::new(
@@ -126,12 +126,23 @@ mod tests {
         };
         let mut h = HeaderMap::new();
         set_headers(&mut h, &d, &policy);
-        assert_eq!(h[LIMIT], "3");
-        assert_eq!(h[REMAINING], "0");
-        assert_eq!(h[RESET], "60");
-        assert_eq!(h[POLICY], "3;w=60");
+        assert_eq!(h.get(&LIMIT).map(HeaderValue::as_bytes), Some(&b"3"[..]));
+        assert_eq!(
+            h.get(&REMAINING).map(HeaderValue::as_bytes),
+            Some(&b"0"[..])
+        );
+        assert_eq!(h.get(&RESET).map(HeaderValue::as_bytes), Some(&b"60"[..]));
+        assert_eq!(
+            h.get(&POLICY).map(HeaderValue::as_bytes),
+            Some(&b"3;w=60"[..])
+        );
         let resp = too_many_requests(&d);
         assert_eq!(resp.status().as_u16(), 429);
-        assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "20");
+        assert_eq!(
+            resp.headers()
+                .get(actix_web::http::header::RETRY_AFTER)
+                .map(HeaderValue::as_bytes),
+            Some(&b"20"[..])
+        );
     }
 }

@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use actix_web::http::StatusCode;
+use actix_web::web;
+use actix_web::web::Json;
+use actix_web::HttpResponse;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -96,10 +96,10 @@ impl Rules for CreateSession {
     responses((status = 201, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn create(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     ValidatedJson(req): ValidatedJson<CreateSession>,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let config = state.config();
     // Resolving can still fail: the default directory is the config's.
     let project_path = resolve_project_path(req.project_path.as_deref(), &config)?;
@@ -121,11 +121,8 @@ pub async fn create(
         metadata,
     };
     state.sessions.create(session.clone(), false).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"success": true, "session": session_json(&session)})),
-    )
-        .into_response())
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .json(json!({"success": true, "session": session_json(&session)})))
 }
 
 const STATUS_RULE: &str = "must be one of: active, archived, closed";
@@ -152,7 +149,7 @@ fn parse_status(q: &HashMap<String, String>) -> Result<Option<SessionStatus>, Ap
     responses((status = 200, description = "Newest first", body = crate::http::schema::SessionList), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn list(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -179,7 +176,7 @@ pub async fn list(
     responses((status = 200, body = crate::http::schema::SessionList), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn search(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -204,9 +201,9 @@ pub async fn search(
     responses((status = 200, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = visible_session_raw(&state, &caller, &id).await?;
     Ok(Json(
@@ -219,9 +216,9 @@ pub async fn get(
     responses((status = 200, body = crate::http::schema::SessionStats), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn stats(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = visible_session_raw(&state, &caller, &id).await?;
     let filter = TaskFilter {
@@ -288,9 +285,9 @@ fn status_rule(status: &str) -> Result<(), ValidationError> {
     responses((status = 200, body = crate::http::schema::SessionEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn set_status(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
     ApiJson(req): ApiJson<StatusChange>,
 ) -> Result<Json<Value>, ApiError> {
     // An unknown session is 404 before its body is judged.
@@ -312,9 +309,9 @@ pub async fn set_status(
     responses((status = 200, body = crate::http::schema::Deleted), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn delete(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = visible_session_raw(&state, &caller, &id).await?;
     let live = TaskFilter {
@@ -351,9 +348,9 @@ pub async fn delete(
     responses((status = 200, description = "The conversation, from the CLI's transcript (on Redis storage, its copy in Redis when this instance's file is missing or behind)", body = crate::http::schema::Messages), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn messages(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let session = visible_session_raw(&state, &caller, &id).await?;
     // With several instances the local file may be missing or behind: the stored copy counts.
@@ -377,12 +374,12 @@ pub async fn messages(
     responses((status = 200, description = "The turn's answer (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn continue_session(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
     idem: IdempotencyKey,
     ApiJson(req): ApiJson<RunRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let sid = parse_session_id(&id)?;
     let run = turn_request(&state, req)?;
     turns::start(&state, &caller, run, Target::Continue(sid), &idem).await
@@ -395,12 +392,12 @@ pub async fn continue_session(
     responses((status = 200, description = "The first turn of the new session (or an event stream with `stream: true`)", content((crate::http::schema::SyncAnswer = "application/json"), (crate::http::schema::SseEvent = "text/event-stream"))), (status = 202, body = crate::http::schema::AsyncAnswer), crate::http::schema::CommonErrors, crate::http::schema::RunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn fork(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
     idem: IdempotencyKey,
     ApiJson(req): ApiJson<RunRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let sid = parse_session_id(&id)?;
     let run = turn_request(&state, req)?;
     turns::start(&state, &caller, run, Target::Fork(sid), &idem).await

@@ -1,9 +1,9 @@
 //! Task resources: the task object of the API and `GET /api/tasks/:id`.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use actix_web::http::StatusCode;
+use actix_web::web;
+use actix_web::web::Json;
+use actix_web::HttpResponse;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -75,9 +75,9 @@ pub async fn visible_task(
     responses((status = 200, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_task(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
     Ok(Json(json!({"success": true, "task": task_json(&task)})))
@@ -93,7 +93,7 @@ pub async fn get_task(
     responses((status = 200, description = "Pending tasks in run order, the rest newest first", body = crate::http::schema::TaskList), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_tasks(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     QueryMap(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -131,11 +131,11 @@ pub async fn list_tasks(
     responses((status = 201, body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn create_async(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     idem: IdempotencyKey,
     ApiJson(mut req): ApiJson<RunRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     req.is_async = Some(true);
     let run = validate(req, &state.config())?;
     let target = match run.session_id {
@@ -153,14 +153,11 @@ pub async fn create_async(
         unused,
     );
     let submitted = match admitted.await? {
-        Admitted::Replay(replay) => return Ok(replay),
+        Admitted::Replay(replay) => return Ok(replay.into_response()),
         Admitted::Queued(q) => q.submitted.task,
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"success": true, "task": task_json(&submitted)})),
-    )
-        .into_response())
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .json(json!({"success": true, "task": task_json(&submitted)})))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema, Validate)]
@@ -185,9 +182,9 @@ impl Rules for PriorityChange {
     responses((status = 200, body = crate::http::schema::PriorityChanged), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn set_priority(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
     ApiJson(req): ApiJson<PriorityChange>,
 ) -> Result<Json<Value>, ApiError> {
     // An unknown task is 404 before its body is judged.
@@ -219,9 +216,9 @@ pub async fn set_priority(
     responses((status = 200, description = "Cancelled: a pending task never runs; a running one is killed", body = crate::http::schema::TaskEnvelope), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn cancel(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
     let task = state.queue.cancel(task.id, CancelReason::Requested).await?;
@@ -233,7 +230,7 @@ pub async fn cancel(
     summary = "Queue status",
     responses((status = 200, body = crate::http::schema::QueueStatus), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
-pub async fn queue_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn queue_status(state: AppState) -> Result<Json<Value>, ApiError> {
     let counts = state.store.task_counts().await?;
     let live = state.queue.status().await;
     Ok(Json(json!({

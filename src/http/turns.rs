@@ -6,9 +6,8 @@
 //! whatever the request says. The first turn creates the CLI session (`--session-id`), later
 //! ones resume it (`--resume`), a fork copies it under a new id.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
 use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
@@ -38,7 +37,7 @@ pub enum Target {
 /// What the uncancellable start of a run produced.
 pub enum Admitted {
     /// A retry of an earlier request: its answer.
-    Replay(Response),
+    Replay(idempotency::Replay),
     /// The run is stored and queued.
     Queued(Box<Queued>),
 }
@@ -77,7 +76,7 @@ pub async fn admit(
     run: ValidatedRun,
     target: Target,
     kind: Kind,
-    finished_answer: fn(&[Task]) -> Response,
+    finished_answer: fn(&[Task]) -> HttpResponse,
 ) -> Result<Admitted, ApiError> {
     let (state, caller, idem) = (state.clone(), caller.clone(), idem.clone());
     tokio::spawn(async move {
@@ -123,14 +122,14 @@ pub async fn start(
     run: ValidatedRun,
     target: Target,
     idem: &IdempotencyKey,
-) -> Result<Response, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let is_async = run.is_async;
     let stream = run.stream;
     // A stream's retry replays the answer, not the stream (the task id leads to its events).
     let kind = if is_async { Kind::Async } else { Kind::Sync };
     let unused = idempotency::no_finished_answer;
     let queued = match admit(state, caller, idem, run, target, kind, unused).await? {
-        Admitted::Replay(response) => return Ok(response),
+        Admitted::Replay(replay) => return Ok(replay.into_response()),
         Admitted::Queued(q) => *q,
     };
     let Queued {
@@ -146,11 +145,9 @@ pub async fn start(
         body
     };
     if is_async {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(forked(async_answer(&submitted.task))),
-        )
-            .into_response());
+        return Ok(
+            HttpResponse::build(StatusCode::ACCEPTED).json(forked(async_answer(&submitted.task)))
+        );
     }
     if stream {
         // The answer is the run's event stream (with Redis, wherever the run is claimed).
@@ -166,7 +163,7 @@ pub async fn start(
     if finished.status != TaskStatus::Completed {
         return Err(ApiError::from_task(&finished));
     }
-    Ok((StatusCode::OK, Json(forked(success_body(&finished)))).into_response())
+    Ok(HttpResponse::build(StatusCode::OK).json(forked(success_body(&finished))))
 }
 
 /// Check the budgets, create or check the session, and build the turn's task (not yet

@@ -16,7 +16,9 @@
 
 use std::borrow::Cow;
 
-use axum::extract::{FromRequest, Request};
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use validator::{ValidationError, ValidationErrors, ValidationErrorsKind};
@@ -25,8 +27,7 @@ use actors::config::Config;
 use actors::error::ErrorCode;
 
 use super::error::ApiError;
-use super::extract::ApiJson;
-use crate::state::AppState;
+use super::extract::{state_of, ApiJson};
 
 /// A request body with `validator` rules.
 pub trait Rules {
@@ -47,13 +48,18 @@ pub fn check<T: Rules>(body: &T, config: &Config) -> Result<(), ApiError> {
 /// The body as JSON ([`ApiJson`]) that passed its rules against the live config.
 pub struct ValidatedJson<T>(pub T);
 
-impl<T: DeserializeOwned + Rules + Send> FromRequest<AppState> for ValidatedJson<T> {
-    type Rejection = ApiError;
+impl<T: DeserializeOwned + Rules + 'static> FromRequest for ValidatedJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let ApiJson(body) = ApiJson::<T>::from_request(req, state).await?;
-        check(&body, &state.config())?;
-        Ok(ValidatedJson(body))
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let state = state_of(req);
+        let body = ApiJson::<T>::from_request(req, payload);
+        Box::pin(async move {
+            let ApiJson(body) = body.await?;
+            check(&body, &state?.config())?;
+            Ok(ValidatedJson(body))
+        })
     }
 }
 

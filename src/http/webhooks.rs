@@ -1,7 +1,7 @@
 //! `GET /api/tasks/:id/webhooks`: every delivery attempt made for a task, oldest first.
 
-use axum::extract::{Path, State};
-use axum::Json;
+use actix_web::web;
+use actix_web::web::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -57,9 +57,9 @@ impl From<&WebhookAttempt> for Delivery {
     responses((status = 200, description = "Every delivery attempt of the task's webhook, oldest first", body = crate::http::schema::WebhookDeliveries), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_deliveries(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
-    Path(id): Path<String>,
+    id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
     let attempts = state.store.webhook_attempts(task.id).await?;

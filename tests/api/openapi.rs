@@ -40,7 +40,7 @@ async fn the_document_is_valid_openapi_and_covers_every_route() {
             "{path} is not documented"
         );
     }
-    // The Swagger UI router serves these two.
+    // The Swagger UI service serves these two.
     for path in ["/api/openapi.json", "/docs"] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }
@@ -75,7 +75,7 @@ async fn the_document_is_valid_openapi_and_covers_every_route() {
     app.shutdown().await;
 }
 
-/// The paths the router serves (`.route("…"` in its source), in OpenAPI's `{param}` form.
+/// The paths the app serves (`resource("…"` in its source), in OpenAPI's `{param}` form.
 fn served_paths() -> Vec<String> {
     let sources = [
         include_str!("../../src/http/mod.rs"),
@@ -84,8 +84,8 @@ fn served_paths() -> Vec<String> {
     let mut paths = Vec::new();
     for source in sources {
         for (_, rest) in source
-            .match_indices(".route(")
-            .map(|(i, _)| source.split_at(i + 7))
+            .match_indices("resource(")
+            .map(|(i, _)| source.split_at(i + 9))
         {
             let rest = rest.trim_start();
             if let Some(quoted) = rest.strip_prefix('"') {
@@ -96,7 +96,7 @@ fn served_paths() -> Vec<String> {
     }
     assert!(
         paths.len() > 20,
-        "routes not found in the router's source: {paths:?}"
+        "routes not found in the app's source: {paths:?}"
     );
     paths
 }

@@ -385,7 +385,7 @@ impl Queue {
         }
         let (done_tx, done_rx) = waiter(wait);
         // Storing and queueing must happen together: a caller's future may be dropped at any
-        // await (hyper drops a handler whose client went away), and a task stored but never
+        // await (actix-web drops a handler whose client went away), and a task stored but never
         // queued would wait until the next restart. So both run on their own task.
         let queue = self.clone();
         let stored = tokio::spawn(async move {

@@ -6,12 +6,11 @@
 //! out, keeping the status and the headers (`Retry-After`, `RateLimit-*`, `WWW-Authenticate`).
 //! The stream writer converts a mid-stream `error` event with the same function.
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
-use http_body_util::{BodyExt, Limited};
+use actix_web::body::{to_bytes_limited, BoxBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -103,36 +102,44 @@ fn request_field(native: &str) -> String {
 
 /// Middleware (outermost, so it sees 401s, 429s and unknown routes too): rewrite the body of
 /// every `/v1/*` error response into OpenAI's shape.
-pub async fn convert_errors(req: Request, next: Next) -> Response {
-    if !is_v1(req.uri().path()) {
-        return next.run(req).await;
+pub async fn convert_errors(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if !is_v1(req.path()) {
+        return next.call(req).await;
     }
-    let resp = next.run(req).await;
+    let resp = next.call(req).await?;
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
-        return resp;
+        return Ok(resp);
     }
-    let (mut parts, body) = resp.into_parts();
-    let native = match Limited::new(body, MAX_NATIVE_ERROR_BYTES).collect().await {
-        Ok(collected) => serde_json::from_slice(&collected.to_bytes()).unwrap_or(Value::Null),
-        Err(_) => Value::Null,
+    let (req, resp) = resp.into_parts();
+    let (mut resp, body) = resp.into_parts();
+    let native = match to_bytes_limited(body, MAX_NATIVE_ERROR_BYTES).await {
+        Ok(Ok(bytes)) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        _ => Value::Null,
     };
+    let headers = resp.headers_mut();
     // A failed run still created (or continued) a session: say which, as a success would.
     if let Some(sid) = native.get("session_id").and_then(Value::as_str) {
         if let Ok(v) = HeaderValue::from_str(sid) {
-            parts.headers.insert(SESSION_HEADER, v);
+            headers.insert(SESSION_HEADER, v);
         }
     }
     let bytes = serde_json::to_vec(&from_native(status, &native)).unwrap_or_else(|_| {
         br#"{"error":{"message":"Internal error.","type":"server_error","param":null,"code":null}}"#
             .to_vec()
     });
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Response::from_parts(parts, Body::from(bytes))
+    Ok(ServiceResponse::new(
+        req,
+        resp.set_body(BoxBody::new(bytes)),
+    ))
 }
 
 #[cfg(test)]

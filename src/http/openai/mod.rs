@@ -9,11 +9,9 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::web::{self, Json};
+use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
 
 use actors::config::Config;
@@ -40,12 +38,12 @@ use response::{completion, completion_id, Envelope, ModelList, ModelObject};
 /// The session of a chat: sent by the client to continue one, returned on every answer.
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 
-/// The `/v1` routes (authentication, rate limits and error conversion come from the router).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(get_model))
+/// The `/v1` routes (authentication, rate limits and error conversion come from `http::app`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use super::routing::{get, post, resource};
+    cfg.service(resource("/v1/chat/completions").route(post().to(chat_completions)))
+        .service(resource("/v1/models").route(get().to(list_models)))
+        .service(resource("/v1/models/{id}").route(get().to(get_model)));
 }
 
 /// `POST /v1/chat/completions`. Takes `Idempotency-Key` like the native run routes.
@@ -61,13 +59,13 @@ pub fn routes() -> Router<AppState> {
         crate::http::schema::OpenAiErrors, crate::http::schema::OpenAiRunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn chat_completions(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     idem: IdempotencyKey,
-    headers: HeaderMap,
+    http: HttpRequest,
     ApiJson(req): ApiJson<ChatRequest>,
-) -> Result<Response, ApiError> {
-    let chat = request::translate(req, header_session(&headers)?)?;
+) -> Result<HttpResponse, ApiError> {
+    let chat = request::translate(req, header_session(http.headers())?)?;
     let config = state.config();
     let run = validate(chat.run, &config)?;
     let target = match run.session_id {
@@ -81,7 +79,7 @@ pub async fn chat_completions(
         session_id,
         ..
     } = match admitted.await? {
-        Admitted::Replay(response) => return Ok(response),
+        Admitted::Replay(replay) => return Ok(replay.into_response()),
         Admitted::Queued(q) => *q,
     };
     let env = Envelope {
@@ -106,17 +104,17 @@ pub async fn chat_completions(
 }
 
 /// The completion of a finished run, or its error (converted to OpenAI's shape by the router).
-fn answer(env: &Envelope, finished: Task) -> Response {
+fn answer(env: &Envelope, finished: Task) -> HttpResponse {
     if finished.status != TaskStatus::Completed {
         return ApiError::from_task(&finished).into_response();
     }
     let report = finished.report.unwrap_or_default();
     let content = report.result.unwrap_or_default();
-    Json(completion(env, &content, report.usage)).into_response()
+    HttpResponse::Ok().json(completion(env, &content, report.usage))
 }
 
 /// A retry's answer (same `Idempotency-Key`): the first request's completion.
-fn replay(finished: &[Task]) -> Response {
+fn replay(finished: &[Task]) -> HttpResponse {
     let Some(task) = finished.first() else {
         return ApiError::new(ErrorCode::InternalError, "The original run is missing.")
             .into_response();
@@ -132,7 +130,7 @@ fn replay(finished: &[Task]) -> Response {
     with_session_header(resp, &env.session_id)
 }
 
-fn with_session_header(mut resp: Response, session_id: &str) -> Response {
+fn with_session_header(mut resp: HttpResponse, session_id: &str) -> HttpResponse {
     if let Ok(v) = HeaderValue::from_str(session_id) {
         resp.headers_mut().insert(SESSION_HEADER, v);
     }
@@ -188,7 +186,7 @@ fn model_object(id: String, created: i64) -> ModelObject {
     description = "`defaultModel`, then `allowedModels` (when that list is empty any model name is accepted, but only the default is listed).",
     responses((status = 200, description = "The models a client may ask for", body = ModelList), crate::http::schema::OpenAiErrors),
     security(("bearer" = []), ("api_key" = [])))]
-pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+pub async fn list_models(state: AppState) -> Json<ModelList> {
     let created = models_created(&state);
     Json(ModelList {
         object: "list",
@@ -206,9 +204,10 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     responses((status = 200, description = "The model", body = ModelObject), crate::http::schema::OpenAiErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_model(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    state: AppState,
+    id: web::Path<String>,
 ) -> Result<Json<ModelObject>, ApiError> {
+    let id = id.into_inner();
     if !model_ids(&state.config()).contains(&id) {
         return Err(ApiError::new(
             ErrorCode::NotFound,

@@ -12,11 +12,9 @@
 //! an `APIError`), then `[DONE]`. A client that goes away cancels the run.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 
-use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -26,6 +24,7 @@ use actors::model::Usage;
 
 use super::super::claude::CancelOnDrop;
 use super::super::events::PING_INTERVAL;
+use super::super::sse::{self, Event};
 use super::error::from_native;
 use super::response::Envelope;
 
@@ -55,7 +54,7 @@ pub fn respond(
     env: Envelope,
     include_usage: bool,
     guard: CancelOnDrop,
-) -> Response {
+) -> HttpResponse {
     let mut writer = Writer {
         log,
         after: 0,
@@ -73,7 +72,7 @@ pub fn respond(
     let events = futures_util::stream::unfold(writer, |mut w| async move {
         loop {
             if let Some(line) = w.out.pop_front() {
-                return Some((Ok::<Event, Infallible>(Event::default().data(line)), w));
+                return Some((Event::default().data(line), w));
             }
             if w.done {
                 return None;
@@ -95,9 +94,7 @@ pub fn respond(
         }
     });
     // `: ping` comments keep proxies from closing a quiet stream; SSE clients skip them.
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(PING_INTERVAL).text("ping"))
-        .into_response()
+    sse::response(events, PING_INTERVAL)
 }
 
 impl Writer {

@@ -12,17 +12,14 @@
 //! per-key breakdown (`by_key`). With `statistics.enabled` false nothing new is recorded and
 //! the answers say `"enabled": false`.
 
-use std::collections::HashMap;
-
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::Json;
+use actix_web::web::Json;
 use chrono::NaiveDate;
 
 use actors::stats::{DaySelection, Rollup, Scope, StatsError};
 
 use super::auth::Caller;
 use super::error::ApiError;
+use crate::http::params::QueryMap;
 use crate::state::AppState;
 
 mod params;
@@ -33,8 +30,6 @@ use render::{
     StatsDailyAnswer, StatsDay, StatsEnvelope, StatsModelsAnswer, StatsOverview,
     StatsOverviewAnswer, StatsRangeAnswer, StatsScope, StatsSummaryAnswer,
 };
-
-type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// Days in the overview of `GET /api/statistics`.
 const RECENT_DAYS: usize = 7;
@@ -105,7 +100,7 @@ fn render_days(per_day: &[(NaiveDate, Rollup)], admin: bool) -> Vec<StatsDay> {
     responses((status = 200, description = "Summary of every retained day, the last 7 days, the top 5 models", body = StatsOverviewAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn overview(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
 ) -> Result<Json<StatsOverviewAnswer>, ApiError> {
     let per_day = daily(&state, DaySelection::All, &scope_of(&caller)).await?;
@@ -138,7 +133,7 @@ pub async fn overview(
     responses((status = 200, description = "Totals of every retained day, as `summary` and (the seed's name) `statistics`", body = StatsSummaryAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn summary(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
 ) -> Result<Json<StatsSummaryAnswer>, ApiError> {
     let per_day = daily(&state, DaySelection::All, &scope_of(&caller)).await?;
@@ -157,11 +152,11 @@ pub async fn summary(
     responses((status = 200, description = "Days with requests, oldest first: the newest `limit` after skipping the newest `offset`", body = StatsDailyAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn daily_list(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     query: QueryMap,
 ) -> Result<Json<StatsDailyAnswer>, ApiError> {
-    let p = Params::from_query(query)?;
+    let p = Params::from_query(query);
     let limit = p.limit(30)?;
     let offset = p.offset()?;
     let per_day = daily(&state, DaySelection::All, &scope_of(&caller)).await?;
@@ -184,11 +179,11 @@ pub async fn daily_list(
     responses((status = 200, description = "Summary and days of the range; the days also as (the seed's name) `statistics`", body = StatsRangeAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn range(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     query: QueryMap,
 ) -> Result<Json<StatsRangeAnswer>, ApiError> {
-    let p = Params::from_query(query)?;
+    let p = Params::from_query(query);
     let from = p.date("start")?;
     let to = p.date("end")?;
     if to < from {
@@ -215,11 +210,11 @@ pub async fn range(
     responses((status = 200, description = "Models by request count, most first", body = StatsModelsAnswer), crate::http::schema::CommonErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn models(
-    State(state): State<AppState>,
+    state: AppState,
     caller: Caller,
     query: QueryMap,
 ) -> Result<Json<StatsModelsAnswer>, ApiError> {
-    let p = Params::from_query(query)?;
+    let p = Params::from_query(query);
     let limit = p.limit(50)?;
     let offset = p.offset()?;
     let all = state

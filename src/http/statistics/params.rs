@@ -3,29 +3,18 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
 use chrono::NaiveDate;
 
-use actors::error::ErrorCode;
-
 use crate::http::error::ApiError;
+use crate::http::params::QueryMap;
 
 pub const MAX_LIMIT: usize = 1000;
 
 pub struct Params(HashMap<String, String>);
 
 impl Params {
-    pub fn from_query(
-        q: Result<Query<HashMap<String, String>>, QueryRejection>,
-    ) -> Result<Params, ApiError> {
-        match q {
-            Ok(Query(map)) => Ok(Params(map)),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::ValidationError,
-                format!("The query string is malformed: {}.", e.body_text()),
-            )),
-        }
+    pub fn from_query(QueryMap(map): QueryMap) -> Params {
+        Params(map)
     }
 
     /// `limit`: an integer from 1 to [`MAX_LIMIT`]; `default` when absent.
@@ -79,6 +68,8 @@ fn parse_date(raw: &str) -> Option<NaiveDate> {
 
 #[cfg(test)]
 mod tests {
+    use actors::error::ErrorCode;
+
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Params {

@@ -39,7 +39,7 @@ mod tests;
 
 use crate::session::SessionHandle;
 use crate::system::ActorSystem;
-use supervisor::{Msg, QueueSupervisor, Setup, SupervisorTx};
+use supervisor::{Mode, Msg, QueueSupervisor, Setup, SupervisorTx};
 
 /// Why a submission or a control request failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -264,22 +264,25 @@ impl Queue {
             store,
             config,
             shared,
-            recovered: pending,
+            mode: Mode::local(pending),
             events,
-            cluster: None,
             workers: system.worker_pool(),
             io: tokio::runtime::Handle::current(),
             sessions,
         };
-        Ok(Queue::launch(system, setup, interrupted))
+        Ok(Queue::launch(system, setup, interrupted, None))
     }
 
     /// Start the supervisor on the actor system's arbiter, and the handle over it.
-    fn launch(system: &ActorSystem, setup: Setup, interrupted: Vec<TaskId>) -> Queue {
+    fn launch(
+        system: &ActorSystem,
+        setup: Setup,
+        interrupted: Vec<TaskId>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Queue {
         let store = setup.store.clone();
         let shared = setup.shared.clone();
         let events = setup.events.clone();
-        let cluster = setup.cluster.clone();
         let sessions = setup.sessions.clone();
         Queue {
             tx: QueueSupervisor::start(system.arbiter(), setup),
@@ -317,14 +320,13 @@ impl Queue {
             store,
             config,
             shared,
-            recovered: Vec::new(),
+            mode: Mode::shared(cluster.clone()),
             events,
-            cluster: Some(cluster.clone()),
             workers: system.worker_pool(),
             io: tokio::runtime::Handle::current(),
             sessions,
         };
-        let queue = Queue::launch(system, setup, Vec::new());
+        let queue = Queue::launch(system, setup, Vec::new(), Some(cluster.clone()));
         claims::start(cluster, queue.tx.clone(), lease_ms);
         queue
     }

@@ -39,7 +39,10 @@ mod tests;
 
 use crate::session::SessionHandle;
 use crate::system::ActorSystem;
-use supervisor::{Mode, Msg, QueueSupervisor, Setup, SupervisorTx};
+use supervisor::{
+    Announce, Cancelled, Enqueue, Mode, QueueSupervisor, Reconfigure, Reprioritise, Setup,
+    Shutdown, Subscribe, SupervisorTx, WaitFor, Wake, Watch,
+};
 
 /// Why a submission or a control request failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -139,6 +142,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The figures at start: `pending` tasks recovered, of which `session_tasks` per session.
+    fn new(config: &Config, pending: u64, session_tasks: HashMap<SessionId, u32>) -> Shared {
+        Shared {
+            pending: AtomicU64::new(pending),
+            running: AtomicU64::new(0),
+            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
+            max_pending: AtomicU64::new(config.task_queue.max_pending),
+            accepting: AtomicBool::new(true),
+            session_tasks: Mutex::new(session_tasks),
+        }
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, u32>> {
         self.session_tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -246,14 +261,7 @@ impl Queue {
         for sid in pending.iter().filter_map(|t| t.session_id) {
             *session_tasks.entry(sid).or_insert(0) += 1;
         }
-        let shared = Arc::new(Shared {
-            pending: AtomicU64::new(pending.len() as u64),
-            running: AtomicU64::new(0),
-            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
-            max_pending: AtomicU64::new(config.task_queue.max_pending),
-            accepting: AtomicBool::new(true),
-            session_tasks: Mutex::new(session_tasks),
-        });
+        let shared = Arc::new(Shared::new(&config, pending.len() as u64, session_tasks));
         if !pending.is_empty() {
             log::info!(
                 count = pending.len();
@@ -307,14 +315,7 @@ impl Queue {
         sessions: SessionHandle,
         system: &ActorSystem,
     ) -> Queue {
-        let shared = Arc::new(Shared {
-            pending: AtomicU64::new(0),
-            running: AtomicU64::new(0),
-            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
-            max_pending: AtomicU64::new(config.task_queue.max_pending),
-            accepting: AtomicBool::new(true),
-            session_tasks: Mutex::new(HashMap::new()),
-        });
+        let shared = Arc::new(Shared::new(&config, 0, HashMap::new()));
         let lease_ms = config.task_queue.lease_ms;
         let setup = Setup {
             store,
@@ -404,7 +405,7 @@ impl Queue {
                     return Err(QueueError::from(e));
                 }
             };
-            let msg = Msg::Enqueue {
+            let msg = Enqueue {
                 id: stored.id,
                 priority: stored.priority,
                 seq: stored.seq,
@@ -453,12 +454,12 @@ impl Queue {
             };
             queue.shared.pending.fetch_add(1, Ordering::SeqCst);
             if let Some(waiter) = done_tx {
-                let _ = queue.tx.send(Msg::Watch {
+                let _ = queue.tx.send(Watch {
                     id: stored.id,
                     waiter,
                 });
             }
-            let _ = queue.tx.send(Msg::Wake);
+            let _ = queue.tx.send(Wake);
             cluster.publish(&Control::Enqueued).await;
             Ok(stored)
         })
@@ -485,12 +486,11 @@ impl Queue {
 
     /// Wait for the final record of a task that is already queued (e.g. a batch item).
     pub async fn wait_for(&self, id: TaskId) -> Result<Task, QueueError> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Msg::Watch { id, waiter: tx });
-        match rx.await {
-            Ok(task) => Ok(task),
-            // Not tracked by the supervisor: it is already final (or unknown).
-            Err(_) => self.store.get_task(id).await?.ok_or(QueueError::NotFound),
+        match self.tx.ask(WaitFor(id)).await {
+            Ok(Some(task)) => Ok(task),
+            // Not followed by the supervisor: it is already final (or unknown). Or the
+            // supervisor is gone: the store has the last word either way.
+            Ok(None) | Err(_) => self.store.get_task(id).await?.ok_or(QueueError::NotFound),
         }
     }
 
@@ -526,7 +526,7 @@ impl Queue {
                     .ok_or(QueueError::NotFound)?;
                 return Err(QueueError::AlreadyFinished(current.status.as_str()));
             }
-            let _ = queue.tx.send(Msg::Cancelled {
+            let _ = queue.tx.send(Cancelled {
                 id,
                 task: Box::new(task.clone()),
             });
@@ -547,7 +547,7 @@ impl Queue {
         let changed = tokio::spawn(async move {
             let changed = queue.store.set_priority(id, priority).await?;
             if changed {
-                let _ = queue.tx.send(Msg::Reprioritise { id, priority });
+                let _ = queue.tx.send(Reprioritise { id, priority });
             }
             Ok::<bool, QueueError>(changed)
         })
@@ -569,7 +569,7 @@ impl Queue {
         let mut told = 0;
         for id in ids {
             if let Some(task) = self.store.get_task(id).await? {
-                let _ = self.tx.send(Msg::Announce(Box::new(task)));
+                let _ = self.tx.send(Announce(Box::new(task)));
                 told += 1;
             }
         }
@@ -580,7 +580,7 @@ impl Queue {
     /// exactly once per task. Unbounded: a slow listener never holds up the queue.
     pub fn subscribe_finished(&self) -> mpsc::UnboundedReceiver<Arc<Task>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.tx.send(Msg::Subscribe(tx));
+        let _ = self.tx.send(Subscribe(tx));
         rx
     }
 
@@ -618,16 +618,15 @@ impl Queue {
             .store(config.task_queue.max_pending, Ordering::SeqCst);
         self.events
             .set_replay_bytes(config.limits.event_replay_bytes);
-        let _ = self.tx.send(Msg::Reconfigure(config));
+        let _ = self.tx.send(Reconfigure(config));
     }
 
     /// Stop accepting runs; give running ones `grace` to finish, then kill them (they end
     /// `failed`/`interrupted`). Pending tasks stay pending in storage. Returns when no run is left.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.accepting.store(false, Ordering::SeqCst);
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown { grace, done: tx }).is_ok() {
-            let _ = rx.await;
-        }
+        // Answered once no run is left; an error means the supervisor is gone, and so are its
+        // runs.
+        let _ = self.tx.ask(Shutdown { grace }).await;
     }
 }

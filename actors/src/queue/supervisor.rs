@@ -1,109 +1,56 @@
 //! The QueueSupervisor: an actix actor that owns the pending order, the running set and the
-//! concurrency limit. It never awaits storage; it only reacts to messages ([`Msg`]) and starts
-//! a [`WorkerActor`] per run, on the worker arbiters.
+//! concurrency limit. It never awaits storage; it only reacts to messages and starts a
+//! [`WorkerActor`] per run, on the worker arbiters.
+//!
+//! * [`protocol`] — its messages, one type each with its handler; every handler ends with
+//!   [`QueueSupervisor::after_message`] (dispatch, timers, stop once shut down).
+//! * [`mode`] — where the work comes from, chosen once at start-up: this instance's pending
+//!   order, or the queue shared through Redis.
+//!
 //! Two deadlines it keeps itself: the end of the shutdown grace (then it stops its runs) and
 //! the quiet moment to give memory back; each is a timer re-armed after every message.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::worker::{RunMode, Stop, WorkerActor};
-use super::{worker, Shared};
+use super::{worker, QueueError, Shared};
 use crate::claude::StopReason;
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::mem;
-use crate::model::{Priority, SessionId, Task, TaskId};
+use crate::model::{Task, TaskId};
 use crate::session::SessionHandle;
-use crate::store::redis::{Claimed, Leased};
 use crate::store::Store;
 use crate::system::WorkerPool;
 
 mod mode;
+mod protocol;
 
 pub(crate) use mode::Mode;
+pub(crate) use protocol::{
+    Announce, Cancelled, ClaimAnswered, EndedElsewhere, Enqueue, Finished, Leases, Read,
+    Reconfigure, Reprioritise, Shutdown, Subscribe, Tick, WaitFor, Wake, Watch,
+};
 
-/// What the supervisor is told. One enum, handled in one place, because every message ends the
-/// same way: dispatch what the free slots allow, re-arm the timers, stop when shut down.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) enum Msg {
-    /// A task was stored as pending: queue it (and remember who waits for its end).
-    Enqueue {
-        id: TaskId,
-        priority: Priority,
-        seq: u64,
-        session: Option<SessionId>,
-        waiter: Option<oneshot::Sender<Task>>,
-    },
-    /// Tell `waiter` when this task ends.
-    Watch {
-        id: TaskId,
-        waiter: oneshot::Sender<Task>,
-    },
-    /// The store now says `cancelled`: drop it from the queue, or kill its run.
-    Cancelled {
-        id: TaskId,
-        task: Box<Task>,
-    },
-    Reprioritise {
-        id: TaskId,
-        priority: Priority,
-    },
-    Reconfigure(Arc<Config>),
-    /// A worker is done and its process is gone. `task` is the final record when readable;
-    /// `wrote`: this worker wrote it (else a canceller or a reaper did, and told the listeners).
-    /// `handover` (shared queue): the final write also dropped the lease and claimed these
-    /// tasks for the freed slot; `None`: the lease is still to be released.
-    Finished {
-        id: TaskId,
-        task: Option<Box<Task>>,
-        wrote: bool,
-        handover: Option<Claimed>,
-    },
-    Shutdown {
-        grace: Duration,
-        done: oneshot::Sender<()>,
-    },
-    /// Send every final record from now on to this listener.
-    Subscribe(mpsc::UnboundedSender<Arc<Task>>),
-    /// A task that ended without a run of this process (interrupted at start-up, or reaped
-    /// from a dead instance): tell the listeners, wake its waiters and close its event log,
-    /// nothing else (it holds no slot, lane or count).
-    Announce(Box<Task>),
-    /// Shared queue: a claim came back with these tasks, leased to this instance.
-    Claimed {
-        asked: usize,
-        tasks: Vec<Leased>,
-    },
-    /// Shared queue: there may be work to claim (a task was queued somewhere).
-    Wake,
-    /// Shared queue: the periodic check: claim (a slot may have freed on another instance) and
-    /// re-read the tasks local callers wait for (a "finished" message may have been lost).
-    Tick,
-    /// Shared queue: `id` ended elsewhere, or this instance lost its lease: stop its run if it
-    /// is here, and wake its waiters once its final record is read.
-    EndedElsewhere(TaskId),
-    /// Shared queue: a task some local caller waits for was read final.
-    Read(Box<Task>),
-    /// Shared queue: the tasks this instance holds leases on (its runs), and the config.
-    Leases(oneshot::Sender<(Vec<TaskId>, Arc<Config>)>),
-}
-
-/// The supervisor's address as its callers use it: a message is queued whatever the mailbox's
-/// fill (`do_send`: the queue's callers must never wait on a full mailbox, nor lose a
-/// message), and refused once the supervisor has stopped.
+/// The supervisor's address as its callers use it.
 #[derive(Clone)]
 pub(crate) struct SupervisorTx(Addr<QueueSupervisor>);
 
 impl SupervisorTx {
-    pub(crate) fn send(&self, msg: Msg) -> Result<(), Msg> {
+    /// Queue a message that answers nothing, whatever the mailbox's fill (`do_send`: the
+    /// queue's callers must never wait on a full mailbox, nor lose a message); refused, and
+    /// given back, once the supervisor has stopped.
+    pub(crate) fn send<M>(&self, msg: M) -> Result<(), M>
+    where
+        M: Message<Result = ()> + Send + 'static,
+        QueueSupervisor: Handler<M>,
+    {
         if self.0.connected() {
             self.0.do_send(msg);
             Ok(())
@@ -111,12 +58,37 @@ impl SupervisorTx {
             Err(msg)
         }
     }
+
+    /// Ask, and wait for the answer (and, first, for room in the mailbox: not for hot paths).
+    /// `ShuttingDown`: the supervisor has stopped, before it answered or without answering.
+    pub(crate) async fn ask<M>(&self, msg: M) -> Result<M::Result, QueueError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        QueueSupervisor: Handler<M>,
+    {
+        self.0.send(msg).await.map_err(|e| {
+            log::debug!(error:% = e; "the queue supervisor did not answer");
+            QueueError::ShuttingDown
+        })
+    }
 }
 
 struct ShutdownState {
     deadline: Instant,
     killed: bool,
+    /// The answers of the `Shutdown` messages, sent when no run is left.
     done: Vec<oneshot::Sender<()>>,
+}
+
+impl ShutdownState {
+    fn new(deadline: Instant) -> ShutdownState {
+        ShutdownState {
+            deadline,
+            killed: false,
+            done: Vec::new(),
+        }
+    }
 }
 
 pub struct QueueSupervisor {
@@ -173,15 +145,6 @@ impl Actor for QueueSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Recovered tasks start at once.
-        self.after_message(ctx);
-    }
-}
-
-impl Handler<Msg> for QueueSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Msg, ctx: &mut Context<Self>) {
-        self.handle_msg(msg);
         self.after_message(ctx);
     }
 }
@@ -276,72 +239,6 @@ impl QueueSupervisor {
         }
     }
 
-    fn handle_msg(&mut self, msg: Msg) {
-        let core = &mut self.core;
-        match msg {
-            Msg::Enqueue {
-                id,
-                priority,
-                seq,
-                session,
-                waiter,
-            } => {
-                if let Some(w) = waiter {
-                    core.add_waiter(id, w);
-                }
-                self.mode.enqueue(id, priority, seq, session);
-            }
-            Msg::Watch { id, waiter } => self.mode.watch(core, id, waiter),
-            Msg::Cancelled { id, task } => self.mode.cancelled(core, id, &task),
-            Msg::Reprioritise { id, priority } => self.mode.reprioritise(id, priority),
-            Msg::Reconfigure(config) => {
-                core.shared
-                    .concurrency
-                    .store(config.task_queue.concurrency.into(), Ordering::SeqCst);
-                core.config = config;
-            }
-            Msg::Finished {
-                id,
-                task,
-                wrote,
-                handover,
-            } => {
-                core.run_ended(id);
-                self.mode.finished(core, id, task, wrote, handover);
-            }
-            Msg::Shutdown { grace, done } => {
-                let state = core.shutdown.get_or_insert_with(|| ShutdownState {
-                    deadline: Instant::now() + grace,
-                    killed: false,
-                    done: Vec::new(),
-                });
-                state.done.push(done);
-            }
-            Msg::Subscribe(listener) => core.finished.push(listener),
-            Msg::Announce(task) => {
-                core.events.finish(&task);
-                core.wake_waiters(task.id, &task);
-                core.tell_listeners(&task);
-            }
-            Msg::Claimed { asked, tasks } => self.mode.claimed(core, asked, tasks),
-            Msg::Wake => self.mode.wake(),
-            Msg::Tick => self.mode.tick(core),
-            Msg::EndedElsewhere(id) => {
-                if !core.stop_run(id) && core.waiters.contains_key(&id) {
-                    core.read_waited(vec![id]);
-                }
-            }
-            Msg::Leases(reply) => {
-                let _ = reply.send((core.running.keys().copied().collect(), core.config.clone()));
-            }
-            Msg::Read(task) => {
-                if task.status.is_final() && !core.running.contains_key(&task.id) {
-                    core.wake_waiters(task.id, &task);
-                }
-            }
-        }
-    }
-
     /// Track whether the queue has gone quiet (nothing pending or running), to give memory
     /// back once, [`mem::QUIET_AFTER`] later: after a burst, what its runs freed.
     fn note_quiet(&mut self) {
@@ -410,7 +307,7 @@ impl Core {
         self.finished.retain(|l| l.send(shared.clone()).is_ok());
     }
 
-    /// Shared queue: read these tasks and report the final ones (`Msg::Read`).
+    /// Shared queue: read these tasks and report the final ones ([`Read`]).
     fn read_waited(&self, ids: Vec<TaskId>) {
         if ids.is_empty() {
             return;
@@ -421,7 +318,7 @@ impl Core {
             for id in ids {
                 if let Ok(Some(task)) = store.get_task(id).await {
                     if task.status.is_final() {
-                        let _ = tx.send(Msg::Read(Box::new(task)));
+                        let _ = tx.send(Read(Box::new(task)));
                     }
                 }
             }

@@ -12,7 +12,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Ha
 use chrono::Utc;
 use tokio::sync::watch;
 
-use super::supervisor::{Msg, SupervisorTx};
+use super::supervisor::{Finished, SupervisorTx};
 use super::Shared;
 use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
 use crate::cluster::{transcripts, Cluster};
@@ -143,7 +143,7 @@ async fn run_task(run: Run, stop: watch::Receiver<Option<StopReason>>) {
         Ended::Wrote(t) => (Some(Box::new(t)), true),
         Ended::Read(t) => (t.map(Box::new), false),
     };
-    let _ = tx.send(Msg::Finished {
+    let _ = tx.send(Finished {
         id,
         task,
         wrote,
@@ -161,7 +161,7 @@ enum Ended {
 }
 
 /// Runs the task; on the shared queue also returns what its final write did with the lease
-/// (see [`Msg::Finished`]).
+/// (see [`Finished`]).
 async fn execute(
     id: TaskId,
     store: &Arc<dyn Store>,

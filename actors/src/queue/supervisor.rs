@@ -105,7 +105,7 @@ pub struct QueueSupervisor {
 
 /// What the supervisor keeps whichever its [`Mode`]: the running set, who waits and listens,
 /// the shutdown, and what a worker is started with.
-pub(crate) struct Core {
+struct Core {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     shared: Arc<Shared>,

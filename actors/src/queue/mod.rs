@@ -2,7 +2,9 @@
 //!
 //! * [`order`]      — pending tasks in run order (pure).
 //! * [`supervisor`] — the QueueSupervisor: an actix actor that owns the pending order, the
-//!   running set and the concurrency limit, and is driven by messages.
+//!   running set and the concurrency limit, and is driven by messages (a type each, with its
+//!   handler). Whether the queue is this instance's or shared through Redis is chosen once,
+//!   at start (its `Mode`).
 //! * [`worker`]     — the WorkerActor: one per run; starts the task in the store, runs the CLI,
 //!   writes the final record, reports back.
 //!

@@ -2,9 +2,9 @@
 //! concurrency limit. It never awaits storage; it only reacts to messages and starts a
 //! [`WorkerActor`] per run, on the worker arbiters.
 //!
-//! * [`protocol`] — its messages, one type each with its handler; every handler ends with
-//!   [`QueueSupervisor::after_message`] (dispatch, timers, stop once shut down).
-//! * [`mode`] — where the work comes from, chosen once at start-up: this instance's pending
+//! * `protocol` — its messages, one type each with its handler; every handler ends with
+//!   `after_message` (dispatch, timers, stop once shut down).
+//! * `mode` — where the work comes from, chosen once at start-up: this instance's pending
 //!   order, or the queue shared through Redis.
 //!
 //! Two deadlines it keeps itself: the end of the shutdown grace (then it stops its runs) and

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::supervisor::{Msg, SupervisorTx};
+use super::supervisor::{
+    Announce, ClaimAnswered, EndedElsewhere, Leases, SupervisorTx, Tick, Wake,
+};
 use super::Shared;
 use crate::cluster::{Cluster, Control};
 use crate::config::Config;
@@ -31,7 +33,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Attempts to release a lease before leaving it to expire (it is then reaped harmlessly).
 const RELEASE_TRIES: u32 = 5;
 
-/// Claim up to `want` tasks; the answer comes back as [`Msg::Claimed`].
+/// Claim up to `want` tasks; the answer comes back as [`ClaimAnswered`].
 pub(super) fn claim(
     cluster: Arc<Cluster>,
     config: Arc<Config>,
@@ -61,7 +63,7 @@ pub(super) fn claim(
                 Vec::new()
             }
         };
-        let _ = tx.send(Msg::Claimed { asked: want, tasks });
+        let _ = tx.send(ClaimAnswered { asked: want, tasks });
     });
 }
 
@@ -107,14 +109,16 @@ pub(super) fn start(cluster: Arc<Cluster>, tx: SupervisorTx, lease_ms: u64) {
 /// Control messages become supervisor messages.
 async fn forward_control(mut rx: broadcast::Receiver<Control>, tx: SupervisorTx) {
     loop {
-        let msg = match rx.recv().await {
-            Ok(Control::Enqueued) => Msg::Wake,
-            Ok(Control::Cancel { task } | Control::Finished { task }) => Msg::EndedElsewhere(task),
+        let sent = match rx.recv().await {
+            Ok(Control::Enqueued) => tx.send(Wake).is_ok(),
+            Ok(Control::Cancel { task } | Control::Finished { task }) => {
+                tx.send(EndedElsewhere(task)).is_ok()
+            }
             // Missed some: look at everything again.
-            Err(broadcast::error::RecvError::Lagged(_)) => Msg::Wake,
+            Err(broadcast::error::RecvError::Lagged(_)) => tx.send(Wake).is_ok(),
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if tx.send(msg).is_err() {
+        if !sent {
             return;
         }
     }
@@ -127,7 +131,7 @@ async fn poll(tx: SupervisorTx, lease_ms: u64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if tx.send(Msg::Tick).is_err() {
+        if tx.send(Tick).is_err() {
             return;
         }
     }
@@ -146,11 +150,8 @@ async fn keep_leases(cluster: Arc<Cluster>, tx: SupervisorTx) {
     // At start-up first: a previous life of this instance may have left processes behind.
     let mut last_sweep: Option<Instant> = None;
     loop {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        if tx.send(Msg::Leases(reply_tx)).is_err() {
-            return;
-        }
-        let Ok((ids, config)) = reply_rx.await else {
+        // The supervisor gone, so are its runs and their leases.
+        let Ok((ids, config)) = tx.ask(Leases).await else {
             return;
         };
         let lease_ms = config.task_queue.lease_ms;
@@ -160,7 +161,7 @@ async fn keep_leases(cluster: Arc<Cluster>, tx: SupervisorTx) {
                 connected_since.get_or_insert_with(Instant::now);
                 for id in stop {
                     log::warn!(task_id:% = id; "the task ended elsewhere or its lease was lost: stopping its run");
-                    let _ = tx.send(Msg::EndedElsewhere(id));
+                    let _ = tx.send(EndedElsewhere(id));
                 }
             }
             Err(e) => {
@@ -243,7 +244,7 @@ async fn reap(
                 log::warn!(task_id:% = id; "the instance running this task is gone: it ends failed/interrupted");
                 // Its processes may be on this machine (an instance restarted here).
                 crate::claude::marker::signal_marked(&id.to_string(), libc::SIGKILL);
-                let _ = tx.send(Msg::Announce(Box::new(task)));
+                let _ = tx.send(Announce(Box::new(task)));
                 cluster.publish(&Control::Finished { task: id }).await;
             }
         }

@@ -2,7 +2,9 @@
 //!
 //! * [`order`]      — pending tasks in run order (pure).
 //! * [`supervisor`] — the QueueSupervisor: an actix actor that owns the pending order, the
-//!   running set and the concurrency limit, and is driven by messages.
+//!   running set and the concurrency limit, and is driven by messages (a type each, with its
+//!   handler). Whether the queue is this instance's or shared through Redis is chosen once,
+//!   at start (its `Mode`).
 //! * [`worker`]     — the WorkerActor: one per run; starts the task in the store, runs the CLI,
 //!   writes the final record, reports back.
 //!
@@ -39,7 +41,10 @@ mod tests;
 
 use crate::session::SessionHandle;
 use crate::system::ActorSystem;
-use supervisor::{Msg, QueueSupervisor, Setup, SupervisorTx};
+use supervisor::{
+    Announce, Cancelled, Enqueue, Mode, QueueSupervisor, Reconfigure, Reprioritise, Setup,
+    Shutdown, Subscribe, SupervisorTx, WaitFor, Wake, Watch,
+};
 
 /// Why a submission or a control request failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -139,6 +144,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The figures at start: `pending` tasks recovered, of which `session_tasks` per session.
+    fn new(config: &Config, pending: u64, session_tasks: HashMap<SessionId, u32>) -> Shared {
+        Shared {
+            pending: AtomicU64::new(pending),
+            running: AtomicU64::new(0),
+            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
+            max_pending: AtomicU64::new(config.task_queue.max_pending),
+            accepting: AtomicBool::new(true),
+            session_tasks: Mutex::new(session_tasks),
+        }
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, u32>> {
         self.session_tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -246,14 +263,7 @@ impl Queue {
         for sid in pending.iter().filter_map(|t| t.session_id) {
             *session_tasks.entry(sid).or_insert(0) += 1;
         }
-        let shared = Arc::new(Shared {
-            pending: AtomicU64::new(pending.len() as u64),
-            running: AtomicU64::new(0),
-            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
-            max_pending: AtomicU64::new(config.task_queue.max_pending),
-            accepting: AtomicBool::new(true),
-            session_tasks: Mutex::new(session_tasks),
-        });
+        let shared = Arc::new(Shared::new(&config, pending.len() as u64, session_tasks));
         if !pending.is_empty() {
             log::info!(
                 count = pending.len();
@@ -264,22 +274,25 @@ impl Queue {
             store,
             config,
             shared,
-            recovered: pending,
+            mode: Mode::local(pending),
             events,
-            cluster: None,
             workers: system.worker_pool(),
             io: tokio::runtime::Handle::current(),
             sessions,
         };
-        Ok(Queue::launch(system, setup, interrupted))
+        Ok(Queue::launch(system, setup, interrupted, None))
     }
 
     /// Start the supervisor on the actor system's arbiter, and the handle over it.
-    fn launch(system: &ActorSystem, setup: Setup, interrupted: Vec<TaskId>) -> Queue {
+    fn launch(
+        system: &ActorSystem,
+        setup: Setup,
+        interrupted: Vec<TaskId>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Queue {
         let store = setup.store.clone();
         let shared = setup.shared.clone();
         let events = setup.events.clone();
-        let cluster = setup.cluster.clone();
         let sessions = setup.sessions.clone();
         Queue {
             tx: QueueSupervisor::start(system.arbiter(), setup),
@@ -304,27 +317,19 @@ impl Queue {
         sessions: SessionHandle,
         system: &ActorSystem,
     ) -> Queue {
-        let shared = Arc::new(Shared {
-            pending: AtomicU64::new(0),
-            running: AtomicU64::new(0),
-            concurrency: AtomicU64::new(config.task_queue.concurrency.into()),
-            max_pending: AtomicU64::new(config.task_queue.max_pending),
-            accepting: AtomicBool::new(true),
-            session_tasks: Mutex::new(HashMap::new()),
-        });
+        let shared = Arc::new(Shared::new(&config, 0, HashMap::new()));
         let lease_ms = config.task_queue.lease_ms;
         let setup = Setup {
             store,
             config,
             shared,
-            recovered: Vec::new(),
+            mode: Mode::shared(cluster.clone()),
             events,
-            cluster: Some(cluster.clone()),
             workers: system.worker_pool(),
             io: tokio::runtime::Handle::current(),
             sessions,
         };
-        let queue = Queue::launch(system, setup, Vec::new());
+        let queue = Queue::launch(system, setup, Vec::new(), Some(cluster.clone()));
         claims::start(cluster, queue.tx.clone(), lease_ms);
         queue
     }
@@ -402,7 +407,7 @@ impl Queue {
                     return Err(QueueError::from(e));
                 }
             };
-            let msg = Msg::Enqueue {
+            let msg = Enqueue {
                 id: stored.id,
                 priority: stored.priority,
                 seq: stored.seq,
@@ -451,12 +456,12 @@ impl Queue {
             };
             queue.shared.pending.fetch_add(1, Ordering::SeqCst);
             if let Some(waiter) = done_tx {
-                let _ = queue.tx.send(Msg::Watch {
+                let _ = queue.tx.send(Watch {
                     id: stored.id,
                     waiter,
                 });
             }
-            let _ = queue.tx.send(Msg::Wake);
+            let _ = queue.tx.send(Wake);
             cluster.publish(&Control::Enqueued).await;
             Ok(stored)
         })
@@ -483,12 +488,11 @@ impl Queue {
 
     /// Wait for the final record of a task that is already queued (e.g. a batch item).
     pub async fn wait_for(&self, id: TaskId) -> Result<Task, QueueError> {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Msg::Watch { id, waiter: tx });
-        match rx.await {
-            Ok(task) => Ok(task),
-            // Not tracked by the supervisor: it is already final (or unknown).
-            Err(_) => self.store.get_task(id).await?.ok_or(QueueError::NotFound),
+        match self.tx.ask(WaitFor(id)).await {
+            Ok(Some(task)) => Ok(task),
+            // Not followed by the supervisor: it is already final (or unknown). Or the
+            // supervisor is gone: the store has the last word either way.
+            Ok(None) | Err(_) => self.store.get_task(id).await?.ok_or(QueueError::NotFound),
         }
     }
 
@@ -524,7 +528,7 @@ impl Queue {
                     .ok_or(QueueError::NotFound)?;
                 return Err(QueueError::AlreadyFinished(current.status.as_str()));
             }
-            let _ = queue.tx.send(Msg::Cancelled {
+            let _ = queue.tx.send(Cancelled {
                 id,
                 task: Box::new(task.clone()),
             });
@@ -545,7 +549,7 @@ impl Queue {
         let changed = tokio::spawn(async move {
             let changed = queue.store.set_priority(id, priority).await?;
             if changed {
-                let _ = queue.tx.send(Msg::Reprioritise { id, priority });
+                let _ = queue.tx.send(Reprioritise { id, priority });
             }
             Ok::<bool, QueueError>(changed)
         })
@@ -567,7 +571,7 @@ impl Queue {
         let mut told = 0;
         for id in ids {
             if let Some(task) = self.store.get_task(id).await? {
-                let _ = self.tx.send(Msg::Announce(Box::new(task)));
+                let _ = self.tx.send(Announce(Box::new(task)));
                 told += 1;
             }
         }
@@ -578,7 +582,7 @@ impl Queue {
     /// exactly once per task. Unbounded: a slow listener never holds up the queue.
     pub fn subscribe_finished(&self) -> mpsc::UnboundedReceiver<Arc<Task>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.tx.send(Msg::Subscribe(tx));
+        let _ = self.tx.send(Subscribe(tx));
         rx
     }
 
@@ -616,16 +620,15 @@ impl Queue {
             .store(config.task_queue.max_pending, Ordering::SeqCst);
         self.events
             .set_replay_bytes(config.limits.event_replay_bytes);
-        let _ = self.tx.send(Msg::Reconfigure(config));
+        let _ = self.tx.send(Reconfigure(config));
     }
 
     /// Stop accepting runs; give running ones `grace` to finish, then kill them (they end
     /// `failed`/`interrupted`). Pending tasks stay pending in storage. Returns when no run is left.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.accepting.store(false, Ordering::SeqCst);
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown { grace, done: tx }).is_ok() {
-            let _ = rx.await;
-        }
+        // Answered once no run is left; an error means the supervisor is gone, and so are its
+        // runs.
+        let _ = self.tx.ask(Shutdown { grace }).await;
     }
 }

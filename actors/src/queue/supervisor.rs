@@ -1,107 +1,56 @@
 //! The QueueSupervisor: an actix actor that owns the pending order, the running set and the
-//! concurrency limit. It never awaits storage; it only reacts to messages ([`Msg`]) and starts
-//! a [`WorkerActor`] per run, on the worker arbiters.
+//! concurrency limit. It never awaits storage; it only reacts to messages and starts a
+//! [`WorkerActor`] per run, on the worker arbiters.
+//!
+//! * `protocol` — its messages, one type each with its handler; every handler ends with
+//!   `after_message` (dispatch, timers, stop once shut down).
+//! * `mode` — where the work comes from, chosen once at start-up: this instance's pending
+//!   order, or the queue shared through Redis.
+//!
 //! Two deadlines it keeps itself: the end of the shutdown grace (then it stops its runs) and
 //! the quiet moment to give memory back; each is a timer re-armed after every message.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::lanes::Schedule;
-use super::worker::{SharedRun, Stop, WorkerActor};
-use super::{claims, worker, Shared};
+use super::worker::{RunMode, Stop, WorkerActor};
+use super::{worker, QueueError, Shared};
 use crate::claude::StopReason;
-use crate::cluster::{Cluster, Control};
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::mem;
-use crate::model::{Priority, SessionId, Task, TaskId};
+use crate::model::{Task, TaskId};
 use crate::session::SessionHandle;
-use crate::store::redis::{Claimed, Leased};
 use crate::store::Store;
 use crate::system::WorkerPool;
 
-/// What the supervisor is told. One enum, handled in one place, because every message ends the
-/// same way: dispatch what the free slots allow, re-arm the timers, stop when shut down.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) enum Msg {
-    /// A task was stored as pending: queue it (and remember who waits for its end).
-    Enqueue {
-        id: TaskId,
-        priority: Priority,
-        seq: u64,
-        session: Option<SessionId>,
-        waiter: Option<oneshot::Sender<Task>>,
-    },
-    /// Tell `waiter` when this task ends.
-    Watch {
-        id: TaskId,
-        waiter: oneshot::Sender<Task>,
-    },
-    /// The store now says `cancelled`: drop it from the queue, or kill its run.
-    Cancelled {
-        id: TaskId,
-        task: Box<Task>,
-    },
-    Reprioritise {
-        id: TaskId,
-        priority: Priority,
-    },
-    Reconfigure(Arc<Config>),
-    /// A worker is done and its process is gone. `task` is the final record when readable;
-    /// `wrote`: this worker wrote it (else a canceller or a reaper did, and told the listeners).
-    /// `handover` (shared queue): the final write also dropped the lease and claimed these
-    /// tasks for the freed slot; `None`: the lease is still to be released.
-    Finished {
-        id: TaskId,
-        task: Option<Box<Task>>,
-        wrote: bool,
-        handover: Option<Claimed>,
-    },
-    Shutdown {
-        grace: Duration,
-        done: oneshot::Sender<()>,
-    },
-    /// Send every final record from now on to this listener.
-    Subscribe(mpsc::UnboundedSender<Arc<Task>>),
-    /// A task that ended without a run of this process (interrupted at start-up, or reaped
-    /// from a dead instance): tell the listeners, wake its waiters and close its event log,
-    /// nothing else (it holds no slot, lane or count).
-    Announce(Box<Task>),
-    /// Shared queue: a claim came back with these tasks, leased to this instance.
-    Claimed {
-        asked: usize,
-        tasks: Vec<Leased>,
-    },
-    /// Shared queue: there may be work to claim (a task was queued somewhere).
-    Wake,
-    /// Shared queue: the periodic check: claim (a slot may have freed on another instance) and
-    /// re-read the tasks local callers wait for (a "finished" message may have been lost).
-    Tick,
-    /// Shared queue: `id` ended elsewhere, or this instance lost its lease: stop its run if it
-    /// is here, and wake its waiters once its final record is read.
-    EndedElsewhere(TaskId),
-    /// Shared queue: a task some local caller waits for was read final.
-    Read(Box<Task>),
-    /// Shared queue: the tasks this instance holds leases on (its runs), and the config.
-    Leases(oneshot::Sender<(Vec<TaskId>, Arc<Config>)>),
-}
+mod mode;
+mod protocol;
 
-/// The supervisor's address as its callers use it: a message is queued whatever the mailbox's
-/// fill (`do_send`: the queue's callers must never wait on a full mailbox, nor lose a
-/// message), and refused once the supervisor has stopped.
+pub(crate) use mode::Mode;
+pub(crate) use protocol::{
+    Announce, Cancelled, ClaimAnswered, EndedElsewhere, Enqueue, Finished, Leases, Read,
+    Reconfigure, Reprioritise, Shutdown, Subscribe, Tick, WaitFor, Wake, Watch,
+};
+
+/// The supervisor's address as its callers use it.
 #[derive(Clone)]
 pub(crate) struct SupervisorTx(Addr<QueueSupervisor>);
 
 impl SupervisorTx {
-    pub(crate) fn send(&self, msg: Msg) -> Result<(), Msg> {
+    /// Queue a message that answers nothing, whatever the mailbox's fill (`do_send`: the
+    /// queue's callers must never wait on a full mailbox, nor lose a message); refused, and
+    /// given back, once the supervisor has stopped.
+    pub(crate) fn send<M>(&self, msg: M) -> Result<(), M>
+    where
+        M: Message<Result = ()> + Send + 'static,
+        QueueSupervisor: Handler<M>,
+    {
         if self.0.connected() {
             self.0.do_send(msg);
             Ok(())
@@ -109,15 +58,54 @@ impl SupervisorTx {
             Err(msg)
         }
     }
+
+    /// Ask, and wait for the answer (and, first, for room in the mailbox: not for hot paths).
+    /// `ShuttingDown`: the supervisor has stopped, before it answered or without answering.
+    pub(crate) async fn ask<M>(&self, msg: M) -> Result<M::Result, QueueError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        QueueSupervisor: Handler<M>,
+    {
+        self.0.send(msg).await.map_err(|e| {
+            log::debug!(error:% = e; "the queue supervisor did not answer");
+            QueueError::ShuttingDown
+        })
+    }
 }
 
 struct ShutdownState {
     deadline: Instant,
     killed: bool,
+    /// The answers of the `Shutdown` messages, sent when no run is left.
     done: Vec<oneshot::Sender<()>>,
 }
 
+impl ShutdownState {
+    fn new(deadline: Instant) -> ShutdownState {
+        ShutdownState {
+            deadline,
+            killed: false,
+            done: Vec::new(),
+        }
+    }
+}
+
 pub struct QueueSupervisor {
+    core: Core,
+    /// Where the work comes from: this instance's pending order, or the shared queue.
+    mode: Mode,
+    /// Since when nothing has been pending or running, while a trim of the heap is due.
+    quiet_since: Option<Instant>,
+    /// The heap was trimmed since the queue last had work.
+    trimmed: bool,
+    /// The timer of the next deadline (shutdown grace, quiet trim), re-armed after each message.
+    timer: Option<SpawnHandle>,
+}
+
+/// What the supervisor keeps whichever its [`Mode`]: the running set, who waits and listens,
+/// the shutdown, and what a worker is started with.
+struct Core {
     store: Arc<dyn Store>,
     config: Arc<Config>,
     shared: Arc<Shared>,
@@ -128,7 +116,6 @@ pub struct QueueSupervisor {
     sessions: SessionHandle,
     /// The runtime the runs' I/O goes on (see `worker::Run::io`).
     io: tokio::runtime::Handle,
-    pending: Schedule,
     /// The runs going on, by task: their WorkerActors (told [`Stop`] to end a run early).
     running: HashMap<TaskId, Addr<WorkerActor>>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Task>>>,
@@ -136,23 +123,6 @@ pub struct QueueSupervisor {
     finished: Vec<mpsc::UnboundedSender<Arc<Task>>>,
     events: Arc<EventHub>,
     shutdown: Option<ShutdownState>,
-    /// With Redis: the shared queue, which replaces `pending` as the source of work.
-    shared_queue: Option<SharedQueue>,
-    /// Since when nothing has been pending or running, while a trim of the heap is due.
-    quiet_since: Option<Instant>,
-    /// The heap was trimmed since the queue last had work.
-    trimmed: bool,
-    /// The timer of the next deadline (shutdown grace, quiet trim), re-armed after each message.
-    timer: Option<SpawnHandle>,
-}
-
-/// The supervisor's view of the shared queue.
-struct SharedQueue {
-    cluster: Arc<Cluster>,
-    /// One claim at a time, so this instance never claims more than its free slots.
-    claiming: bool,
-    /// Something happened since the last claim that may have made work claimable.
-    wanted: bool,
 }
 
 /// What a supervisor is started with.
@@ -160,9 +130,9 @@ pub(crate) struct Setup {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     pub shared: Arc<Shared>,
-    pub recovered: Vec<Task>,
+    /// Chosen once: an instance alone (with the tasks recovered from storage) or the shared queue.
+    pub mode: Mode,
     pub events: Arc<EventHub>,
-    pub cluster: Option<Arc<Cluster>>,
     pub workers: WorkerPool,
     /// The SessionActor, for the workers' turn accounting.
     pub sessions: SessionHandle,
@@ -175,15 +145,6 @@ impl Actor for QueueSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Recovered tasks start at once.
-        self.after_message(ctx);
-    }
-}
-
-impl Handler<Msg> for QueueSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Msg, ctx: &mut Context<Self>) {
-        self.handle_msg(msg);
         self.after_message(ctx);
     }
 }
@@ -202,39 +163,28 @@ impl QueueSupervisor {
             store,
             config,
             shared,
-            recovered,
+            mode,
             events,
-            cluster,
             workers,
             sessions,
             io,
         } = setup;
-        // Lanes need each session's turns in submission order.
-        let mut recovered = recovered;
-        recovered.sort_by_key(|t| t.seq);
-        let mut pending = Schedule::default();
-        for t in &recovered {
-            pending.push(t.id, t.priority, t.seq, t.session_id);
-        }
         QueueSupervisor {
-            store,
-            config,
-            shared,
-            tx,
-            workers,
-            sessions,
-            io,
-            pending,
-            running: HashMap::new(),
-            waiters: HashMap::new(),
-            finished: Vec::new(),
-            events,
-            shutdown: None,
-            shared_queue: cluster.map(|cluster| SharedQueue {
-                cluster,
-                claiming: false,
-                wanted: true,
-            }),
+            core: Core {
+                store,
+                config,
+                shared,
+                tx,
+                workers,
+                sessions,
+                io,
+                running: HashMap::new(),
+                waiters: HashMap::new(),
+                finished: Vec::new(),
+                events,
+                shutdown: None,
+            },
+            mode,
             quiet_since: None,
             trimmed: false,
             timer: None,
@@ -245,7 +195,7 @@ impl QueueSupervisor {
     /// whether the queue went quiet, re-arm the timer for the next deadline, and stop once a
     /// shutdown is complete.
     fn after_message(&mut self, ctx: &mut Context<Self>) {
-        self.dispatch();
+        self.mode.dispatch(&mut self.core);
         self.note_quiet();
         if self.shutdown_complete() {
             ctx.stop();
@@ -255,6 +205,7 @@ impl QueueSupervisor {
             ctx.cancel_future(timer);
         }
         let kill_at = self
+            .core
             .shutdown
             .as_ref()
             .filter(|s| !s.killed)
@@ -270,11 +221,12 @@ impl QueueSupervisor {
                 act.timer = None;
                 let now = Instant::now();
                 if act
+                    .core
                     .shutdown
                     .as_ref()
                     .is_some_and(|s| !s.killed && s.deadline <= now)
                 {
-                    act.kill_all_running();
+                    act.core.kill_all_running();
                 }
                 if act
                     .quiet_since
@@ -287,168 +239,52 @@ impl QueueSupervisor {
         }
     }
 
-    fn handle_msg(&mut self, msg: Msg) {
-        match msg {
-            Msg::Enqueue {
-                id,
-                priority,
-                seq,
-                session,
-                waiter,
-            } => {
-                if let Some(w) = waiter {
-                    self.waiters.entry(id).or_default().push(w);
-                }
-                self.pending.push(id, priority, seq, session);
-            }
-            Msg::Watch { id, waiter } => {
-                if self.shared_queue.is_some() {
-                    // Any instance may run it: wait, and read it now in case it already ended.
-                    self.waiters.entry(id).or_default().push(waiter);
-                    self.read_waited(vec![id]);
-                } else if self.pending.is_pending(id) || self.running.contains_key(&id) {
-                    // Only tasks still tracked here can end later; for others the sender is
-                    // dropped and the caller reads the store.
-                    self.waiters.entry(id).or_default().push(waiter);
-                }
-            }
-            Msg::Cancelled { id, task } if self.shared_queue.is_some() => {
-                // This instance wrote `cancelled`: it tells the listeners. The instance running
-                // it (told on the control channel) kills it.
-                self.tell_listeners(&task);
-                match self.running.get(&id) {
-                    Some(stop) => {
-                        stop.do_send(Stop(StopReason::Cancelled));
-                    }
-                    None => self.wake_waiters(id, &task),
-                }
-            }
-            Msg::Cancelled { id, task } => {
-                if self.pending.remove_pending(id) {
-                    self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-                    self.notify(id, &task);
-                } else if let Some(stop) = self.running.get(&id) {
-                    // The worker reports `Finished` once the process group is gone.
-                    stop.do_send(Stop(StopReason::Cancelled));
-                }
-            }
-            Msg::Reprioritise { id, priority } => {
-                self.pending.reprioritise(id, priority);
-            }
-            Msg::Reconfigure(config) => {
-                self.shared
-                    .concurrency
-                    .store(config.task_queue.concurrency.into(), Ordering::SeqCst);
-                self.config = config;
-            }
-            Msg::Finished {
-                id,
-                task,
-                wrote,
-                handover,
-            } => {
-                self.running.remove(&id);
-                mem::shrink_sparse(&mut self.running);
-                self.pending.finished(id);
-                self.shared
-                    .running
-                    .store(self.running.len() as u64, Ordering::SeqCst);
-                if let Some(sq) = self.shared_queue.as_mut() {
-                    let cluster = sq.cluster.clone();
-                    match &handover {
-                        None => {
-                            sq.wanted = true;
-                            claims::release(cluster.clone(), id);
-                        }
-                        // Nothing was ready for the freed slot (or it was not to be kept):
-                        // claiming again now would find the same.
-                        Some(claimed) if claimed.tasks.is_empty() => {}
-                        Some(claimed) => {
-                            sq.wanted = true;
-                            self.shared
-                                .pending
-                                .store(claims::left(claimed), Ordering::SeqCst);
-                        }
-                    }
-                    if let Some(claimed) = handover {
-                        self.run_claimed(claimed.tasks);
-                    }
-                    match task {
-                        Some(task) if wrote => {
-                            self.notify(id, &task);
-                            claims::publish(cluster, Control::Finished { task: id });
-                        }
-                        Some(task) => {
-                            self.events.finish(&task);
-                            self.wake_waiters(id, &task);
-                        }
-                        // Unreadable (storage gone): its waiters read the store.
-                        None => drop(self.take_waiters(id)),
-                    }
-                    return;
-                }
-                match task {
-                    Some(task) => self.notify(id, &task),
-                    // Unreadable: its waiters, dropped, read the store.
-                    None => drop(self.take_waiters(id)),
-                }
-            }
-            Msg::Shutdown { grace, done } => {
-                let state = self.shutdown.get_or_insert_with(|| ShutdownState {
-                    deadline: Instant::now() + grace,
-                    killed: false,
-                    done: Vec::new(),
-                });
-                state.done.push(done);
-            }
-            Msg::Subscribe(listener) => self.finished.push(listener),
-            Msg::Announce(task) => {
-                self.events.finish(&task);
-                self.wake_waiters(task.id, &task);
-                self.tell_listeners(&task);
-            }
-            Msg::Claimed { asked, tasks } => {
-                let Some(sq) = self.shared_queue.as_mut() else {
-                    return;
-                };
-                sq.claiming = false;
-                // A full claim may have left more behind; a short one emptied what was ready.
-                sq.wanted = tasks.len() >= asked && asked > 0;
-                self.run_claimed(tasks);
-            }
-            Msg::Wake => {
-                if let Some(sq) = self.shared_queue.as_mut() {
-                    sq.wanted = true;
-                }
-            }
-            Msg::Tick => {
-                if let Some(sq) = self.shared_queue.as_mut() {
-                    sq.wanted = true;
-                }
-                let waited: Vec<TaskId> = self
-                    .waiters
-                    .keys()
-                    .filter(|id| !self.running.contains_key(id))
-                    .copied()
-                    .collect();
-                self.read_waited(waited);
-            }
-            Msg::EndedElsewhere(id) => match self.running.get(&id) {
-                Some(stop) => {
-                    stop.do_send(Stop(StopReason::Cancelled));
-                }
-                None if self.waiters.contains_key(&id) => self.read_waited(vec![id]),
-                None => {}
-            },
-            Msg::Leases(reply) => {
-                let _ = reply.send((self.running.keys().copied().collect(), self.config.clone()));
-            }
-            Msg::Read(task) => {
-                if task.status.is_final() && !self.running.contains_key(&task.id) {
-                    self.wake_waiters(task.id, &task);
+    /// Track whether the queue has gone quiet (nothing pending or running), to give memory
+    /// back once, [`mem::QUIET_AFTER`] later: after a burst, what its runs freed.
+    fn note_quiet(&mut self) {
+        let quiet = self.core.running.is_empty() && self.mode.pending_len() == 0;
+        if !quiet {
+            self.quiet_since = None;
+            self.trimmed = false;
+        } else if self.quiet_since.is_none() && !self.trimmed {
+            self.quiet_since = Some(Instant::now());
+        }
+    }
+
+    fn trim(&mut self) {
+        self.quiet_since = None;
+        self.trimmed = true;
+        // It walks the whole heap under the allocator's locks: not on the runtime's threads.
+        tokio::task::spawn_blocking(mem::trim_heap);
+    }
+
+    fn shutdown_complete(&mut self) -> bool {
+        let done =
+            self.core.shutdown.is_some() && self.core.running.is_empty() && !self.mode.in_flight();
+        if done {
+            if let Some(s) = self.core.shutdown.take() {
+                for d in s.done {
+                    let _ = d.send(());
                 }
             }
         }
+        done
+    }
+}
+
+impl Core {
+    /// Shutdown began: no new run starts.
+    fn closing(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// Runs at once (`taskQueue.concurrency`, as last configured).
+    fn limit(&self) -> usize {
+        self.config.task_queue.concurrency as usize
+    }
+
+    fn add_waiter(&mut self, id: TaskId, waiter: oneshot::Sender<Task>) {
+        self.waiters.entry(id).or_default().push(waiter);
     }
 
     /// Wake the callers waiting for `id` with its final record.
@@ -471,7 +307,7 @@ impl QueueSupervisor {
         self.finished.retain(|l| l.send(shared.clone()).is_ok());
     }
 
-    /// Shared queue: read these tasks and report the final ones (`Msg::Read`).
+    /// Shared queue: read these tasks and report the final ones ([`Read`]).
     fn read_waited(&self, ids: Vec<TaskId>) {
         if ids.is_empty() {
             return;
@@ -482,7 +318,7 @@ impl QueueSupervisor {
             for id in ids {
                 if let Ok(Some(task)) = store.get_task(id).await {
                     if task.status.is_final() {
-                        let _ = tx.send(Msg::Read(Box::new(task)));
+                        let _ = tx.send(Read(Box::new(task)));
                     }
                 }
             }
@@ -506,57 +342,20 @@ impl QueueSupervisor {
         }
     }
 
-    /// Start pending tasks while there are free slots (none once shutdown began).
-    fn dispatch(&mut self) {
-        if self.shutdown.is_some() {
-            return;
-        }
-        let limit = self.config.task_queue.concurrency as usize;
-        if let Some(sq) = self.shared_queue.as_mut() {
-            let free = limit.saturating_sub(self.running.len());
-            if free > 0 && sq.wanted && !sq.claiming {
-                sq.claiming = true;
-                sq.wanted = false;
-                claims::claim(
-                    sq.cluster.clone(),
-                    self.config.clone(),
-                    free,
-                    self.shared.clone(),
-                    self.tx.clone(),
-                );
+    /// End `id`'s run early if it is here (its worker reports `Finished` once its process
+    /// group is gone); whether it was.
+    fn stop_run(&self, id: TaskId) -> bool {
+        match self.running.get(&id) {
+            Some(worker) => {
+                worker.do_send(Stop(StopReason::Cancelled));
+                true
             }
-            return;
-        }
-        while self.running.len() < limit {
-            let Some(id) = self.pending.pop() else { break };
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            self.spawn_worker(id, None);
+            None => false,
         }
     }
 
-    /// Shared queue: run tasks leased to this instance while slots are free; the others (a
-    /// shutdown began, or `concurrency` was lowered meanwhile) go back to the queue for the
-    /// other instances.
-    fn run_claimed(&mut self, tasks: Vec<Leased>) {
-        let Some(cluster) = self.shared_queue.as_ref().map(|sq| sq.cluster.clone()) else {
-            return;
-        };
-        let limit = self.config.task_queue.concurrency as usize;
-        for leased in tasks {
-            if self.shutdown.is_some() || self.running.len() >= limit {
-                claims::release(cluster.clone(), leased.task.id);
-                continue;
-            }
-            let run = SharedRun {
-                cluster: cluster.clone(),
-                leased,
-                queue: self.shared.clone(),
-            };
-            self.spawn_worker(run.leased.task.id, Some(run));
-        }
-    }
-
-    fn spawn_worker(&mut self, id: TaskId, shared_run: Option<SharedRun>) {
+    /// Start a WorkerActor for `id` on the next worker arbiter.
+    fn spawn_worker(&mut self, id: TaskId, mode: RunMode) {
         let worker = WorkerActor::start(
             self.workers.next(),
             worker::Run {
@@ -565,7 +364,7 @@ impl QueueSupervisor {
                 config: self.config.clone(),
                 tx: self.tx.clone(),
                 events: self.events.clone(),
-                shared: shared_run,
+                mode,
                 sessions: self.sessions.clone(),
                 io: self.io.clone(),
             },
@@ -576,23 +375,13 @@ impl QueueSupervisor {
             .store(self.running.len() as u64, Ordering::SeqCst);
     }
 
-    /// Track whether the queue has gone quiet (nothing pending or running), to give memory
-    /// back once, [`mem::QUIET_AFTER`] later: after a burst, what its runs freed.
-    fn note_quiet(&mut self) {
-        let quiet = self.running.is_empty() && self.pending.pending_len() == 0;
-        if !quiet {
-            self.quiet_since = None;
-            self.trimmed = false;
-        } else if self.quiet_since.is_none() && !self.trimmed {
-            self.quiet_since = Some(Instant::now());
-        }
-    }
-
-    fn trim(&mut self) {
-        self.quiet_since = None;
-        self.trimmed = true;
-        // It walks the whole heap under the allocator's locks: not on the runtime's threads.
-        tokio::task::spawn_blocking(mem::trim_heap);
+    /// `id`'s worker is done: its slot is free.
+    fn run_ended(&mut self, id: TaskId) {
+        self.running.remove(&id);
+        mem::shrink_sparse(&mut self.running);
+        self.shared
+            .running
+            .store(self.running.len() as u64, Ordering::SeqCst);
     }
 
     fn kill_all_running(&mut self) {
@@ -608,20 +397,5 @@ impl QueueSupervisor {
         for stop in self.running.values() {
             stop.do_send(Stop(StopReason::Shutdown));
         }
-    }
-
-    fn shutdown_complete(&mut self) -> bool {
-        // A claim still in flight would come back to nobody and its tasks wait for their leases
-        // to expire: wait for it (it is released on arrival).
-        let claiming = self.shared_queue.as_ref().is_some_and(|sq| sq.claiming);
-        let done = self.shutdown.is_some() && self.running.is_empty() && !claiming;
-        if done {
-            if let Some(s) = self.shutdown.take() {
-                for d in s.done {
-                    let _ = d.send(());
-                }
-            }
-        }
-        done
     }
 }

@@ -12,7 +12,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Ha
 use chrono::Utc;
 use tokio::sync::watch;
 
-use super::supervisor::{Msg, SupervisorTx};
+use super::supervisor::{Finished, SupervisorTx};
 use super::Shared;
 use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
 use crate::cluster::{transcripts, Cluster};
@@ -40,6 +40,15 @@ pub fn runner_settings(config: &Config) -> RunnerSettings {
     }
 }
 
+/// How a run starts and writes its end, as the supervisor's mode has it (chosen once at
+/// start-up; see `supervisor::mode`).
+pub(crate) enum RunMode {
+    /// On this instance's storage.
+    Local,
+    /// On a lease of the shared queue (Redis storage).
+    Shared(Box<SharedRun>),
+}
+
 /// A run of the shared queue (Redis storage): the instances' cluster, the task as this
 /// instance's claim read it, and the queue's figures (whether the freed slot may claim the
 /// next task).
@@ -57,7 +66,7 @@ pub(crate) struct Run {
     /// Where to report `Finished`.
     pub tx: SupervisorTx,
     pub events: Arc<EventHub>,
-    pub shared: Option<SharedRun>,
+    pub mode: RunMode,
     /// The writer of session records: a turn's accounting when it did not go with the final
     /// record (always, on local storage).
     pub sessions: SessionHandle,
@@ -125,16 +134,16 @@ async fn run_task(run: Run, stop: watch::Receiver<Option<StopReason>>) {
         config,
         tx,
         events,
-        shared,
+        mode,
         sessions,
         io: _,
     } = run;
-    let (ended, handover) = execute(id, &store, &config, stop, &events, shared, &sessions).await;
+    let (ended, handover) = execute(id, &store, &config, stop, &events, mode, &sessions).await;
     let (task, wrote) = match ended {
         Ended::Wrote(t) => (Some(Box::new(t)), true),
         Ended::Read(t) => (t.map(Box::new), false),
     };
-    let _ = tx.send(Msg::Finished {
+    let _ = tx.send(Finished {
         id,
         task,
         wrote,
@@ -152,53 +161,26 @@ enum Ended {
 }
 
 /// Runs the task; on the shared queue also returns what its final write did with the lease
-/// (see [`Msg::Finished`]).
+/// (see [`Finished`]).
 async fn execute(
     id: TaskId,
     store: &Arc<dyn Store>,
     config: &Config,
     stop: watch::Receiver<Option<StopReason>>,
     events: &EventHub,
-    shared: Option<SharedRun>,
+    mode: RunMode,
     sessions: &SessionHandle,
 ) -> (Ended, Option<Claimed>) {
     let read = || async { Ended::Read(store.get_task(id).await.ok().flatten()) };
-    let read_session = |sid: Option<SessionId>| async move {
-        match sid {
-            Some(sid) => store.get_session(sid).await.ok().flatten(),
-            None => None,
-        }
-    };
-    // On the shared queue every wait on Redis holds the slot, so the start goes over the record
-    // the claim read, and the session's transcript is restored and its record read at the same
-    // time: one round trip for the three. (For a task cancelled meanwhile, the restore only
-    // refreshes a local copy.) The session is read before the run because its accounting is
-    // written over that version only (see `finish_leased`). Elsewhere it is read after the run.
-    let (started, portable, session_before) = match &shared {
-        Some(s) => {
-            let spec = &s.leased.task.spec;
-            let (started, portable, session) = tokio::join!(
-                retry("start task", &stop, || {
-                    s.cluster.store().start_leased(&s.leased, Utc::now())
-                }),
-                transcripts::before_turn(Some(&s.cluster), spec, config, &stop),
-                read_session(s.leased.task.session_id),
-            );
-            let started = started.map(|o| o.map(|l| (l.task.clone(), Some(l))));
-            (started, portable, Some(session))
-        }
-        // Transcripts travel only between the instances of a shared queue.
-        None => {
-            let started = retry("start task", &stop, || store.start_task(id, Utc::now()))
-                .await
-                .map(|o| o.map(|t| (t, None)));
-            (started, transcripts::TurnTranscript::off(), None)
-        }
-    };
+    let Start {
+        started,
+        portable,
+        session_before,
+    } = mode.start(id, store, config, &stop).await;
     let Some(started) = started else {
         return (Ended::Read(None), None);
     };
-    let Some((task, leased)) = started else {
+    let Some((task, ending)) = started else {
         // Cancelled before it started: it never runs.
         return (read().await, None);
     };
@@ -229,7 +211,7 @@ async fn execute(
     let mut task = task;
     let session = match session_before {
         Some(s) => s,
-        None => read_session(task.session_id).await,
+        None => read_session(store, task.session_id).await,
     };
     // A session turn's cost is what this run added (a cumulative CLI reports the session's
     // total), computed against the session's baseline before the lane lets the next turn in.
@@ -259,58 +241,23 @@ async fn execute(
         );
         s
     };
-    // Whoever wrote a final status first (a cancel) wins; then report what is stored.
-    let (never_stop_tx, never_stop) = watch::channel(None);
     let sid = task.session_id;
-    let mut handover = None;
-    let mut accounted = false;
-    let written = match (&shared, &leased) {
-        (Some(s), Some(started)) => {
-            // One script: the transcript, the final record over the start's revision, the
-            // session's accounting, the lease dropped, and the next task for this slot.
-            let transcript = portable.to_store().await;
-            let updated = session.clone().map(|s| with_turn(s, &task));
-            let turn = session
-                .as_ref()
-                .zip(updated.as_ref())
-                .map(|(read, updated)| SessionTurn { read, updated });
-            let next = next_claim(s, config, &stop);
-            let end = retry("finish task", &never_stop, || {
-                s.cluster.store().finish_leased(
-                    s.cluster.instance().as_str(),
-                    started,
-                    &task,
-                    turn,
-                    transcript.as_ref(),
-                    next,
-                )
-            })
-            .await;
-            match end {
-                Some(Some(end)) => {
-                    if let Some(answer) = &end.transcript {
-                        portable.stored(answer);
-                    }
-                    accounted = end.accounted;
-                    handover = Some(end.claimed);
-                    Some(true)
-                }
-                // Someone else ended the task since its start, and nothing was written: the
-                // usual way.
-                Some(None) => {
-                    portable.after_turn(&stop).await;
-                    retry("finish task", &never_stop, || write_final(store, &task)).await
-                }
-                None => None,
-            }
-        }
-        _ => {
-            portable.after_turn(&stop).await;
-            retry("finish task", &never_stop, || write_final(store, &task)).await
-        }
-    };
-    drop(never_stop_tx);
-    let ended = match written {
+    let Written {
+        wrote,
+        accounted,
+        handover,
+    } = ending
+        .finish(
+            store,
+            config,
+            &task,
+            session.as_ref(),
+            with_turn,
+            portable,
+            &stop,
+        )
+        .await;
+    let ended = match wrote {
         Some(true) => Ended::Wrote(task),
         _ => read().await,
     };
@@ -333,23 +280,186 @@ async fn execute(
     (ended, handover)
 }
 
-/// What the final write of a shared-queue run claims for the slot it frees: the next task,
-/// unless this instance is shutting down, the run was stopped for a shutdown, or a lowered
-/// `concurrency` wants the slot gone. The supervisor checks again on arrival (and releases a
-/// task it cannot run), so this only saves claims that would be released.
-fn next_claim(
-    s: &SharedRun,
-    config: &Config,
-    stop: &watch::Receiver<Option<StopReason>>,
-) -> NextClaim {
-    let q = &s.queue;
-    let keep_slot = q.accepting.load(Ordering::SeqCst)
-        && q.running.load(Ordering::SeqCst) <= q.concurrency.load(Ordering::SeqCst)
-        && *stop.borrow() != Some(StopReason::Shutdown);
-    NextClaim {
-        lease_ms: config.task_queue.lease_ms,
-        cap: config.task_queue.global_concurrency.unwrap_or(0),
-        want: usize::from(keep_slot),
+async fn read_session(store: &Arc<dyn Store>, sid: Option<SessionId>) -> Option<Session> {
+    match sid {
+        Some(sid) => store.get_session(sid).await.ok().flatten(),
+        None => None,
+    }
+}
+
+/// What a run's start gave.
+struct Start<'a> {
+    /// The task as started and how its end is written. `None`: storage gave up; `Some(None)`:
+    /// the task was no longer pending (cancelled before it started).
+    started: Option<Option<(Task, Ending<'a>)>>,
+    /// The session's transcript: restored before the turn (shared queue), or not travelling.
+    portable: transcripts::TurnTranscript<'a>,
+    /// Shared queue: the session as read before the run, because its accounting is written
+    /// over that version only (see `finish_leased`). `None` elsewhere: it is read after the run.
+    session_before: Option<Option<Session>>,
+}
+
+/// What a run's final record is written over, as its start left it.
+enum Ending<'a> {
+    /// The task's live record in this instance's storage.
+    Local,
+    /// The revision the start wrote, under this instance's lease.
+    Leased {
+        run: &'a SharedRun,
+        started: Box<Leased>,
+    },
+}
+
+/// What the final write did.
+struct Written {
+    /// `Some(true)`: this run wrote the final record; `Some(false)`: someone else had (a
+    /// cancel); `None`: storage gave up.
+    wrote: Option<bool>,
+    /// The session's accounting went with it.
+    accounted: bool,
+    /// Shared queue: the lease was dropped and these tasks claimed for the freed slot.
+    handover: Option<Claimed>,
+}
+
+impl RunMode {
+    /// Start the task in storage, with what a turn needs before its run.
+    async fn start<'a>(
+        &'a self,
+        id: TaskId,
+        store: &Arc<dyn Store>,
+        config: &Config,
+        stop: &watch::Receiver<Option<StopReason>>,
+    ) -> Start<'a> {
+        match self {
+            // Every wait on Redis holds the slot, so the start goes over the record the claim
+            // read, and the session's transcript is restored and its record read at the same
+            // time: one round trip for the three. (For a task cancelled meanwhile, the restore
+            // only refreshes a local copy.)
+            RunMode::Shared(s) => {
+                let spec = &s.leased.task.spec;
+                let (started, portable, session) = tokio::join!(
+                    retry("start task", stop, || {
+                        s.cluster.store().start_leased(&s.leased, Utc::now())
+                    }),
+                    transcripts::before_turn(Some(&s.cluster), spec, config, stop),
+                    read_session(store, s.leased.task.session_id),
+                );
+                let started = started.map(|o| {
+                    o.map(|l| {
+                        let task = l.task.clone();
+                        let started = Box::new(l);
+                        (task, Ending::Leased { run: s, started })
+                    })
+                });
+                Start {
+                    started,
+                    portable,
+                    session_before: Some(session),
+                }
+            }
+            // Transcripts travel only between the instances of a shared queue.
+            RunMode::Local => {
+                let started = retry("start task", stop, || store.start_task(id, Utc::now()))
+                    .await
+                    .map(|o| o.map(|t| (t, Ending::Local)));
+                Start {
+                    started,
+                    portable: transcripts::TurnTranscript::off(),
+                    session_before: None,
+                }
+            }
+        }
+    }
+}
+
+impl Ending<'_> {
+    /// Write the run's final record (`task`), its transcript and, where it can go with it,
+    /// the session's accounting (`session` as read, `with_turn` applying the turn). Whoever
+    /// wrote a final status first (a cancel) wins.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        store: &Arc<dyn Store>,
+        config: &Config,
+        task: &Task,
+        session: Option<&Session>,
+        with_turn: impl Fn(Session, &Task) -> Session,
+        portable: transcripts::TurnTranscript<'_>,
+        stop: &watch::Receiver<Option<StopReason>>,
+    ) -> Written {
+        // The final write is retried even while the run is being stopped: it is the record.
+        let (never_stop_tx, never_stop) = watch::channel(None);
+        let mut written = Written {
+            wrote: None,
+            accounted: false,
+            handover: None,
+        };
+        match self {
+            Ending::Leased { run, started } => {
+                // One script: the transcript, the final record over the start's revision, the
+                // session's accounting, the lease dropped, and the next task for this slot.
+                let transcript = portable.to_store().await;
+                let updated = session.cloned().map(|s| with_turn(s, task));
+                let turn = session
+                    .zip(updated.as_ref())
+                    .map(|(read, updated)| SessionTurn { read, updated });
+                let next = run.next_claim(config, stop);
+                let end = retry("finish task", &never_stop, || {
+                    run.cluster.store().finish_leased(
+                        run.cluster.instance().as_str(),
+                        started,
+                        task,
+                        turn,
+                        transcript.as_ref(),
+                        next,
+                    )
+                })
+                .await;
+                match end {
+                    Some(Some(end)) => {
+                        if let Some(answer) = &end.transcript {
+                            portable.stored(answer);
+                        }
+                        written.accounted = end.accounted;
+                        written.handover = Some(end.claimed);
+                        written.wrote = Some(true);
+                    }
+                    // Someone else ended the task since its start, and nothing was written:
+                    // the usual way.
+                    Some(None) => {
+                        portable.after_turn(stop).await;
+                        written.wrote =
+                            retry("finish task", &never_stop, || write_final(store, task)).await;
+                    }
+                    None => {}
+                }
+            }
+            Ending::Local => {
+                portable.after_turn(stop).await;
+                written.wrote =
+                    retry("finish task", &never_stop, || write_final(store, task)).await;
+            }
+        }
+        drop(never_stop_tx);
+        written
+    }
+}
+
+impl SharedRun {
+    /// What the final write claims for the slot it frees: the next task, unless this instance
+    /// is shutting down, the run was stopped for a shutdown, or a lowered `concurrency` wants
+    /// the slot gone. The supervisor checks again on arrival (and releases a task it cannot
+    /// run), so this only saves claims that would be released.
+    fn next_claim(&self, config: &Config, stop: &watch::Receiver<Option<StopReason>>) -> NextClaim {
+        let q = &self.queue;
+        let keep_slot = q.accepting.load(Ordering::SeqCst)
+            && q.running.load(Ordering::SeqCst) <= q.concurrency.load(Ordering::SeqCst)
+            && *stop.borrow() != Some(StopReason::Shutdown);
+        NextClaim {
+            lease_ms: config.task_queue.lease_ms,
+            cap: config.task_queue.global_concurrency.unwrap_or(0),
+            want: usize::from(keep_slot),
+        }
     }
 }
 

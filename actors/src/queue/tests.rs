@@ -636,10 +636,10 @@ async fn shared_wake_claims_leases_show_the_run_and_ended_elsewhere_stops_it() {
     let f = SharedFixture::new(1).await;
     let tx = f.supervise();
     let task = f.insert("hang").await;
-    // Sent until it runs: a `Wake` that arrives while the first claim is still out is
-    // overwritten by that claim's (empty) answer.
+    // Sent once: a `Wake` that arrives while the first claim is still out (it may have read
+    // before the insert) is kept past that claim's empty answer, and claims again.
+    tx.send(Wake).map_err(|_| ()).expect("sent");
     eventually("a wake claims the task", || {
-        let _ = tx.send(Wake);
         f.dir.path().join("pid").exists()
     })
     .await;

@@ -197,8 +197,7 @@ impl Mode {
         match self {
             Mode::Shared(sq) => {
                 sq.claiming = false;
-                // A full claim may have left more behind; a short one emptied what was ready.
-                sq.wanted = tasks.len() >= asked && asked > 0;
+                sq.wanted = wanted_after_claim(sq.wanted, asked, tasks.len());
                 sq.run_claimed(core, tasks);
             }
             // Never sent: an instance alone does not claim.
@@ -311,5 +310,32 @@ impl SharedQueue {
             };
             core.spawn_worker(id, RunMode::Shared(Box::new(run)));
         }
+    }
+}
+
+/// Whether to claim again once a claim for `asked` tasks came back with `got`. A full claim may
+/// have left more behind; a short one emptied what was ready when it read — but a wake that
+/// came while it was in flight (`woken`: `wanted` is cleared when a claim begins) announces a
+/// task it may not have seen, and must not be lost to its answer.
+fn wanted_after_claim(woken: bool, asked: usize, got: usize) -> bool {
+    woken || (asked > 0 && got >= asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wanted_after_claim;
+
+    #[test]
+    fn a_wake_during_a_claim_outlives_its_short_answer() {
+        assert!(wanted_after_claim(true, 2, 0), "the wake is kept");
+        assert!(
+            !wanted_after_claim(false, 2, 1),
+            "a short claim emptied the queue"
+        );
+        assert!(
+            wanted_after_claim(false, 2, 2),
+            "a full claim may have left more"
+        );
+        assert!(!wanted_after_claim(false, 0, 0));
     }
 }

@@ -80,6 +80,7 @@ fn served_paths() -> Vec<String> {
     let sources = [
         include_str!("../../src/http/mod.rs"),
         include_str!("../../src/http/openai/mod.rs"),
+        include_str!("../../src/http/anthropic/mod.rs"),
     ];
     let mut paths = Vec::new();
     for source in sources {

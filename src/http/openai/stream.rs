@@ -18,11 +18,10 @@ use actix_web::HttpResponse;
 use serde::Serialize;
 use serde_json::Value;
 
-use actors::error::ErrorCode;
 use actors::events::{EventSource, TaskEvent};
-use actors::model::Usage;
 
 use super::super::claude::CancelOnDrop;
+use super::super::compat::{usage_of, Piece, RunReader};
 use super::super::events::PING_INTERVAL;
 use super::super::sse::{self, Event};
 use super::error::from_native;
@@ -39,9 +38,7 @@ struct Writer {
     include_usage: bool,
     /// `data:` payloads ready to send, in order.
     out: VecDeque<String>,
-    wrote_text: bool,
-    /// A tool ran since the last text: the next text starts a new paragraph.
-    tool_since_text: bool,
+    reader: RunReader,
     /// The final event was read; nothing more comes after `out` is drained.
     done: bool,
     /// Cancels the run if the client leaves before the final event.
@@ -61,8 +58,7 @@ pub fn respond(
         env,
         include_usage,
         out: VecDeque::new(),
-        wrote_text: false,
-        tool_since_text: false,
+        reader: RunReader::default(),
         done: false,
         guard,
     };
@@ -84,12 +80,7 @@ pub fn respond(
                         w.take(&e);
                     }
                 }
-                // A log always closes with its final event; if it ever did not, say so
-                // rather than end the stream as if the answer were complete.
-                None => w.fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &serde_json::json!({"error": "The run ended without an answer.", "code": "internal_error"}),
-                ),
+                None => w.write(Piece::ended_without_answer()),
             }
         }
     });
@@ -102,58 +93,38 @@ impl Writer {
         if self.done {
             return;
         }
-        // Parsed only for the kinds looked into.
-        let value = || e.value();
-        match e.kind {
-            "text" => {
-                let event = value();
-                let Some(text) = event.get("text").and_then(Value::as_str) else {
-                    return;
-                };
-                if text.is_empty() {
-                    return;
-                }
-                let text = if self.tool_since_text && self.wrote_text {
+        if let Some(piece) = self.reader.take(e) {
+            self.write(piece);
+        }
+    }
+
+    fn write(&mut self, piece: Piece) {
+        match piece {
+            Piece::Text { text, after_tool } => {
+                let text = if after_tool {
                     format!("\n\n{text}")
                 } else {
-                    text.to_string()
+                    text
                 };
-                self.tool_since_text = false;
-                self.wrote_text = true;
                 let line = data(&self.env.text_chunk(&text, self.include_usage));
                 self.out.push_back(line);
             }
-            "tool_use" | "tool_result" => self.tool_since_text = true,
-            "result" => {
+            Piece::Done(native) => {
                 self.out
                     .push_back(data(&self.env.finish_chunk(self.include_usage)));
                 if self.include_usage {
-                    let usage = value()
-                        .get("usage")
-                        .cloned()
-                        .and_then(|u| serde_json::from_value::<Usage>(u).ok())
-                        .unwrap_or_default();
-                    self.out.push_back(data(&self.env.usage_chunk(usage)));
+                    self.out
+                        .push_back(data(&self.env.usage_chunk(usage_of(&native))));
                 }
                 self.end();
             }
-            "error" => {
-                let event = value();
-                let status = event
-                    .get("code")
-                    .cloned()
-                    .and_then(|c| serde_json::from_value::<ErrorCode>(c).ok())
-                    .and_then(|c| StatusCode::from_u16(c.http_status()).ok())
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                self.fail(status, &event);
-            }
-            // `init` is announced by the role chunk already.
-            _ => {}
+            Piece::Failed(status, native) => self.fail(status, &native),
         }
     }
 
     fn fail(&mut self, status: StatusCode, native: &Value) {
-        self.out.push_back(data(&from_native(status, native)));
+        self.out
+            .push_back(data(&from_native(status, native, "messages")));
         self.end();
     }
 

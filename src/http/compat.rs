@@ -19,7 +19,8 @@ use serde_json::{json, Map, Value};
 
 use actors::error::ErrorCode;
 use actors::events::{EventSource, TaskEvent};
-use actors::model::{Task, TaskStatus, Usage};
+use actors::model::{Task, TaskId, TaskStatus, Usage};
+use actors::store::Store;
 
 use super::error::ApiError;
 
@@ -295,6 +296,19 @@ pub fn usage_of(native: &Value) -> Usage {
         .cloned()
         .and_then(|u| serde_json::from_value(u).ok())
         .unwrap_or_default()
+}
+
+/// The usage of a finished run, from its record: a run [`cut_short`] reports it only there
+/// (its final event is an error body). Zero if it cannot be read: the answer still ends well.
+pub async fn stored_usage(store: &dyn Store, task_id: TaskId) -> Usage {
+    match store.get_task(task_id).await {
+        Ok(Some(task)) => task.report.map(|r| r.usage).unwrap_or_default(),
+        Ok(None) => Usage::default(),
+        Err(e) => {
+            log::warn!(task_id:% = task_id, error:% = e; "no usage for a run cut short");
+            Usage::default()
+        }
+    }
 }
 
 /// The text a finished run wrote, one entry per stretch of text between tool calls, read from

@@ -52,6 +52,7 @@ use super::{
         openai::chat_completions,
         openai::list_models,
         openai::get_model,
+        openai::responses::create,
         anthropic::messages,
     ),
     components(schemas(

@@ -34,6 +34,7 @@ mod rate_limit;
 mod readme;
 mod redis;
 mod reload;
+mod responses;
 mod run_sync;
 mod sdk;
 mod sessions;

@@ -74,6 +74,18 @@ async fn the_official_openai_python_sdk_works_against_the_server() {
 }
 
 #[tokio::test]
+async fn the_official_openai_python_sdk_speaks_the_responses_api() {
+    let app = sdk_app().await;
+    let env = [
+        ("CCS_OPENAI_BASE_URL", app.url("/v1")),
+        ("CCS_OPENAI_API_KEY", KEY.to_string()),
+        ("CCS_OPENAI_MODEL", MODEL.to_string()),
+    ];
+    run_script("tests/openai_sdk/test_responses.py", &env, "openai").await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_official_anthropic_python_sdk_works_against_the_server() {
     let app = sdk_app().await;
     let env = [

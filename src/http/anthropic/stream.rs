@@ -28,7 +28,7 @@ use actors::model::{TaskId, Usage};
 use actors::store::Store;
 
 use super::super::claude::CancelOnDrop;
-use super::super::compat::{cut_short_body, usage_of, Piece, RunReader};
+use super::super::compat::{cut_short_body, stored_usage, usage_of, Piece, RunReader};
 use super::super::events::PING_INTERVAL;
 use super::super::sse::{self, Event};
 use super::error::from_native;
@@ -134,7 +134,7 @@ impl Writer {
             }
             Piece::Done(native) => self.finish(END_TURN, usage_of(&native)),
             Piece::Failed(_, native) if cut_short_body(&native) => {
-                let usage = self.stored_usage().await;
+                let usage = stored_usage(self.store.as_ref(), self.task_id).await;
                 self.finish(MAX_TOKENS, usage);
             }
             Piece::Failed(status, native) => self.fail(status, &native),
@@ -185,19 +185,6 @@ impl Writer {
         self.done = true;
         // The run is over: a client leaving now cancels nothing.
         self.guard.disarm();
-    }
-
-    /// The usage of the finished run, from its record (zero if it cannot be read: the stream
-    /// still ends well).
-    async fn stored_usage(&self) -> Usage {
-        match self.store.get_task(self.task_id).await {
-            Ok(Some(task)) => task.report.map(|r| r.usage).unwrap_or_default(),
-            Ok(None) => Usage::default(),
-            Err(e) => {
-                log::warn!(task_id:% = self.task_id, error:% = e; "no usage for a stream's last event");
-                Usage::default()
-            }
-        }
     }
 }
 

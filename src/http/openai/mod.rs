@@ -33,6 +33,7 @@ use crate::state::AppState;
 pub mod error;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod stream;
 
 use request::ChatRequest;
@@ -42,6 +43,7 @@ use response::{completion, completion_id, Envelope, ModelList, ModelObject};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use super::routing::{get, post, resource};
     cfg.service(resource("/v1/chat/completions").route(post().to(chat_completions)))
+        .service(resource("/v1/responses").route(post().to(responses::create)))
         .service(resource("/v1/models").route(get().to(list_models)))
         .service(resource("/v1/models/{id}").route(get().to(get_model)));
 }

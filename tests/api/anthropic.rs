@@ -76,31 +76,6 @@ fn assert_anthropic_error(
     );
 }
 
-/// The events of an SSE body: (`event:` name, `data:` JSON). Every event must have both, on
-/// one line each.
-fn events(body: &str) -> Vec<(String, Value)> {
-    assert!(
-        body.ends_with("\n\n"),
-        "events end with a blank line: {body:?}"
-    );
-    body.split_terminator("\n\n")
-        .map(|block| {
-            let mut lines = block.lines();
-            let name = lines
-                .next()
-                .and_then(|l| l.strip_prefix("event: "))
-                .unwrap_or_else(|| panic!("an event line first: {block:?}"));
-            let data = lines
-                .next()
-                .and_then(|l| l.strip_prefix("data: "))
-                .unwrap_or_else(|| panic!("a data line second: {block:?}"));
-            assert!(lines.next().is_none(), "two lines per event: {block:?}");
-            let data: Value = serde_json::from_str(data).expect("json data");
-            (name.to_string(), data)
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_stream_is_anthropic_events_in_order_and_adds_up() {
     let app = spawn_app().await;
@@ -124,7 +99,7 @@ async fn a_stream_is_anthropic_events_in_order_and_adds_up() {
         .await
         .expect("the stream ends")
         .expect("body");
-    let events = events(&body);
+    let events = sse_events(&body);
     for (name, data) in &events {
         assert_eq!(
             data["type"],
@@ -201,7 +176,7 @@ async fn text_around_a_tool_call_comes_in_two_blocks() {
         &[],
     )
     .await;
-    let events = events(&resp.text().await.expect("body"));
+    let events = sse_events(&resp.text().await.expect("body"));
     // (block index, its text) per block event, deltas of a block joined.
     let mut blocks: Vec<(String, u64, String)> = Vec::new();
     for (name, data) in events
@@ -369,7 +344,7 @@ async fn a_run_the_cli_stops_at_its_budget_is_a_truncated_message() {
         &[],
     )
     .await;
-    let events = events(&resp.text().await.expect("body"));
+    let events = sse_events(&resp.text().await.expect("body"));
     let mut names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     names.dedup();
     assert_eq!(
@@ -560,7 +535,7 @@ async fn errors_from_every_layer_are_anthropic_shaped() {
     )
     .await;
     assert_eq!(resp.status().as_u16(), 200, "the stream had begun");
-    let events = events(&resp.text().await.expect("body"));
+    let events = sse_events(&resp.text().await.expect("body"));
     let (name, err) = events.last().expect("events");
     assert_eq!(name, "error", "{events:?}");
     assert_eq!(err["error"]["type"], "api_error", "{err}");

@@ -30,26 +30,6 @@ fn session_header(resp: &reqwest::Response) -> String {
         .to_string()
 }
 
-/// The events of an SSE body (`: ping` comments skipped): (`event:` name, `data:` JSON).
-fn events(body: &str) -> Vec<(String, Value)> {
-    assert!(
-        body.ends_with("\n\n"),
-        "events end with a blank line: {body:?}"
-    );
-    body.split_terminator("\n\n")
-        .filter(|block| !block.starts_with(':'))
-        .map(|block| {
-            let (name, data) = block
-                .split_once('\n')
-                .unwrap_or_else(|| panic!("two lines: {block:?}"));
-            let name = name.strip_prefix("event: ").expect("an event line");
-            let data = data.strip_prefix("data: ").expect("a data line");
-            assert!(!data.contains('\n'), "one data line: {block:?}");
-            (name.to_string(), serde_json::from_str(data).expect("json"))
-        })
-        .collect()
-}
-
 fn assert_openai_error(status: u16, body: &Value, want_status: u16, want_code: &str, param: Value) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["error"]["code"], want_code, "{body}");
@@ -75,7 +55,7 @@ async fn a_stream_is_response_events_in_order_and_adds_up() {
         .await
         .expect("the stream ends")
         .expect("body");
-    let events = events(&body);
+    let events = sse_events(&body);
     for (i, (name, data)) in events.iter().enumerate() {
         assert_eq!(data["type"], json!(name), "{data}");
         assert_eq!(data["sequence_number"], json!(i), "{data}");
@@ -277,7 +257,7 @@ async fn a_run_the_cli_stops_at_its_budget_is_incomplete() {
         json!({"stream": true, "input": "[[fake:tool=Bash]] go"}),
     )
     .await;
-    let events = events(&resp.text().await.expect("body"));
+    let events = sse_events(&resp.text().await.expect("body"));
     let (name, last) = events.last().expect("events");
     assert_eq!(name, "response.incomplete", "{events:?}");
     assert_eq!(last["response"]["status"], "incomplete");
@@ -327,7 +307,7 @@ async fn errors_are_openai_shaped_and_name_input() {
     )
     .await;
     assert_eq!(resp.status().as_u16(), 200);
-    let events = events(&resp.text().await.expect("body"));
+    let events = sse_events(&resp.text().await.expect("body"));
     let (name, last) = events.last().expect("events");
     assert_eq!(name, "response.failed", "{events:?}");
     assert_eq!(last["response"]["status"], "failed");

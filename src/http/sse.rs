@@ -163,4 +163,20 @@ mod tests {
         drop(tx);
         assert!(body.next().await.is_none());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_protocol_with_its_own_ping_event_gets_that_instead() {
+        let ping = Event::default().event("ping").data(r#"{"type": "ping"}"#);
+        let mut body = KeepAlive {
+            events: Box::pin(futures_util::stream::pending::<Event>()),
+            quiet: Box::pin(tokio::time::sleep(Duration::from_secs(15))),
+            every: Duration::from_secs(15),
+            ping: ping.into_frame(),
+        };
+        let first = body.next().await.and_then(Result::ok);
+        assert_eq!(
+            first.as_deref(),
+            Some(&b"event: ping\ndata: {\"type\": \"ping\"}\n\n"[..])
+        );
+    }
 }

@@ -49,7 +49,8 @@ impl Event {
         self
     }
 
-    fn into_frame(mut self) -> Bytes {
+    /// The bytes sent for the event: its fields and the blank line that ends it.
+    pub(crate) fn into_frame(mut self) -> Bytes {
         self.0.put_u8(b'\n');
         self.0.freeze()
     }

@@ -601,3 +601,92 @@ async fn models_and_rate_limits_answer_in_anthropic_shape_with_its_header() {
     assert_anthropic_error(s, &b, 429, "rate_limit_error", "rate_limited");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_streaming_client_that_leaves_cancels_its_run() {
+    use futures_util::StreamExt;
+    let app = spawn_app().await;
+    let resp = post(
+        &app,
+        json!({"max_tokens": 8, "stream": true, "messages": [user("[[fake:hang]] x")]}),
+        &[],
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("message_start")
+        .expect("a body")
+        .expect("bytes");
+    let first = String::from_utf8_lossy(&first);
+    let start: Value = serde_json::from_str(
+        first
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("a data line"),
+    )
+    .expect("json");
+    let task_id = task_of(start["message"]["id"].as_str().expect("id"));
+    // The run's own start line: the daemon's `--version` check logs one too.
+    let started = poll_until(Duration::from_secs(10), || {
+        app.starts()
+            .into_iter()
+            .find(|s| s["argv"] != json!(["--version"]))
+    })
+    .await
+    .expect("the run started");
+    drop(body);
+    let pgid = started["pgid"].as_i64().expect("pgid");
+    assert!(
+        wait_group_gone(pgid, Duration::from_secs(5)).await,
+        "the run outlived its streaming client"
+    );
+    let task = app
+        .wait_for_task(&task_id, |t| t["status"] == "cancelled")
+        .await;
+    assert_eq!(task["status"], "cancelled", "{task}");
+    app.shutdown().await;
+}
+
+/// Messages and responses count like any run: the HTTP metrics by route, the statistics.
+#[tokio::test]
+async fn messages_and_responses_count_in_the_metrics_and_statistics() {
+    let app = spawn_app().await;
+    let (s, _) = json_body(
+        post(
+            &app,
+            json!({"max_tokens": 8, "messages": [user("counted")]}),
+            &[],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = json_body(
+        app.post_json("/v1/responses", &json!({"input": "counted too"}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    for route in ["/v1/messages", "/v1/responses"] {
+        let line =
+            format!(r#"ccs_http_requests_total{{method="POST",route="{route}",status="200"}} 1"#);
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    // The statistics count a run when its record is final: polled, within a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = json_body(app.get("/api/statistics/summary").await).await;
+        if b["summary"]["requests"]["total"] == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both runs are in the statistics: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.shutdown().await;
+}

@@ -1,5 +1,4 @@
-//! The Anthropic stream of a run, read from the task's event log (the same log the native SSE
-//! reads): named events whose `data` carries the same `type`.
+//! The Anthropic stream of a run: named events whose `data` carries the same `type`.
 //!
 //! `message_start` (no content, zero usage: the figures come at the end), one `ping`, then for
 //! each stretch of text the model wrote a text block — `content_block_start`, one
@@ -13,7 +12,8 @@
 //! [`MAX_TOKENS`]); any other failure after the stream began (the status is already 200) ends
 //! with an `error` event holding Anthropic's error object, which the SDKs raise. A quiet stream
 //! gets Anthropic's own keep-alive, `event: ping` with `{"type": "ping"}`, every
-//! [`PING_INTERVAL`]. A client that goes away cancels the run.
+//! [`PING_INTERVAL`]. A client that goes away cancels the run (the driver,
+//! [`compat::stream`](super::super::compat::stream), reads the run's log).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,34 +28,13 @@ use actors::model::{TaskId, Usage};
 use actors::store::Store;
 
 use super::super::claude::CancelOnDrop;
-use super::super::compat::{cut_short_body, stored_usage, usage_of, Piece, RunReader};
+use super::super::compat::stream::{self, Encoder};
 use super::super::events::PING_INTERVAL;
 use super::super::sse::{self, Event};
 use super::error::from_native;
 use super::response::{
     text_block, text_delta, Envelope, MessageDelta, StreamEvent, END_TURN, MAX_TOKENS,
 };
-
-struct Writer {
-    /// The run's events: its local log, or with Redis the copy of a run on another instance.
-    log: EventSource,
-    after: u64,
-    reader: RunReader,
-    env: Envelope,
-    /// Where the run's record is: a run cut short reports its usage only there.
-    store: Arc<dyn Store>,
-    task_id: TaskId,
-    /// Events ready to send, in order.
-    out: VecDeque<Event>,
-    /// The index of the open text block, if one is open.
-    open: Option<usize>,
-    /// The index the next block gets.
-    next_index: usize,
-    /// The final event was read; nothing more comes after `out` is drained.
-    done: bool,
-    /// Cancels the run if the client leaves before the final event.
-    guard: CancelOnDrop,
-}
 
 /// The SSE response for a submitted run.
 pub fn respond(
@@ -65,126 +44,86 @@ pub fn respond(
     task_id: TaskId,
     guard: CancelOnDrop,
 ) -> HttpResponse {
-    let mut writer = Writer {
-        log,
-        after: 0,
-        reader: RunReader::default(),
-        env,
-        store,
-        task_id,
-        out: VecDeque::new(),
-        open: None,
-        next_index: 0,
-        done: false,
-        guard,
-    };
-    let start = StreamEvent::MessageStart {
-        message: writer.env.start(),
-    };
-    let start = event(&start);
-    writer.out.push_back(start);
-    // As Anthropic's API does: a ping right after the start.
-    writer.out.push_back(event(&StreamEvent::Ping));
-    let events = futures_util::stream::unfold(writer, |mut w| async move {
-        loop {
-            if let Some(e) = w.out.pop_front() {
-                return Some((e, w));
-            }
-            if w.done {
-                return None;
-            }
-            match w.log.next_after(w.after).await {
-                Some(batch) => {
-                    for e in batch {
-                        w.after = e.id;
-                        if let Some(piece) = w.reader.take(&e) {
-                            w.write(piece).await;
-                        }
-                    }
-                }
-                None => w.write(Piece::ended_without_answer()).await,
-            }
-        }
-    });
+    let events = stream::events(log, Blocks::new(env), store, task_id, guard);
     let ping = Event::default()
         .event(StreamEvent::Ping.name())
         .data(r#"{"type": "ping"}"#);
     sse::response_with_ping(events, PING_INTERVAL, ping)
 }
 
-impl Writer {
-    async fn write(&mut self, piece: Piece) {
-        if self.done {
-            return;
-        }
-        match piece {
-            Piece::Text { text, after_tool } => {
-                if after_tool {
-                    self.close_block();
-                }
-                let index = match self.open {
-                    Some(index) => index,
-                    None => self.open_block(),
-                };
-                let delta = StreamEvent::ContentBlockDelta {
-                    index,
-                    delta: text_delta(&text),
-                };
-                self.out.push_back(event(&delta));
-            }
-            Piece::Done(native) => self.finish(END_TURN, usage_of(&native)),
-            Piece::Failed(_, native) if cut_short_body(&native) => {
-                let usage = stored_usage(self.store.as_ref(), self.task_id).await;
-                self.finish(MAX_TOKENS, usage);
-            }
-            Piece::Failed(status, native) => self.fail(status, &native),
+/// The encoder: the message's text blocks.
+struct Blocks {
+    env: Envelope,
+    /// The index of the open text block, if one is open.
+    open: Option<usize>,
+    /// The index the next block gets.
+    next_index: usize,
+}
+
+impl Blocks {
+    fn new(env: Envelope) -> Blocks {
+        Blocks {
+            env,
+            open: None,
+            next_index: 0,
         }
     }
 
-    fn open_block(&mut self) -> usize {
-        let index = self.next_index;
-        self.next_index += 1;
-        self.open = Some(index);
-        let start = StreamEvent::ContentBlockStart {
-            index,
-            content_block: text_block(""),
-        };
-        self.out.push_back(event(&start));
-        index
-    }
-
-    fn close_block(&mut self) {
+    fn close_block(&mut self, out: &mut VecDeque<Event>) {
         if let Some(index) = self.open.take() {
-            self.out
-                .push_back(event(&StreamEvent::ContentBlockStop { index }));
+            out.push_back(event(&StreamEvent::ContentBlockStop { index }));
         }
     }
+}
 
-    fn finish(&mut self, stop_reason: &'static str, usage: Usage) {
-        self.close_block();
-        let delta = StreamEvent::MessageDelta {
+impl Encoder for Blocks {
+    fn start(&mut self, out: &mut VecDeque<Event>) {
+        out.push_back(event(&StreamEvent::MessageStart {
+            message: self.env.start(),
+        }));
+        // As Anthropic's API does: a ping right after the start.
+        out.push_back(event(&StreamEvent::Ping));
+    }
+
+    fn text(&mut self, text: &str, after_tool: bool, out: &mut VecDeque<Event>) {
+        if after_tool {
+            self.close_block(out);
+        }
+        let index = match self.open {
+            Some(index) => index,
+            None => {
+                let index = self.next_index;
+                self.next_index += 1;
+                self.open = Some(index);
+                out.push_back(event(&StreamEvent::ContentBlockStart {
+                    index,
+                    content_block: text_block(""),
+                }));
+                index
+            }
+        };
+        out.push_back(event(&StreamEvent::ContentBlockDelta {
+            index,
+            delta: text_delta(text),
+        }));
+    }
+
+    fn finish(&mut self, usage: Usage, cut_short: bool, out: &mut VecDeque<Event>) {
+        self.close_block(out);
+        let stop_reason = if cut_short { MAX_TOKENS } else { END_TURN };
+        out.push_back(event(&StreamEvent::MessageDelta {
             delta: MessageDelta {
                 stop_reason,
                 stop_sequence: None,
             },
             usage: usage.into(),
-        };
-        self.out.push_back(event(&delta));
-        self.out.push_back(event(&StreamEvent::MessageStop));
-        self.end();
+        }));
+        out.push_back(event(&StreamEvent::MessageStop));
     }
 
-    fn fail(&mut self, status: StatusCode, native: &Value) {
+    fn fail(&mut self, status: StatusCode, native: &Value, out: &mut VecDeque<Event>) {
         let body = data(&from_native(status, native, None));
-        self.out
-            .push_back(Event::default().event("error").data(body));
-        self.end();
-    }
-
-    fn end(&mut self) {
-        self.done = true;
-        // The run is over: a client leaving now cancels nothing.
-        self.guard.disarm();
+        out.push_back(Event::default().event("error").data(body));
     }
 }
 
@@ -196,4 +135,105 @@ fn data<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| {
         r#"{"type":"error","error":{"type":"api_error","message":"Internal error."}}"#.to_string()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The events of `out` as (name, data) pairs.
+    fn read(out: VecDeque<Event>) -> Vec<(String, Value)> {
+        out.into_iter()
+            .map(|e| {
+                let frame = String::from_utf8_lossy(&e.into_frame()).to_string();
+                let mut lines = frame.lines();
+                let name = lines.next().and_then(|l| l.strip_prefix("event: "));
+                let data = lines.next().and_then(|l| l.strip_prefix("data: "));
+                let data = data.and_then(|d| serde_json::from_str(d).ok());
+                (name.unwrap_or("").to_string(), data.unwrap_or(Value::Null))
+            })
+            .collect()
+    }
+
+    fn blocks() -> Blocks {
+        Blocks::new(Envelope {
+            id: "msg_1".into(),
+            model: "m".into(),
+        })
+    }
+
+    #[test]
+    fn text_around_a_tool_is_two_blocks_then_the_stop_reason_and_usage() {
+        let mut b = blocks();
+        let mut out = VecDeque::new();
+        b.start(&mut out);
+        b.text("a", false, &mut out);
+        b.text("b", false, &mut out);
+        b.text("c", true, &mut out);
+        let usage = Usage {
+            input_tokens: 3,
+            output_tokens: 4,
+            ..Usage::default()
+        };
+        b.finish(usage, false, &mut out);
+        let events = read(out);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        for (name, data) in &events {
+            assert_eq!(data["type"], json!(name));
+        }
+        assert_eq!(events[6].1["index"], 1);
+        assert_eq!(
+            events[7].1["delta"],
+            json!({"type": "text_delta", "text": "c"})
+        );
+        assert_eq!(
+            events[9].1,
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                   "usage": {"input_tokens": 3, "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0, "output_tokens": 4}})
+        );
+    }
+
+    #[test]
+    fn a_run_cut_short_is_max_tokens_and_a_failure_an_error_event() {
+        let mut b = blocks();
+        let mut out = VecDeque::new();
+        b.finish(Usage::default(), true, &mut out);
+        let events = read(out);
+        assert_eq!(events[0].1["delta"]["stop_reason"], "max_tokens");
+        assert_eq!(events.len(), 2, "no block was opened: {events:?}");
+
+        let mut b = blocks();
+        let mut out = VecDeque::new();
+        b.text("partial", false, &mut out);
+        let native =
+            json!({"error": "The model API returned an error: 500", "code": "cli_api_error"});
+        b.fail(StatusCode::BAD_GATEWAY, &native, &mut out);
+        let events = read(out);
+        let (name, err) = events.last().expect("an event");
+        assert_eq!(name, "error");
+        assert_eq!(
+            *err,
+            json!({"type": "error", "error": {"type": "api_error",
+                   "message": "The model API returned an error: 500",
+                   "details": {"error_code": "cli_api_error"}}})
+        );
+    }
 }

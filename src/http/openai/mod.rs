@@ -95,7 +95,15 @@ pub async fn chat_completions(
             .queue
             .events()
             .source(&submitted.task, state.queue.store());
-        stream::respond(source, env.clone(), chat.include_usage, guard)
+        let (store, task_id) = (state.store.clone(), submitted.task.id);
+        stream::respond(
+            source,
+            env.clone(),
+            chat.include_usage,
+            store,
+            task_id,
+            guard,
+        )
     } else {
         let finished = wait_submitted(&state.queue, submitted, guard)
             .await

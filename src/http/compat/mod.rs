@@ -24,6 +24,8 @@ use actors::store::Store;
 
 use super::error::ApiError;
 
+pub mod stream;
+
 /// The session of a conversation: sent by the client to continue one, returned on every answer.
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
 

@@ -125,8 +125,27 @@ pub struct AnthropicRunErrors;
 
 impl IntoResponses for AnthropicRunErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        error_responses(&RUN_ERRORS[1..], ANTHROPIC_ERROR)
+        error_responses(&truncating_run_errors(), ANTHROPIC_ERROR)
     }
+}
+
+/// The errors of a run on the Responses API, in OpenAI's shape: as [`AnthropicRunErrors`], a
+/// run the CLI stops at its own limits is an answer (`status: incomplete`), not a 422.
+pub struct ResponsesRunErrors;
+
+impl IntoResponses for ResponsesRunErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&truncating_run_errors(), OPENAI_ERROR)
+    }
+}
+
+/// [`RUN_ERRORS`] of a route that answers a run cut short as a truncated answer: no 422.
+fn truncating_run_errors() -> Vec<(u16, &'static str)> {
+    RUN_ERRORS
+        .iter()
+        .copied()
+        .filter(|(status, _)| *status != 422)
+        .collect()
 }
 
 /// The schema name of Anthropic's error body ([`crate::http::anthropic::error::ErrorEnvelope`]).

@@ -389,7 +389,6 @@ async fn errors_from_every_layer_are_anthropic_shaped() {
         "auth": {"apiKeys": [{"name": "a", "key": KEY}]},
         "defaultModel": "claude-sonnet-4-5",
         "allowedModels": ["claude-opus-4-1"],
-        "taskQueue": {"defaultTimeout": 300},
     }))
     .await;
     let key = [("x-api-key", KEY)];
@@ -493,7 +492,7 @@ async fn errors_from_every_layer_are_anthropic_shaped() {
     assert_anthropic_error(s, &b, 405, "invalid_request_error", "method_not_allowed");
     assert!(app.calls().is_empty(), "nothing ran");
 
-    // The run's own failures: the model API overloaded (529), a timeout.
+    // The run's own failures: the model API overloaded (529) or failing.
     let (s, b) = json_body(
         post(
             &app,
@@ -516,17 +515,6 @@ async fn errors_from_every_layer_are_anthropic_shaped() {
     );
     let (s, b) = json_body(resp).await;
     assert_anthropic_error(s, &b, 502, "api_error", "cli_api_error");
-    let (s, b) = json_body(
-        post(
-            &app,
-            json!({"max_tokens": 8, "messages": [user("[[fake:hang]] x")]}),
-            &key,
-        )
-        .await,
-    )
-    .await;
-    assert_anthropic_error(s, &b, 504, "timeout_error", "timeout");
-
     // After the stream began: an `error` event, and nothing after it.
     let resp = post(
         &app,
@@ -544,6 +532,13 @@ async fn errors_from_every_layer_are_anthropic_shaped() {
         "{err}"
     );
     assert_eq!(events[0].0, "message_start");
+    app.shutdown().await;
+
+    // A run over its time limit (a short one, on a daemon of its own so no other run hits it).
+    let app = spawn_app_with(json!({"taskQueue": {"defaultTimeout": 300}})).await;
+    let hang = json!({"max_tokens": 8, "messages": [user("[[fake:hang]] x")]});
+    let (s, b) = json_body(post(&app, hang, &[]).await).await;
+    assert_anthropic_error(s, &b, 504, "timeout_error", "timeout");
     app.shutdown().await;
 }
 

@@ -35,7 +35,7 @@ use response::{item_id, metadata_of, response_id, task_of_response, Envelope, Ou
     responses((status = 200, description = "The response; with `stream: true`, Server-Sent Events named after their `type`, from `response.created` to `response.completed` (or `response.incomplete`, `response.failed`)",
             headers(("X-Session-Id" = String, description = "The session of the response")),
             content((response::ResponseObject = "application/json"), (response::StreamEvent = "text/event-stream"))),
-        crate::http::schema::OpenAiErrors, crate::http::schema::OpenAiRunErrors),
+        crate::http::schema::OpenAiErrors, crate::http::schema::ResponsesRunErrors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn create(
     state: AppState,

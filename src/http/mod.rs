@@ -10,11 +10,14 @@ use actix_web::{web, App, HttpResponse};
 
 use crate::state::AppState;
 
+pub mod anthropic;
 pub mod auth;
 pub mod batch;
 pub mod budget;
 pub mod claude;
+pub mod compat;
 pub mod config_api;
+pub mod dialect;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -59,8 +62,9 @@ pub fn app(
         .default_service(web::to(error::route_not_found))
         .wrap(from_fn(rate_limit::limit))
         .wrap(from_fn(auth::authenticate))
-        // Outside every layer that can refuse a request, so /v1 errors all leave in OpenAI's shape.
-        .wrap(from_fn(openai::error::convert_errors))
+        // Outside every layer that can refuse a request, so /v1 errors all leave in the shape
+        // of the request's dialect (OpenAI's or Anthropic's).
+        .wrap(from_fn(dialect::convert_errors))
         // Outside the panic catcher (a caught panic is logged as its 500); sets the request id.
         .wrap(from_fn(observe::observe))
         // Outermost: sees every answer, whichever layer gave it.
@@ -119,7 +123,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/statistics/daily").route(get().to(statistics::daily_list)))
         .service(resource("/api/statistics/range").route(get().to(statistics::range)))
         .service(resource("/api/statistics/models").route(get().to(statistics::models)))
-        .configure(openai::routes);
+        .configure(openai::routes)
+        .configure(anthropic::routes);
 }
 
 /// `/docs` → the Swagger UI page, `/docs/`.

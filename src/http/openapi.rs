@@ -5,8 +5,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    batch, claude, config_api, events, health, metrics, openai, run_request, schema, sessions,
-    statistics, tasks, webhooks,
+    anthropic, batch, claude, config_api, events, health, metrics, openai, run_request, schema,
+    sessions, statistics, tasks, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -52,6 +52,8 @@ use super::{
         openai::chat_completions,
         openai::list_models,
         openai::get_model,
+        openai::responses::create,
+        anthropic::messages,
     ),
     components(schemas(
         run_request::RunRequest,
@@ -61,6 +63,10 @@ use super::{
         tasks::PriorityChange,
         schema::ErrorBody,
         openai::error::ErrorEnvelope,
+        anthropic::error::ErrorEnvelope,
+        schema::V1Error,
+        anthropic::response::ModelList,
+        anthropic::response::ModelInfo,
     )),
     modifiers(&Security),
     tags(
@@ -70,6 +76,7 @@ use super::{
         (name = "statistics", description = "Requests, tokens, cost, durations"),
         (name = "operations", description = "Health, metrics, configuration and this document"),
         (name = "openai", description = "OpenAI-compatible API, for the OpenAI SDKs"),
+        (name = "anthropic", description = "Anthropic-compatible API, for the Anthropic SDKs"),
     )
 )]
 pub struct ApiDoc;

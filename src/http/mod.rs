@@ -76,9 +76,11 @@ pub fn app(
 fn routes(cfg: &mut web::ServiceConfig) {
     use routing::{delete, get, patch, post, resource};
     cfg.service(resource("/health").route(get().to(health::health)))
+        .service(resource("/api/openapi.json").route(get().to(openapi::serve_document)))
+        // The Swagger UI's files, showing the document above.
         .service(
             utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
-                .url("/api/openapi.json", openapi::document()),
+                .config(utoipa_swagger_ui::Config::new(["/api/openapi.json"])),
         )
         .service(resource("/docs").route(get().to(docs_redirect)))
         .service(resource("/api/claude").route(post().to(claude::run_claude)))

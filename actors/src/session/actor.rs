@@ -114,20 +114,11 @@ impl SessionActor {
         &self,
         id: SessionId,
         write: Write,
-        change: impl FnOnce(&mut Session) + 'static,
+        change: impl FnOnce(&mut Session) + Send + 'static,
     ) -> Atomic<Option<Session>> {
         let store = self.store.clone();
-        atomic(async move {
-            let Some(mut session) = store.get_session(id).await? else {
-                return Ok(None);
-            };
-            change(&mut session);
-            let written = match write {
-                Write::Durable => store.update_session(&session).await?,
-                Write::Lazy => store.update_session_lazily(&session).await?,
-            };
-            Ok(written.then_some(session))
-        })
+        let lazily = matches!(write, Write::Lazy);
+        atomic(async move { store.modify_session(id, lazily, Box::new(change)).await })
     }
 }
 

@@ -772,6 +772,34 @@ pub(crate) mod checks {
         assert!(!s.update_session(&stranger).await.expect("update"));
         assert_eq!(s.get_session(stranger.id).await.expect("get"), None);
 
+        // A read-change-write: answers and stores the changed record, durably or lazily.
+        for lazily in [false, true] {
+            let changed = s
+                .modify_session(a.id, lazily, Box::new(|x| x.messages_count += 1))
+                .await
+                .expect("modify");
+            let stored = s.get_session(a.id).await.expect("get");
+            assert_eq!(
+                changed.as_ref().map(|x| x.messages_count),
+                stored.as_ref().map(|x| x.messages_count)
+            );
+        }
+        assert_eq!(
+            s.get_session(a.id)
+                .await
+                .expect("get")
+                .map(|x| x.messages_count),
+            Some(5)
+        );
+        assert_eq!(
+            s.modify_session(stranger.id, true, Box::new(|x| x.messages_count += 1))
+                .await
+                .expect("modify"),
+            None,
+            "no record: nothing written"
+        );
+        assert_eq!(s.get_session(stranger.id).await.expect("get"), None);
+
         assert!(s.delete_session(a.id).await.expect("delete"));
         assert!(!s.delete_session(a.id).await.expect("delete"));
         assert_eq!(s.get_session(a.id).await.expect("get"), None);

@@ -33,6 +33,9 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A change to a session record, applied by [`Store::modify_session`].
+pub type SessionChange = Box<dyn FnOnce(&mut Session) + Send>;
+
 /// Filters for [`Store::list_tasks`].
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -135,6 +138,28 @@ pub trait Store: Send + Sync + 'static {
     /// result otherwise; a killed daemon still loses nothing, only a power cut could.
     async fn update_session_lazily(&self, session: &Session) -> StoreResult<bool> {
         self.update_session(session).await
+    }
+    /// Read session `id`, `change` it and write it back (lazily: see
+    /// [`Store::update_session_lazily`]); answers the session as written (`None`: there is
+    /// none). Only the SessionActor calls it, one call at a time, so the default (a read, then
+    /// a write) cannot interleave with another writer of the record on this instance; SQLite
+    /// does both in one step of its writer thread, sparing the read's trip to a reader.
+    async fn modify_session(
+        &self,
+        id: SessionId,
+        lazily: bool,
+        change: SessionChange,
+    ) -> StoreResult<Option<Session>> {
+        let Some(mut session) = self.get_session(id).await? else {
+            return Ok(None);
+        };
+        change(&mut session);
+        let written = if lazily {
+            self.update_session_lazily(&session).await?
+        } else {
+            self.update_session(&session).await?
+        };
+        Ok(written.then_some(session))
     }
     async fn delete_session(&self, id: SessionId) -> StoreResult<bool>;
     /// Newest first (`created_at` desc) and the total matching.

@@ -111,7 +111,7 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use tokio::sync::{oneshot, Semaphore};
 
 use super::rules;
-use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
+use super::{SessionChange, SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
 use crate::webhook::{WebhookAttempt, WebhookJob};
 
@@ -1165,6 +1165,16 @@ fn r_list_tasks(conn: &Connection, f: &TaskFilter) -> StoreResult<(Vec<Task>, u6
     Ok((tasks, total))
 }
 
+fn r_get_session(conn: &Connection, id: SessionId) -> StoreResult<Option<Session>> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM sessions WHERE id = ?1")
+        .map_err(db_err)?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    doc.as_deref().map(decode_session).transpose()
+}
+
 fn r_list_sessions(conn: &Connection, f: &SessionFilter) -> StoreResult<(Vec<Session>, u64)> {
     let mut conds = Vec::new();
     let mut args = Vec::new();
@@ -1387,16 +1397,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>> {
-        self.read_point(move |c| {
-            let doc: Option<String> = c
-                .prepare_cached("SELECT doc FROM sessions WHERE id = ?1")
-                .map_err(db_err)?
-                .query_row([id.to_string()], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
-            doc.as_deref().map(decode_session).transpose()
-        })
-        .await
+        self.read_point(move |c| r_get_session(c, id)).await
     }
 
     async fn update_session(&self, session: &Session) -> StoreResult<bool> {
@@ -1409,6 +1410,27 @@ impl Store for SqliteStore {
         let s = session.clone();
         self.write_lazily(move |w| Ok(put_session(&w.conn, SESSION_UPDATE, &s)? == 1))
             .await
+    }
+
+    async fn modify_session(
+        &self,
+        id: SessionId,
+        lazily: bool,
+        change: SessionChange,
+    ) -> StoreResult<Option<Session>> {
+        let modify = move |w: &mut Writer| {
+            let Some(mut session) = r_get_session(&w.conn, id)? else {
+                return Ok(None);
+            };
+            change(&mut session);
+            let written = put_session(&w.conn, SESSION_UPDATE, &session)? == 1;
+            Ok(written.then_some(session))
+        };
+        if lazily {
+            self.write_lazily(modify).await
+        } else {
+            self.write(modify).await
+        }
     }
 
     async fn delete_session(&self, id: SessionId) -> StoreResult<bool> {

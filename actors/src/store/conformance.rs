@@ -148,6 +148,7 @@ pub(crate) mod fixtures {
                 id: uuid::Uuid::new_v4(),
             },
             timeout_ms: 123_456,
+            approvals: true,
         };
         t.session_id = Some(uuid::Uuid::new_v4());
         t.owner = Some("team-a".into());

@@ -86,6 +86,10 @@ impl Application {
             events = events.with_cluster(cluster.clone());
         }
         let events = Arc::new(events);
+        // Runs hand their `task.approval_requested` deliveries to the webhook actor.
+        let approval_webhooks = Arc::new(std::sync::Mutex::new(Some(
+            events.approvals().webhook_jobs(),
+        )));
         // The single writer of session records: the HTTP handlers' writes and the workers'
         // turn accounting.
         let sessions = SessionHandle::start(actor_system.arbiter(), store.clone());
@@ -155,6 +159,7 @@ impl Application {
                 // With a cluster each delivery is made by the one instance holding its claim.
                 claim_as: state.cluster.as_ref().map(|c| c.instance().to_string()),
                 lookup: None,
+                jobs: Some(approval_webhooks),
             },
         )
         .await;

@@ -1104,7 +1104,10 @@ impl LineFeed {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.0.recv_timeout(left).expect("a line before the deadline");
+            let line = self
+                .0
+                .recv_timeout(left)
+                .expect("a line before the deadline");
             let v: Value = serde_json::from_str(&line).expect("stream line is JSON");
             if pred(&v) {
                 return v;
@@ -1144,7 +1147,10 @@ fn permission_round(sb: &Sandbox, answer: impl Fn(&str) -> Value) -> (Value, Val
     )
     .expect("write");
     let request = feed.until(|v| v["type"] == "control_request");
-    let request_id = request["request_id"].as_str().expect("request id").to_string();
+    let request_id = request["request_id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
     writeln!(stdin, "{}", answer(&request_id)).expect("write");
     let tool_result = feed.until(|v| v["type"] == "user");
     let result = feed.until(|v| v["type"] == "result");
@@ -1165,7 +1171,10 @@ fn permission_prompt_over_stdin_allow_runs_the_tool() {
     });
     assert_eq!(request["request"]["subtype"], "can_use_tool");
     assert_eq!(request["request"]["tool_name"], "Bash");
-    assert_eq!(request["request"]["input"]["command"], "mkdir x && echo made");
+    assert_eq!(
+        request["request"]["input"]["command"],
+        "mkdir x && echo made"
+    );
     assert_eq!(request["request"]["description"], "Make a dir");
     let block = &tool_result["message"]["content"][0];
     assert_eq!(block["is_error"], false);

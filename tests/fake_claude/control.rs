@@ -20,8 +20,12 @@ use crate::{calllog, output, stdin};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// Run the tool with this input (the request's own input when `updatedInput` is absent).
-    Allow { input: Value },
-    Deny { message: String },
+    Allow {
+        input: Value,
+    },
+    Deny {
+        message: String,
+    },
 }
 
 /// Every answer received, for the call log (`permission_answers`).
@@ -32,10 +36,7 @@ pub fn handle_request(line: &Value) -> bool {
     if line.get("type").and_then(Value::as_str) != Some("control_request") {
         return false;
     }
-    let request_id = line
-        .get("request_id")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let request_id = line.get("request_id").and_then(Value::as_str).unwrap_or("");
     let subtype = line
         .get("request")
         .and_then(|r| r.get("subtype"))
@@ -89,7 +90,10 @@ pub fn ask(tool_name: &str, input: &J, description: Option<&str>) -> Option<Answ
         "request_id" => request_id.as_str(),
         "request" => request,
     });
-    calllog::event("can_use_tool", serde_json::json!({"request_id": request_id}));
+    calllog::event(
+        "can_use_tool",
+        serde_json::json!({"request_id": request_id}),
+    );
     loop {
         let line = stdin::read_stdin_line()?;
         let value: Value = match serde_json::from_str(line.trim()) {

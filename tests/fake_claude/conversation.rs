@@ -273,8 +273,9 @@ impl Run<'_> {
             t.settings.permission_mode.as_str(),
             "acceptEdits" | "bypassPermissions"
         );
-        let needs_permission =
-            (t.d.flag("deny_tool") || t.d.num::<u32>("asks").is_some()) && !allowed && !lenient_mode;
+        let needs_permission = (t.d.flag("deny_tool") || t.d.num::<u32>("asks").is_some())
+            && !allowed
+            && !lenient_mode;
         let (content, denied) = if needs_permission && t.settings.prompt_stdio {
             let description = match input.get("description") {
                 Some(J::Str(s)) => Some(s.clone()),
@@ -289,7 +290,9 @@ impl Run<'_> {
                     (message, true)
                 }
                 None => {
-                    output::stderr_line("Error: stdin closed while waiting for a permission answer");
+                    output::stderr_line(
+                        "Error: stdin closed while waiting for a permission answer",
+                    );
                     shutdown::exit(1);
                 }
             }

@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(args[..4], BASE);
         assert_eq!(
             args[4..],
-            ["--input-format=stream-json", "--permission-prompt-tool=stdio"]
+            [
+                "--input-format=stream-json",
+                "--permission-prompt-tool=stdio"
+            ]
         );
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::approval::PermissionRequest;
 use crate::model::RunReport;
 
 pub mod argv;
@@ -53,6 +54,31 @@ pub enum CliEvent {
     },
     /// The result line: the run's report.
     Result(Box<RunReport>),
+    /// `can_use_tool` (`--permission-prompt-tool=stdio`): the CLI waits for the answer.
+    PermissionRequest(PermissionRequest),
+}
+
+/// The answer to a [`CliEvent::PermissionRequest`], written to the CLI's stdin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlAnswer {
+    pub request_id: String,
+    /// `{"behavior":"allow","updatedInput":…}` or `{"behavior":"deny","message":…}`.
+    pub response: serde_json::Value,
+}
+
+impl ControlAnswer {
+    /// The stdin line (`control_response`), newline included.
+    pub fn to_line(&self) -> String {
+        let line = serde_json::json!({
+            "type": "control_response",
+            "response": {
+                "subtype": "success",
+                "request_id": self.request_id,
+                "response": self.response,
+            },
+        });
+        format!("{line}\n")
+    }
 }
 
 /// Why the service stopped a run itself. Decides the final status when the CLI dies of our signal.

@@ -169,6 +169,14 @@ impl Application {
         if let Err(e) = state.queue.announce_interrupted().await {
             log::warn!(error:% = e; "cannot announce the interrupted tasks");
         }
+        // Approvals whose run did not survive the restart must not stay pending.
+        match actors::approval::expire_orphans(state.store.as_ref()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                log::info!(count = n; "expired the approvals of runs that did not survive the restart")
+            }
+            Err(e) => log::warn!(error:% = e; "cannot expire the approvals of interrupted runs"),
+        }
 
         let live = state.clone();
         actors::retention::start(state.store.clone(), Arc::new(move || live.config()));

@@ -4,6 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::approvals;
 use super::{
     batch, claude, config_api, events, health, metrics, openai, run_request, schema, sessions,
     statistics, tasks, webhooks,
@@ -52,6 +53,9 @@ use super::{
         openai::chat_completions,
         openai::list_models,
         openai::get_model,
+        approvals::task_approvals,
+        approvals::list_approvals,
+        approvals::decide,
     ),
     components(schemas(
         run_request::RunRequest,
@@ -61,6 +65,7 @@ use super::{
         tasks::PriorityChange,
         schema::ErrorBody,
         openai::error::ErrorEnvelope,
+        approvals::DecisionRequest,
     )),
     modifiers(&Security),
     tags(
@@ -70,6 +75,7 @@ use super::{
         (name = "statistics", description = "Requests, tokens, cost, durations"),
         (name = "operations", description = "Health, metrics, configuration and this document"),
         (name = "openai", description = "OpenAI-compatible API, for the OpenAI SDKs"),
+        (name = "approvals", description = "Tool calls a run asks permission for, decided over HTTP"),
     )
 )]
 pub struct ApiDoc;

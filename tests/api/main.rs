@@ -8,6 +8,7 @@ mod mock_anthropic;
 #[path = "../../actors/src/store/redis/test_server.rs"]
 mod redis_server;
 
+mod approvals;
 mod auth;
 mod cluster;
 mod cluster_events;

@@ -308,6 +308,35 @@ impl ApprovalFilter {
     }
 }
 
+/// At start-up: the pending approvals of tasks that are no longer running (a run interrupted by
+/// a restart ends `failed`/`interrupted`, and nobody is left to answer) are expired. Approvals
+/// of tasks still live (another instance's runs, on Redis) are left alone. Returns how many.
+pub async fn expire_orphans(store: &dyn crate::store::Store) -> crate::store::StoreResult<u64> {
+    let pending = store
+        .list_approvals(&ApprovalFilter {
+            status: Some(ApprovalStatus::Pending),
+            owner: None,
+            limit: 0,
+        })
+        .await?;
+    let mut expired_count = 0;
+    for a in pending {
+        let live = store
+            .get_task(a.task_id)
+            .await?
+            .is_some_and(|t| !t.status.is_final());
+        if !live {
+            if let Decided::Now(_) = store
+                .decide_approval(a.task_id, a.id, expired(Utc::now()))
+                .await?
+            {
+                expired_count += 1;
+            }
+        }
+    }
+    Ok(expired_count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -558,3 +558,92 @@ async fn a_decision_posted_to_another_instance_reaches_the_run() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_total_timeout_still_runs_while_an_approval_waits() {
+    let app = spawn_app().await;
+    let id = submit(
+        &app,
+        "ask [[fake:asks=1]]",
+        None,
+        json!({"timeout_ms": 1500}),
+    )
+    .await;
+    wait_pending(&app, &id, 1, None).await;
+    let pgid = app.wait_for_starts(1).await[0]["pgid"]
+        .as_i64()
+        .expect("pgid");
+    let task = wait_final(&app, &id, None).await;
+    assert_eq!(task["status"], "timeout", "{task}");
+    assert!(wait_group_gone(pgid, Duration::from_secs(10)).await);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = get_as(&app, &format!("/api/tasks/{id}/approvals"), None).await;
+        if b["approvals"][0]["status"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < end, "not expired: {b}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_while_waiting_expires_the_approval_which_survives_the_restart() {
+    let app = spawn_app().await;
+    let id = submit(&app, "ask [[fake:asks=1]]", None, json!({})).await;
+    let pending = wait_pending(&app, &id, 1, None).await;
+    let pgid = app.wait_for_starts(1).await[0]["pgid"]
+        .as_i64()
+        .expect("pgid");
+    let dir = app.shutdown().await;
+    assert!(group_is_gone(pgid), "no process outlives the shutdown");
+    let app = spawn_app_in(dir, json!({})).await;
+    let (_, b) = get_as(&app, &format!("/api/tasks/{id}/approvals"), None).await;
+    assert_eq!(b["approvals"][0]["id"], pending[0]["id"], "{b}");
+    assert_eq!(b["approvals"][0]["status"], "expired", "{b}");
+    let (_, t) = get_as(&app, &format!("/api/tasks/{id}"), None).await;
+    assert!(
+        ["failed", "cancelled"].contains(&t["task"]["status"].as_str().unwrap_or("")),
+        "ended as today: {t}"
+    );
+    let (_, l) = get_as(&app, "/api/approvals?status=pending", None).await;
+    assert_eq!(l["approvals"], json!([]));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn session_turns_take_approvals_and_the_default_comes_from_the_config() {
+    let app = spawn_app_with(json!({"permissions": {"approvalsDefault": true}})).await;
+    // No `approvals` in the request: the config's default asks.
+    let (s, b) = json_body(app.post_json("/api/sessions", &json!({})).await).await;
+    assert_eq!(s, 201, "{b}");
+    let sid = b["session"]["id"].as_str().expect("sid").to_string();
+    let (s, b) = json_body(
+        app.post_json(
+            &format!("/api/sessions/{sid}/continue"),
+            &json!({"prompt": "ask [[fake:asks=1]]", "async": true}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let id = b["task_id"].as_str().expect("task").to_string();
+    let a = wait_pending(&app, &id, 1, None).await;
+    let aid = a[0]["id"].as_str().expect("id");
+    let (s, _) = decide_as(&app, &id, aid, None, json!({"decision": "allow"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(wait_final(&app, &id, None).await["status"], "completed");
+    // `approvals: false` turns it off for one run.
+    let (s, b) = json_body(
+        app.post_json(
+            &format!("/api/sessions/{sid}/continue"),
+            &json!({"prompt": "plain [[fake:asks=1]]", "approvals": false}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["permission_denials"][0]["tool_name"], "Bash", "{b}");
+    app.shutdown().await;
+}

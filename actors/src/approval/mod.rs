@@ -406,4 +406,76 @@ mod tests {
         assert_eq!(api["status"], "expired");
         assert_eq!(api["decided_by"], Value::Null);
     }
+
+    #[tokio::test]
+    async fn orphans_of_ended_runs_expire_and_live_runs_keep_theirs() {
+        use crate::model::{Priority, RunSpec, Task, TaskMode, TaskStatus};
+        use crate::store::memory::MemoryStore;
+        use crate::store::Store;
+        let store = MemoryStore::new();
+        let spec = RunSpec::new("p", "/tmp", 1000);
+        let interrupted = store
+            .insert_task(Task::new(
+                spec.clone(),
+                Priority::ASYNC_DEFAULT,
+                TaskMode::Async,
+            ))
+            .await
+            .expect("insert");
+        store
+            .start_task(interrupted.id, Utc::now())
+            .await
+            .expect("start");
+        let finished = store
+            .insert_task(Task::new(spec, Priority::ASYNC_DEFAULT, TaskMode::Async))
+            .await
+            .expect("insert");
+        // A restart interrupts the run that was going.
+        store
+            .interrupt_processing(Utc::now())
+            .await
+            .expect("interrupt");
+        store
+            .start_task(finished.id, Utc::now())
+            .await
+            .expect("start");
+        let mut gone = finished.clone();
+        gone.status = TaskStatus::Failed;
+        store.finish_task(&gone).await.expect("finish");
+        let (a_interrupted, a_finished) = (
+            Approval::new(interrupted.id, None, &request(), Utc::now()),
+            Approval::new(finished.id, None, &request(), Utc::now()),
+        );
+        let vanished = Approval::new(Uuid::new_v4(), None, &request(), Utc::now());
+        for a in [&a_interrupted, &a_finished, &vanished] {
+            store.insert_approval(a).await.expect("insert");
+        }
+        // A run still going (on another instance, say) keeps its approval.
+        let running = store
+            .insert_task(Task::new(
+                RunSpec::new("q", "/tmp", 1000),
+                Priority::ASYNC_DEFAULT,
+                TaskMode::Async,
+            ))
+            .await
+            .expect("insert");
+        store
+            .start_task(running.id, Utc::now())
+            .await
+            .expect("start");
+        let a_running = Approval::new(running.id, None, &request(), Utc::now());
+        store.insert_approval(&a_running).await.expect("insert");
+        assert_eq!(expire_orphans(&store).await.expect("expire"), 3);
+        let status = |v: Vec<Approval>| v.first().map(Approval::status);
+        assert_eq!(
+            status(store.task_approvals(running.id).await.expect("read")),
+            Some(ApprovalStatus::Pending)
+        );
+        for t in [interrupted.id, finished.id] {
+            assert_eq!(
+                status(store.task_approvals(t).await.expect("read")),
+                Some(ApprovalStatus::Expired)
+            );
+        }
+    }
 }

@@ -149,12 +149,23 @@ pub async fn decide(
             message: req.message,
         },
     };
-    let state_now = decision.into_state(caller.key_name.clone(), Utc::now());
+    // A run that has ended cannot be answered: a pending approval left by it (its expiry
+    // could not be written then) expires now instead of recording a decision nobody acts on.
+    let state_now = if task.status.is_final() {
+        actors::approval::expired(Utc::now())
+    } else {
+        decision.into_state(caller.key_name.clone(), Utc::now())
+    };
     match state
         .store
         .decide_approval(task.id, approval_id, state_now)
         .await?
     {
+        Decided::Now(a) if task.status.is_final() => Err(ApiError::new(
+            ErrorCode::InvalidState,
+            format!("Approval {} is no longer pending: its run has ended.", a.id),
+        )
+        .with_details(json!({"status": a.status().as_str(), "approval": a.to_api_json()}))),
         Decided::Now(a) => {
             log::info!(task_id:% = task.id, approval_id:% = a.id, status = a.status().as_str(), by:? = caller.key_name; "approval decided");
             state.queue.events().approvals().wake(task.id).await;

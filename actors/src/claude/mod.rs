@@ -3,7 +3,8 @@
 //! * [`argv`]     — the argument vector for a [`RunSpec`](crate::model::RunSpec) (`--flag=value` only).
 //! * [`stream`]   — a line-bounded reader and the stream-json parser into [`CliEvent`]s.
 //! * [`classify`] — what a finished run means: status, error code, details.
-//! * [`process`]  — spawning (own process group, `posix_spawn`, stdin written then closed),
+//! * [`process`]  — spawning (own process group, `posix_spawn`, stdin written then closed, or
+//!   kept open for the permission answers of a run with approvals),
 //!   reading, timeouts, and killing the whole group.
 //! * [`marker`]   — finding a run's processes by the marker in their environment.
 //! * [`watchdog`] — the process that kills what the daemon's runs left when the daemon dies.

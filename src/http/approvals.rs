@@ -29,7 +29,7 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, utoipa::ToSchema, Validate)]
 pub struct DecisionRequest {
     /// `allow` (the tool runs) or `deny` (the model is told `message`).
-    #[schema(value_type = String, pattern = "^(allow|deny)$")]
+    #[schema(value_type = String, required = true, pattern = "^(allow|deny)$")]
     #[validate(
         required(message = "is required: allow or deny"),
         custom(function = "decision_rule")

@@ -647,3 +647,74 @@ async fn session_turns_take_approvals_and_the_default_comes_from_the_config() {
     assert_eq!(b["permission_denials"][0]["tool_name"], "Bash", "{b}");
     app.shutdown().await;
 }
+
+/// Decide the first pending approval of `task` as soon as it appears.
+async fn allow_when_asked(app: &TestApp, task: &str) {
+    let a = wait_pending(app, task, 1, None).await;
+    let aid = a[0]["id"].as_str().expect("id");
+    let (s, b) = decide_as(app, task, aid, None, json!({"decision": "allow"})).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// The newest task the daemon lists (the one a request without an id in its answer made).
+async fn newest_task(app: &TestApp) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = get_as(app, "/api/tasks?status=processing&limit=1", None).await;
+        if let Some(id) = b["tasks"][0]["id"].as_str() {
+            return id.to_string();
+        }
+        assert!(Instant::now() < end, "no running task: {b}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sync_batch_and_fork_requests_take_approvals() {
+    let app = spawn_app().await;
+    // Sync: the answer waits while the approval does.
+    let sync = app.post_claude(json!({"prompt": "sync [[fake:asks=1]]", "approvals": true}));
+    let decide = async {
+        let id = newest_task(&app).await;
+        allow_when_asked(&app, &id).await;
+    };
+    let (resp, ()) = tokio::join!(sync, decide);
+    let (s, b) = json_body(resp).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["permission_denials"], json!([]), "{b}");
+    let session = b["session_id"].as_str().expect("session").to_string();
+
+    // A fork (a session turn of its own kind).
+    let (fork_path, fork_body) = (
+        format!("/api/sessions/{session}/fork"),
+        json!({"prompt": "fork [[fake:asks=1]]", "approvals": true}),
+    );
+    let fork = app.post_json(&fork_path, &fork_body);
+    let decide = async {
+        let id = newest_task(&app).await;
+        allow_when_asked(&app, &id).await;
+    };
+    let (resp, ()) = tokio::join!(fork, decide);
+    let (s, b) = json_body(resp).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["permission_denials"], json!([]), "{b}");
+
+    // Batch items.
+    let (s, b) = json_body(
+        app.post_json(
+            "/api/claude/batch",
+            &json!({"prompts": ["one [[fake:asks=1]]"], "async": true, "approvals": true}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let id = b["task_ids"][0].as_str().expect("id").to_string();
+    allow_when_asked(&app, &id).await;
+    let task = wait_final(&app, &id, None).await;
+    assert_eq!(
+        (task["status"].clone(), task["approvals"].clone()),
+        (json!("completed"), json!(true))
+    );
+    app.shutdown().await;
+}

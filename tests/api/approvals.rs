@@ -540,10 +540,18 @@ async fn a_decision_posted_to_another_instance_reaches_the_run() {
     let runs_on_a = !a.starts().is_empty();
     let (runner, other) = if runs_on_a { (&a, &b) } else { (&b, &a) };
     assert!(other.starts().is_empty(), "one run, on one instance");
+    let decided_at = Instant::now();
     let (s, body) = decide_as(other, &id, &aid, None, json!({"decision": "allow"})).await;
     assert_eq!(s, 200, "{body}");
     let task = wait_final(other, &id, None).await;
     assert_eq!(task["status"], "completed", "{task}");
+    // Woken over the control channel, not found by the 2 s re-read (which would take about
+    // 2 s from the request, i.e. nearly that from this decision).
+    assert!(
+        decided_at.elapsed() < Duration::from_millis(1500),
+        "the decision took {:?} to reach the run",
+        decided_at.elapsed()
+    );
     assert_eq!(answers(runner)[0]["response"]["behavior"], "allow");
     assert!(a.project.join("x1").is_dir());
     // Both instances list it as decided.

@@ -9,7 +9,8 @@
 #     into the cache, which lints the served OpenAPI document with Redocly's recommended rules
 #     (tests/api/openapi.rs);
 #   * a Python virtualenv with the pinned tools of tests/python-requirements.txt: the official
-#     `openai` package (SDK test of the OpenAI-compatible API), schemathesis and
+#     `openai` and `anthropic` packages (SDK tests of the OpenAI- and Anthropic-compatible
+#     APIs), schemathesis and
 #     openapi-spec-validator (the OpenAPI document and the fuzz run), hadolint (the
 #     Dockerfile); python3-venv comes from apt when `python3 -m venv` cannot work;
 #   * curl and jq (the documentation's examples are run as shell scripts) and systemd-analyze (the
@@ -96,7 +97,7 @@ if [ "$(cat "$PY_STAMP" 2>/dev/null || true)" != "$want" ]; then
     || die "pip could not install $PY_REQS"
   echo "$want" > "$PY_STAMP"
 fi
-say "Python tools: $("$PY_VENV/bin/python" -c 'import openai, schemathesis; print("openai", openai.__version__, "· schemathesis", schemathesis.__version__)') · $("$PY_VENV/bin/hadolint" --version)"
+say "Python tools: $("$PY_VENV/bin/python" -c 'import anthropic, openai, schemathesis; print("openai", openai.__version__, "· anthropic", anthropic.__version__, "· schemathesis", schemathesis.__version__)') · $("$PY_VENV/bin/hadolint" --version)"
 export CCS_PY_VENV="$PY_VENV"
 
 # ---- redis-server for the Redis storage tests. Each test binary starts its own private server

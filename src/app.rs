@@ -238,6 +238,8 @@ impl Application {
 
         let listener = listener.into_std()?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Built here, once, rather than in each HTTP worker.
+        crate::http::openapi::document_json();
         let app_state = state.clone();
         let server = actix_web::HttpServer::new(move || crate::http::app(app_state.clone()))
             // A client's EOF ends its connection at once, dropping a pending handler: a client

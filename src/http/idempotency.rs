@@ -83,8 +83,9 @@ pub enum Kind {
     BatchAsync,
     /// `POST /api/claude/batch`: 200 with every result.
     BatchSync,
-    /// `POST /v1/chat/completions`: 200 with the completion (a streamed request's retry gets
-    /// the completion, not the stream, as a native stream's retry gets the answer).
+    /// The compatible APIs (`POST /v1/chat/completions`, `/v1/messages`, `/v1/responses`): 200
+    /// with the answer in the route's shape (a streamed request's retry gets the answer, not
+    /// the stream, as a native stream's retry gets the answer).
     Chat,
 }
 

@@ -10,12 +10,15 @@ use actix_web::{web, App, HttpResponse};
 
 use crate::state::AppState;
 
+pub mod anthropic;
 pub mod approvals;
 pub mod auth;
 pub mod batch;
 pub mod budget;
 pub mod claude;
+pub mod compat;
 pub mod config_api;
+pub mod dialect;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -60,8 +63,9 @@ pub fn app(
         .default_service(web::to(error::route_not_found))
         .wrap(from_fn(rate_limit::limit))
         .wrap(from_fn(auth::authenticate))
-        // Outside every layer that can refuse a request, so /v1 errors all leave in OpenAI's shape.
-        .wrap(from_fn(openai::error::convert_errors))
+        // Outside every layer that can refuse a request, so /v1 errors all leave in the shape
+        // of the request's dialect (OpenAI's or Anthropic's).
+        .wrap(from_fn(dialect::convert_errors))
         // Outside the panic catcher (a caught panic is logged as its 500); sets the request id.
         .wrap(from_fn(observe::observe))
         // Outermost: sees every answer, whichever layer gave it.
@@ -73,9 +77,11 @@ pub fn app(
 fn routes(cfg: &mut web::ServiceConfig) {
     use routing::{delete, get, patch, post, resource};
     cfg.service(resource("/health").route(get().to(health::health)))
+        .service(resource("/api/openapi.json").route(get().to(openapi::serve_document)))
+        // The Swagger UI's files, showing the document above.
         .service(
             utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
-                .url("/api/openapi.json", openapi::document()),
+                .config(utoipa_swagger_ui::Config::new(["/api/openapi.json"])),
         )
         .service(resource("/docs").route(get().to(docs_redirect)))
         .service(resource("/api/claude").route(post().to(claude::run_claude)))
@@ -125,7 +131,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/statistics/daily").route(get().to(statistics::daily_list)))
         .service(resource("/api/statistics/range").route(get().to(statistics::range)))
         .service(resource("/api/statistics/models").route(get().to(statistics::models)))
-        .configure(openai::routes);
+        .configure(openai::routes)
+        .configure(anthropic::routes);
 }
 
 /// `/docs` → the Swagger UI page, `/docs/`.

@@ -252,14 +252,19 @@ pub fn project_path_rule(path: &str, config: &Config) -> Result<(), ValidationEr
     Ok(())
 }
 
+/// Whether the server runs `model`: any name when `allowedModels` is empty, else the default
+/// model and the listed ones.
+pub fn model_allowed(model: &str, config: &Config) -> bool {
+    config.allowed_models.is_empty()
+        || model == config.default_model
+        || config.allowed_models.iter().any(|m| m == model)
+}
+
 pub fn model_rule(model: &str, config: &Config) -> Result<(), ValidationError> {
     if model.trim().is_empty() || model.contains('\0') {
         return Err(rule("must be a non-empty model name"));
     }
-    if !config.allowed_models.is_empty()
-        && !config.allowed_models.iter().any(|m| m == model)
-        && model != config.default_model
-    {
+    if !model_allowed(model, config) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!("Model `{model}` is not allowed on this server (allowedModels)."),

@@ -109,6 +109,48 @@ impl IntoResponses for OpenAiRunErrors {
     }
 }
 
+/// The errors of [`CommonErrors`] in Anthropic's shape (`/v1/messages`, and `/v1/models`
+/// with `anthropic-version`).
+pub struct AnthropicErrors;
+
+impl IntoResponses for AnthropicErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&COMMON_ERRORS, ANTHROPIC_ERROR)
+    }
+}
+
+/// The errors of a run in Anthropic's shape: those of [`RunErrors`] but 422, since a run the
+/// CLI stops at its own limits is a truncated message (`stop_reason: max_tokens`).
+pub struct AnthropicRunErrors;
+
+impl IntoResponses for AnthropicRunErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&truncating_run_errors(), ANTHROPIC_ERROR)
+    }
+}
+
+/// The errors of a run on the Responses API, in OpenAI's shape: as [`AnthropicRunErrors`], a
+/// run the CLI stops at its own limits is an answer (`status: incomplete`), not a 422.
+pub struct ResponsesRunErrors;
+
+impl IntoResponses for ResponsesRunErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&truncating_run_errors(), OPENAI_ERROR)
+    }
+}
+
+/// [`RUN_ERRORS`] of a route that answers a run cut short as a truncated answer: no 422.
+fn truncating_run_errors() -> Vec<(u16, &'static str)> {
+    RUN_ERRORS
+        .iter()
+        .copied()
+        .filter(|(status, _)| *status != 422)
+        .collect()
+}
+
+/// The schema name of Anthropic's error body ([`crate::http::anthropic::error::ErrorEnvelope`]).
+pub const ANTHROPIC_ERROR: &str = "AnthropicError";
+
 /// The schema name of OpenAI's error body ([`crate::http::openai::error::ErrorEnvelope`]).
 pub const OPENAI_ERROR: &str = "OpenAiError";
 
@@ -435,4 +477,38 @@ pub struct ConfigPatched {
     pub config: HashMap<String, Value>,
     /// The changed keys that apply only after a restart (port, host, storage).
     pub restart_required: Vec<String>,
+}
+
+/// `GET /v1/models`: OpenAI's list, or Anthropic's with the `anthropic-version` header.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum ModelListAnswer {
+    OpenAi(crate::http::openai::response::ModelList),
+    Anthropic(crate::http::anthropic::response::ModelList),
+}
+
+/// `GET /v1/models/{id}`: OpenAI's model object, or Anthropic's with `anthropic-version`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum ModelAnswer {
+    OpenAi(crate::http::openai::response::ModelObject),
+    Anthropic(crate::http::anthropic::response::ModelInfo),
+}
+
+/// An error on a `/v1` route both dialects share (`/v1/models`): OpenAI's shape, or
+/// Anthropic's with `anthropic-version`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum V1Error {
+    OpenAi(crate::http::openai::error::ErrorEnvelope),
+    Anthropic(crate::http::anthropic::error::ErrorEnvelope),
+}
+
+/// The errors of [`CommonErrors`] on a route both dialects share ([`V1Error`]).
+pub struct SharedV1Errors;
+
+impl IntoResponses for SharedV1Errors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        error_responses(&COMMON_ERRORS, "V1Error")
+    }
 }

@@ -1,6 +1,7 @@
 //! Server-Sent Events on actix-web: the frames (`id`, `event`, `data` fields, a blank line),
 //! and a `: ping` comment whenever the stream has been quiet for the keep-alive interval, so
-//! proxies do not close it (SSE clients skip comments).
+//! proxies do not close it (SSE clients skip comments). A stream whose protocol has its own
+//! keep-alive event (Anthropic's `ping`) sends that instead ([`response_with_ping`]).
 //!
 //! The body is a stream actix-web polls as the socket drains; when the client goes away,
 //! actix-web drops it, and with it whatever the event stream owns (the `CancelOnDrop` guard of
@@ -48,7 +49,8 @@ impl Event {
         self
     }
 
-    fn into_frame(mut self) -> Bytes {
+    /// The bytes sent for the event: its fields and the blank line that ends it.
+    pub(crate) fn into_frame(mut self) -> Bytes {
         self.0.put_u8(b'\n');
         self.0.freeze()
     }
@@ -62,6 +64,21 @@ pub fn response<S>(events: S, ping_every: Duration) -> HttpResponse
 where
     S: Stream<Item = Event> + 'static,
 {
+    streaming(events, ping_every, Bytes::from_static(PING))
+}
+
+/// [`response`] with `ping` as the keep-alive instead of the comment.
+pub fn response_with_ping<S>(events: S, ping_every: Duration, ping: Event) -> HttpResponse
+where
+    S: Stream<Item = Event> + 'static,
+{
+    streaming(events, ping_every, ping.into_frame())
+}
+
+fn streaming<S>(events: S, ping_every: Duration, ping: Bytes) -> HttpResponse
+where
+    S: Stream<Item = Event> + 'static,
+{
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -69,6 +86,7 @@ where
             events: Box::pin(events),
             quiet: Box::pin(tokio::time::sleep(ping_every)),
             every: ping_every,
+            ping,
         })
 }
 
@@ -77,6 +95,8 @@ struct KeepAlive {
     events: Pin<Box<dyn Stream<Item = Event>>>,
     quiet: Pin<Box<Sleep>>,
     every: Duration,
+    /// The keep-alive frame.
+    ping: Bytes,
 }
 
 impl Stream for KeepAlive {
@@ -93,7 +113,7 @@ impl Stream for KeepAlive {
             Poll::Pending => match self.quiet.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     self.quiet.as_mut().reset(next_ping);
-                    Poll::Ready(Some(Ok(Bytes::from_static(PING))))
+                    Poll::Ready(Some(Ok(self.ping.clone())))
                 }
                 Poll::Pending => Poll::Pending,
             },
@@ -133,6 +153,7 @@ mod tests {
             events: Box::pin(events),
             quiet: Box::pin(tokio::time::sleep(Duration::from_secs(15))),
             every: Duration::from_secs(15),
+            ping: Bytes::from_static(PING),
         };
         // Nothing for 15 s: a ping (time is paused and auto-advances while all wait).
         let first = body.next().await.and_then(Result::ok);
@@ -142,5 +163,21 @@ mod tests {
         assert_eq!(second.as_deref(), Some(&b"data: x\n\n"[..]));
         drop(tx);
         assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_protocol_with_its_own_ping_event_gets_that_instead() {
+        let ping = Event::default().event("ping").data(r#"{"type": "ping"}"#);
+        let mut body = KeepAlive {
+            events: Box::pin(futures_util::stream::pending::<Event>()),
+            quiet: Box::pin(tokio::time::sleep(Duration::from_secs(15))),
+            every: Duration::from_secs(15),
+            ping: ping.into_frame(),
+        };
+        let first = body.next().await.and_then(Result::ok);
+        assert_eq!(
+            first.as_deref(),
+            Some(&b"event: ping\ndata: {\"type\": \"ping\"}\n\n"[..])
+        );
     }
 }

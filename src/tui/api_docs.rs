@@ -123,6 +123,27 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "per day between ?start=YYYY-MM-DD&end=YYYY-MM-DD",
     ),
     ("GET", "/api/statistics/models", "per model (?limit=)"),
+    (
+        "POST",
+        "/v1/chat/completions",
+        "OpenAI chat completion, plain or streamed (the OpenAI SDKs)",
+    ),
+    (
+        "POST",
+        "/v1/responses",
+        "OpenAI Responses API, plain or streamed; previous_response_id",
+    ),
+    (
+        "POST",
+        "/v1/messages",
+        "Anthropic Messages API, plain or streamed (the Anthropic SDKs)",
+    ),
+    (
+        "GET",
+        "/v1/models",
+        "models, OpenAI's shape (Anthropic's with anthropic-version)",
+    ),
+    ("GET", "/v1/models/:id", "one model"),
 ];
 
 pub fn open(siv: &mut Cursive) {
@@ -133,7 +154,7 @@ pub fn open(siv: &mut Cursive) {
         siv,
         "API docs",
         OnEventView::new(text_area(&name, "Loading…")),
-        "↑/↓ PgUp/PgDn scroll · Authorization: Bearer <key> or X-API-Key on /api/*",
+        "↑/↓ PgUp/PgDn scroll · Authorization: Bearer <key> or X-API-Key on /api/* and /v1/*",
     );
     let c2 = c.clone();
     c.spawn(move || async move {
@@ -229,5 +250,9 @@ mod tests {
         }));
         assert!(t.starts_with("Built-in list"), "{t}");
         assert!(t.contains("/api/tasks/:id/priority"), "{t}");
+        assert!(
+            t.contains("/v1/messages") && t.contains("/v1/responses"),
+            "{t}"
+        );
     }
 }

@@ -51,6 +51,11 @@ pub fn cli_env(mock: &MockAnthropic) -> Vec<(&'static str, String)> {
 
 /// A daemon running the real CLI against `mock` (its own CLAUDE_CONFIG_DIR from the defaults).
 pub async fn spawn_real(mock: &MockAnthropic) -> TestApp {
+    spawn_real_with(mock, json!({})).await
+}
+
+/// [`spawn_real`] with more config (`overrides`' top-level keys).
+pub async fn spawn_real_with(mock: &MockAnthropic, overrides: Value) -> TestApp {
     let mut env = serde_json::Map::new();
     for (k, v) in cli_env(mock) {
         env.insert(k.to_string(), json!(v));
@@ -58,11 +63,14 @@ pub async fn spawn_real(mock: &MockAnthropic) -> TestApp {
     // The fake CLI's variables mean nothing to the real one.
     env.insert("FAKE_CLAUDE_LOG".into(), Value::Null);
     env.insert("FAKE_CLAUDE_VERSION".into(), Value::Null);
-    spawn_app_with(json!({
+    let mut config = json!({
         "claudePath": real_claude().display().to_string(),
         "claudeEnv": env,
-    }))
-    .await
+    });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
+        config.extend(extra.clone());
+    }
+    spawn_app_with(config).await
 }
 
 /// The test's temp dir, which the environment of each of its CLI processes names (through
@@ -617,5 +625,184 @@ async fn e2e_approvals_allow_and_deny_a_mkdir_over_http() {
         .flat_map(|r| r.tool_results.clone())
         .any(|t| t.contains(message));
     assert!(told, "the denial reached the API as the tool's result");
+    app.shutdown().await;
+}
+
+/// The last streamed model call the mock saw (the CLI's main conversation call).
+fn last_model_call(mock: &MockAnthropic) -> SeenRequest {
+    mock.message_requests()
+        .into_iter()
+        .rfind(|r| r.stream)
+        .expect("a model call")
+}
+
+/// Anthropic's Messages API through the real CLI: a plain message, then a streamed one
+/// continuing its session; the system prompt reaches the model on top of the CLI's own.
+#[tokio::test]
+async fn e2e_anthropic_messages_plain_and_streamed() {
+    let mock = MockAnthropic::start().await;
+    let app = spawn_real(&mock).await;
+    let post = |body: Value, session: Option<&str>| {
+        let mut req = app
+            .client
+            .post(app.url("/v1/messages"))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body);
+        if let Some(sid) = session {
+            req = req.header("X-Session-Id", sid);
+        }
+        req.send()
+    };
+    let resp = post(
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "system": "Answer as a pirate.",
+               "messages": [{"role": "user", "content": "hello ALPHA"}]}),
+        None,
+    )
+    .await
+    .expect("send");
+    let sid = resp
+        .headers()
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("X-Session-Id")
+        .to_string();
+    let (s, b) = json_body(resp).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["content"],
+        json!([{"type": "text", "text": "mock reply: turns=1 first=\"hello ALPHA\""}]),
+        "{b}"
+    );
+    assert_eq!(b["stop_reason"], "end_turn", "{b}");
+    assert_eq!(b["usage"]["input_tokens"], INPUT_TOKENS, "{b}");
+    assert_eq!(b["usage"]["output_tokens"], OUTPUT_TOKENS, "{b}");
+    let call = last_model_call(&mock);
+    let system = call.system.unwrap_or_default();
+    assert!(
+        system.contains("Answer as a pirate.") && system.len() > "Answer as a pirate.".len(),
+        "appended to the CLI's own system prompt: {system:.300}"
+    );
+
+    let resp = post(
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": true,
+               "messages": [{"role": "user", "content": "again BETA"}]}),
+        Some(&sid),
+    )
+    .await
+    .expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let events = sse_events(&resp.text().await.expect("body"));
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{names:?}");
+    assert_eq!(
+        names[names.len() - 2..],
+        ["message_delta", "message_stop"],
+        "{names:?}"
+    );
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    // The session went on: the model saw both turns and the first prompt.
+    assert_eq!(
+        text, "mock reply: turns=2 first=\"hello ALPHA\"",
+        "{events:?}"
+    );
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn", "{delta}");
+    assert_eq!(delta["usage"]["output_tokens"], OUTPUT_TOKENS, "{delta}");
+    assert_eq!(
+        last_model_call(&mock).user_texts,
+        ["hello ALPHA", "again BETA"]
+    );
+    app.shutdown().await;
+}
+
+/// OpenAI's Responses API through the real CLI: a plain response, then a streamed one
+/// continuing it by `previous_response_id`.
+#[tokio::test]
+async fn e2e_responses_plain_and_streamed() {
+    let mock = MockAnthropic::start().await;
+    let app = spawn_real(&mock).await;
+    let (s, r) = json_body(
+        app.post_json(
+            "/v1/responses",
+            &json!({"model": "claude-sonnet-4-5", "instructions": "Answer as a pirate.", "input": "hello GAMMA"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(
+        r["output"][0]["content"][0]["text"], "mock reply: turns=1 first=\"hello GAMMA\"",
+        "{r}"
+    );
+    assert_eq!(r["usage"]["output_tokens"], OUTPUT_TOKENS, "{r}");
+    assert!(last_model_call(&mock)
+        .system
+        .is_some_and(|s| s.contains("Answer as a pirate.")));
+
+    let resp = app
+        .post_json(
+            "/v1/responses",
+            &json!({"model": "claude-sonnet-4-5", "stream": true, "previous_response_id": r["id"],
+                    "input": [{"role": "user", "content": "again DELTA"}]}),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let events = sse_events(&resp.text().await.expect("body"));
+    let (last, done) = events.last().expect("events");
+    assert_eq!(last, "response.completed", "{events:?}");
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .filter_map(|(_, d)| d["delta"].as_str())
+        .collect();
+    assert_eq!(
+        text, "mock reply: turns=2 first=\"hello GAMMA\"",
+        "{events:?}"
+    );
+    assert_eq!(
+        done["response"]["output"][0]["content"][0]["text"],
+        json!(text)
+    );
+    assert_eq!(done["response"]["previous_response_id"], r["id"]);
+    assert_eq!(
+        last_model_call(&mock).user_texts,
+        ["hello GAMMA", "again DELTA"]
+    );
+    app.shutdown().await;
+}
+
+/// A run the real CLI stops at its budget is a truncated message: the text it wrote, and
+/// `stop_reason: max_tokens` (both plain and streamed).
+#[tokio::test]
+async fn e2e_a_budget_stop_is_a_truncated_message() {
+    let mock = MockAnthropic::start().await;
+    let app = spawn_real_with(&mock, json!({"maxBudgetUsd": 0.0001})).await;
+    let body = json!({"max_tokens": 64, "messages": [{"role": "user", "content": "BIG spender"}]});
+    let (s, b) = json_body(app.post_json("/v1/messages", &body).await).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["stop_reason"], "max_tokens", "{b}");
+    let written = "mock reply: turns=1 first=\"BIG spender\"";
+    assert_eq!(
+        b["content"],
+        json!([{"type": "text", "text": written}]),
+        "{b}"
+    );
+
+    let mut body = body;
+    body["stream"] = json!(true);
+    let resp = app.post_json("/v1/messages", &body).await;
+    let events = sse_events(&resp.text().await.expect("body"));
+    let text: String = events
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, written, "{events:?}");
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens", "{delta}");
     app.shutdown().await;
 }

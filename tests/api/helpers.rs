@@ -297,3 +297,30 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
         "{body}"
     );
 }
+
+/// The named events of an SSE body, `: ping` comments skipped: (`event:` name, `data:` JSON).
+/// Every event must be exactly an `event:` line and one `data:` line.
+pub fn sse_events(body: &str) -> Vec<(String, Value)> {
+    assert!(
+        body.ends_with("\n\n"),
+        "events end with a blank line: {body:?}"
+    );
+    body.split_terminator("\n\n")
+        .filter(|block| !block.starts_with(':'))
+        .map(|block| {
+            let (name, data) = block
+                .split_once('\n')
+                .unwrap_or_else(|| panic!("an event line, then a data line: {block:?}"));
+            let name = name
+                .strip_prefix("event: ")
+                .unwrap_or_else(|| panic!("an event line first: {block:?}"));
+            let data = data
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("a data line second: {block:?}"));
+            assert!(!data.contains('\n'), "one data line: {block:?}");
+            let data =
+                serde_json::from_str(data).unwrap_or_else(|_| panic!("JSON data: {block:?}"));
+            (name.to_string(), data)
+        })
+        .collect()
+}

@@ -336,3 +336,27 @@ async fn a_retried_chat_completion_runs_once() {
     assert_eq!(app.calls().len(), 1);
     app.shutdown().await;
 }
+
+/// `/v1/messages` and `/v1/responses` too: a retry gets the first answer, in the route's shape.
+#[tokio::test]
+async fn a_retried_message_or_response_runs_once() {
+    let app = spawn_app().await;
+    let body = json!({"max_tokens": 8, "messages": [{"role": "user", "content": "message once"}]});
+    let (s1, b1) = post_with_key(&app, "/v1/messages", "msg-1", body.clone()).await;
+    let (s2, b2) = post_with_key(&app, "/v1/messages", "msg-1", body).await;
+    assert_eq!((s1, s2), (200, 200), "{b1} {b2}");
+    assert_eq!(b1, b2);
+    assert_eq!(b1["content"][0]["text"], "fake reply #1 to: message once");
+
+    let body = json!({"input": "response once", "instructions": "Be brief."});
+    let (s1, b1) = post_with_key(&app, "/v1/responses", "resp-1", body.clone()).await;
+    let (s2, b2) = post_with_key(&app, "/v1/responses", "resp-1", body).await;
+    assert_eq!((s1, s2), (200, 200), "{b1} {b2}");
+    assert_eq!(b1, b2);
+    assert_eq!(
+        b1["output"][0]["content"][0]["text"],
+        "fake reply #1 to: response once"
+    );
+    assert_eq!(app.calls().len(), 2);
+    app.shutdown().await;
+}

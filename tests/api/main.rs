@@ -8,6 +8,7 @@ mod mock_anthropic;
 #[path = "../../actors/src/store/redis/test_server.rs"]
 mod redis_server;
 
+mod anthropic;
 mod approvals;
 mod auth;
 mod cluster;
@@ -28,14 +29,15 @@ mod idempotency;
 mod keep_alive;
 mod metrics;
 mod openai;
-mod openai_sdk;
 mod openapi;
 mod processes;
 mod rate_limit;
 mod readme;
 mod redis;
 mod reload;
+mod responses;
 mod run_sync;
+mod sdk;
 mod sessions;
 mod statistics;
 mod tasks;

@@ -1,16 +1,16 @@
 //! The OpenAI-compatible API, so the OpenAI SDKs and the tools built on them can use the
-//! server: `POST /v1/chat/completions` (plain and streamed), `GET /v1/models`,
-//! `GET /v1/models/{id}`.
+//! server: `POST /v1/chat/completions` (plain and streamed), `POST /v1/responses` (the
+//! Responses API, plain and streamed), `GET /v1/models`, `GET /v1/models/{id}` (in Anthropic's
+//! shape for a request in Anthropic's dialect).
 //!
 //! A chat completion is a run like any other: validated into the native request, started as a
 //! turn of a session (`turns::prepare`) and queued as a task, under the same concurrency limit,
 //! budgets, statistics and webhooks. Only the shapes differ; errors are converted to OpenAI's
-//! shape in one place ([`error::convert_errors`]).
+//! shape in one place ([`convert_errors`](super::dialect::convert_errors)).
 
 use std::sync::OnceLock;
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use actix_web::web::{self, Json};
+use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use chrono::Utc;
 
@@ -18,8 +18,11 @@ use actors::config::Config;
 use actors::error::ErrorCode;
 use actors::model::{Task, TaskStatus};
 
+use super::anthropic::response::{model_info, model_list};
 use super::auth::Caller;
 use super::claude::wait_submitted;
+use super::compat::{header_session, with_session_header};
+use super::dialect::Dialect;
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::idempotency::{IdempotencyKey, Kind};
@@ -30,18 +33,17 @@ use crate::state::AppState;
 pub mod error;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod stream;
 
 use request::ChatRequest;
 use response::{completion, completion_id, Envelope, ModelList, ModelObject};
 
-/// The session of a chat: sent by the client to continue one, returned on every answer.
-pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
-
 /// The `/v1` routes (authentication, rate limits and error conversion come from `http::app`).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use super::routing::{get, post, resource};
     cfg.service(resource("/v1/chat/completions").route(post().to(chat_completions)))
+        .service(resource("/v1/responses").route(post().to(responses::create)))
         .service(resource("/v1/models").route(get().to(list_models)))
         .service(resource("/v1/models/{id}").route(get().to(get_model)));
 }
@@ -93,7 +95,15 @@ pub async fn chat_completions(
             .queue
             .events()
             .source(&submitted.task, state.queue.store());
-        stream::respond(source, env.clone(), chat.include_usage, guard)
+        let (store, task_id) = (state.store.clone(), submitted.task.id);
+        stream::respond(
+            source,
+            env.clone(),
+            chat.include_usage,
+            store,
+            task_id,
+            guard,
+        )
     } else {
         let finished = wait_submitted(&state.queue, submitted, guard)
             .await
@@ -130,25 +140,6 @@ fn replay(finished: &[Task]) -> HttpResponse {
     with_session_header(resp, &env.session_id)
 }
 
-fn with_session_header(mut resp: HttpResponse, session_id: &str) -> HttpResponse {
-    if let Ok(v) = HeaderValue::from_str(session_id) {
-        resp.headers_mut().insert(SESSION_HEADER, v);
-    }
-    resp
-}
-
-/// The `X-Session-Id` header, if sent and not blank.
-fn header_session(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(SESSION_HEADER) else {
-        return Ok(None);
-    };
-    let v = v
-        .to_str()
-        .map_err(|_| ApiError::field("X-Session-Id", "must be a UUID"))?
-        .trim();
-    Ok((!v.is_empty()).then(|| v.to_string()))
-}
-
 /// The models a client may ask for: `defaultModel`, then `allowedModels` (when that list is
 /// empty any model name is accepted, but only the default can be listed).
 fn model_ids(config: &Config) -> Vec<String> {
@@ -180,33 +171,43 @@ fn model_object(id: String, created: i64) -> ModelObject {
     }
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/models`, in Anthropic's shape when the request speaks its dialect
+/// (`anthropic-version`).
 #[utoipa::path(get, path = "/v1/models", tag = "openai", operation_id = "listModels",
-    summary = "List models (OpenAI-compatible)",
-    description = "`defaultModel`, then `allowedModels` (when that list is empty any model name is accepted, but only the default is listed).",
-    responses((status = 200, description = "The models a client may ask for", body = ModelList), crate::http::schema::OpenAiErrors),
+    summary = "List models (OpenAI- and Anthropic-compatible)",
+    description = "`defaultModel`, then `allowedModels` (when that list is empty any model name is accepted, but only the default is listed). With the `anthropic-version` header (the Anthropic SDKs send it), the list and its errors are in Anthropic's shape (`AnthropicModelList`).",
+    params(("anthropic-version" = Option<String>, Header, description = "Answer in Anthropic's shape")),
+    responses((status = 200, description = "The models a client may ask for (`AnthropicModelList` with `anthropic-version`)", body = crate::http::schema::ModelListAnswer), crate::http::schema::SharedV1Errors),
     security(("bearer" = []), ("api_key" = [])))]
-pub async fn list_models(state: AppState) -> Json<ModelList> {
+pub async fn list_models(state: AppState, http: HttpRequest) -> HttpResponse {
     let created = models_created(&state);
-    Json(ModelList {
+    let ids = model_ids(&state.config());
+    if Dialect::of_request(&http) == Dialect::Anthropic {
+        let data = ids.into_iter().map(|id| model_info(id, created)).collect();
+        return HttpResponse::Ok().json(model_list(data));
+    }
+    HttpResponse::Ok().json(ModelList {
         object: "list",
-        data: model_ids(&state.config())
+        data: ids
             .into_iter()
             .map(|id| model_object(id, created))
             .collect(),
     })
 }
 
-/// `GET /v1/models/{id}`: 404 for a model the server does not list.
+/// `GET /v1/models/{id}`: 404 for a model the server does not list; in Anthropic's shape with
+/// `anthropic-version`.
 #[utoipa::path(get, path = "/v1/models/{id}", tag = "openai", operation_id = "getModel",
-    summary = "Get a model (OpenAI-compatible)",
-    params(("id" = String, Path, description = "A model name, as listed by `GET /v1/models`")),
-    responses((status = 200, description = "The model", body = ModelObject), crate::http::schema::OpenAiErrors),
+    summary = "Get a model (OpenAI- and Anthropic-compatible)",
+    params(("id" = String, Path, description = "A model name, as listed by `GET /v1/models`"),
+        ("anthropic-version" = Option<String>, Header, description = "Answer in Anthropic's shape")),
+    responses((status = 200, description = "The model (`AnthropicModelInfo` with `anthropic-version`)", body = crate::http::schema::ModelAnswer), crate::http::schema::SharedV1Errors),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_model(
     state: AppState,
     id: web::Path<String>,
-) -> Result<Json<ModelObject>, ApiError> {
+    http: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     if !model_ids(&state.config()).contains(&id) {
         return Err(ApiError::new(
@@ -214,5 +215,10 @@ pub async fn get_model(
             format!("The model `{id}` does not exist on this server."),
         ));
     }
-    Ok(Json(model_object(id, models_created(&state))))
+    let created = models_created(&state);
+    Ok(if Dialect::of_request(&http) == Dialect::Anthropic {
+        HttpResponse::Ok().json(model_info(id, created))
+    } else {
+        HttpResponse::Ok().json(model_object(id, created))
+    })
 }

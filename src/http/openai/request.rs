@@ -6,16 +6,18 @@
 //!   directory) and the client's instructions come on top.
 //! - Continuing a session (`X-Session-Id` or `session_id`): only the last user message is sent;
 //!   the history lives in the CLI's session.
-//! - Otherwise earlier user/assistant messages are folded into the prompt ([`fold`]).
+//! - Otherwise earlier user/assistant messages are folded into the prompt
+//!   ([`compat::fold`](super::super::compat::fold)).
 //! - Sampling fields (`temperature`, `top_p`, `max_tokens`, `max_completion_tokens`, `stop`,
 //!   `seed`, penalties, `logit_bias`, `response_format`, ...) are accepted and ignored: the CLI
 //!   has no such knobs. `n` must be 1; `tools`/`functions` are refused (no function calling).
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 use validator::{Validate, ValidationErrors};
 
+use super::super::compat::{content_text, prompt_of, task_metadata, Prompt, Role, Turn};
 use super::super::error::ApiError;
 use super::super::run_request::RunRequest;
 use super::super::validate::{first_error, Rules};
@@ -118,9 +120,9 @@ pub fn translate(req: ChatRequest, header_session: Option<String>) -> Result<Cha
         }
         (h, b) => h.or(b),
     };
-    let texts = message_texts(&req.messages)?;
-    let (prompt, system) = build_prompt(&req.messages, &texts, session_id.is_some())?;
-    let metadata = metadata(req.metadata, req.user)?;
+    let turns = turns(&req.messages)?;
+    let Prompt { prompt, system } = prompt_of(&turns, session_id.is_none(), "messages")?;
+    let metadata = task_metadata(req.metadata, req.user)?;
     let stream = req.stream.unwrap_or(false);
     Ok(ChatRun {
         model: req.model.clone(),
@@ -143,151 +145,39 @@ pub fn translate(req: ChatRequest, header_session: Option<String>) -> Result<Cha
     })
 }
 
-/// The text of every message, checked: content parts must be text (images and other media get
-/// a 400 that says so).
-fn message_texts(messages: &[ChatMessage]) -> Result<Vec<String>, ApiError> {
+/// Every message with its text, checked: roles are OpenAI's (`tool` and `function` are
+/// refused), content parts must be text (images and other media get a 400 that says so).
+fn turns(messages: &[ChatMessage]) -> Result<Vec<Turn>, ApiError> {
     messages
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            if !matches!(
-                m.role.as_str(),
-                "system" | "developer" | "user" | "assistant"
-            ) {
-                return Err(ApiError::field(
-                    &format!("messages[{i}].role"),
-                    "must be one of: system, developer, user, assistant",
-                ));
-            }
-            content_text(m.content.as_ref(), i)
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                _ => {
+                    return Err(ApiError::field(
+                        &format!("messages[{i}].role"),
+                        "must be one of: system, developer, user, assistant",
+                    ))
+                }
+            };
+            let field = format!("messages[{i}].content");
+            let text = match &m.content {
+                // An assistant message with tool calls has no content.
+                None | Some(Value::Null) => String::new(),
+                Some(content) => content_text(content, &field, &["text", "input_text"])?,
+            };
+            Ok(Turn { role, text, field })
         })
         .collect()
-}
-
-fn content_text(content: Option<&Value>, i: usize) -> Result<String, ApiError> {
-    let parts = match content {
-        None | Some(Value::Null) => return Ok(String::new()),
-        Some(Value::String(s)) => return Ok(s.clone()),
-        Some(Value::Array(parts)) => parts,
-        Some(_) => {
-            return Err(ApiError::field(
-                &format!("messages[{i}].content"),
-                "must be a string or an array of content parts",
-            ))
-        }
-    };
-    let mut texts = Vec::with_capacity(parts.len());
-    for (j, part) in parts.iter().enumerate() {
-        let field = format!("messages[{i}].content[{j}]");
-        let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
-        match kind {
-            "text" | "input_text" => match part.get("text").and_then(Value::as_str) {
-                Some(t) => texts.push(t.to_string()),
-                None => return Err(ApiError::field(&field, "must have a string `text`")),
-            },
-            "image_url" | "input_image" | "image" | "image_file" => {
-                return Err(ApiError::field(
-                    &field,
-                    "is an image; images are not supported yet, send text parts only",
-                ))
-            }
-            "" => return Err(ApiError::field(&field, "must have a `type`")),
-            other => {
-                return Err(ApiError::field(
-                    &field,
-                    format!("has type `{other}`, which is not supported; send text parts only"),
-                ))
-            }
-        }
-    }
-    // Parts are pieces of one message: joined line by line.
-    Ok(texts.join("\n"))
-}
-
-/// The prompt and the system prompt. `continuing`: the session holds the history, so only the
-/// last message is sent.
-fn build_prompt(
-    messages: &[ChatMessage],
-    texts: &[String],
-    continuing: bool,
-) -> Result<(String, Option<String>), ApiError> {
-    let last = messages
-        .iter()
-        .rposition(|m| !is_system(&m.role))
-        .filter(|&i| messages[i].role == "user")
-        .ok_or_else(|| ApiError::field("messages", "must end with a user message"))?;
-    if texts[last].trim().is_empty() {
-        return Err(ApiError::field(
-            &format!("messages[{last}].content"),
-            "must not be empty (the last user message is the prompt)",
-        ));
-    }
-    let system: Vec<&str> = messages
-        .iter()
-        .zip(texts)
-        .filter(|(m, t)| is_system(&m.role) && !t.trim().is_empty())
-        .map(|(_, t)| t.as_str())
-        .collect();
-    let system = (!system.is_empty()).then(|| system.join("\n\n"));
-    let history: Vec<(&str, &str)> = messages[..last]
-        .iter()
-        .zip(texts)
-        .filter(|(m, _)| !is_system(&m.role))
-        .map(|(m, t)| (m.role.as_str(), t.as_str()))
-        .collect();
-    let prompt = if continuing || history.is_empty() {
-        texts[last].clone()
-    } else {
-        fold(&history, &texts[last])
-    };
-    Ok((prompt, system))
-}
-
-fn is_system(role: &str) -> bool {
-    role == "system" || role == "developer"
-}
-
-/// A new conversation that arrives with history: the earlier turns, oldest first, in a
-/// `<conversation_history>` block, a blank line, then the last user message as it was sent:
-///
-/// ```text
-/// <conversation_history>
-/// <user>
-/// first question
-/// </user>
-/// <assistant>
-/// first answer
-/// </assistant>
-/// </conversation_history>
-///
-/// latest question
-/// ```
-pub fn fold(history: &[(&str, &str)], last: &str) -> String {
-    let mut out = String::from("<conversation_history>\n");
-    for (role, text) in history {
-        out.push_str(&format!("<{role}>\n{text}\n</{role}>\n"));
-    }
-    out.push_str("</conversation_history>\n\n");
-    out.push_str(last);
-    out
-}
-
-/// The task's metadata: the request's `metadata` object with `user` added.
-fn metadata(metadata: Option<Value>, user: Option<String>) -> Result<Option<Value>, ApiError> {
-    let mut map = match metadata {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err(ApiError::field("metadata", "must be an object")),
-    };
-    if let Some(user) = user {
-        map.insert("user".into(), json!(user));
-    }
-    Ok((!map.is_empty()).then_some(Value::Object(map)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn req(body: Value) -> ChatRequest {
         serde_json::from_value(body).expect("request")

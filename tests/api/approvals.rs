@@ -726,3 +726,63 @@ async fn sync_batch_and_fork_requests_take_approvals() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn after_a_kill_9_the_approval_is_history_and_expired_and_the_run_ends_interrupted() {
+    use crate::durability::{daemon_dir, start_daemon};
+    let d = daemon_dir(json!({}));
+    let mut daemon = start_daemon(&d.config, &d.root, d.port).await;
+    let client = reqwest::Client::new();
+    let resp: Value = client
+        .post(format!("{}/api/claude", daemon.base))
+        .json(&json!({"prompt": "ask [[fake:asks=1]]", "async": true, "approvals": true}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let id = resp["task_id"].as_str().expect("id").to_string();
+    let approvals_of = |base: String| {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            client
+                .get(format!("{base}/api/tasks/{id}/approvals"))
+                .send()
+                .await
+                .expect("get")
+                .json::<Value>()
+                .await
+                .expect("json")["approvals"]
+                .clone()
+        }
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    let pending = loop {
+        let list = approvals_of(daemon.base.clone()).await;
+        if list[0]["status"] == "pending" {
+            break list[0].clone();
+        }
+        assert!(Instant::now() < end, "no pending approval: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    daemon.child.kill().expect("SIGKILL");
+    let _ = daemon.child.wait();
+    let daemon = start_daemon(&d.config, &d.root, d.port).await;
+    let list = approvals_of(daemon.base.clone()).await;
+    assert_eq!(list[0]["id"], pending["id"], "{list}");
+    assert_eq!(list[0]["status"], "expired", "{list}");
+    let t: Value = client
+        .get(format!("{}/api/tasks/{id}", daemon.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(t["task"]["error"]["code"], "interrupted", "{t}");
+    let mut daemon = daemon;
+    daemon.child.kill().expect("stop");
+    let _ = daemon.child.wait();
+}

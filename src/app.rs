@@ -86,6 +86,10 @@ impl Application {
             events = events.with_cluster(cluster.clone());
         }
         let events = Arc::new(events);
+        // Runs hand their `task.approval_requested` deliveries to the webhook actor.
+        let approval_webhooks = Arc::new(std::sync::Mutex::new(Some(
+            events.approvals().webhook_jobs(),
+        )));
         // The single writer of session records: the HTTP handlers' writes and the workers'
         // turn accounting.
         let sessions = SessionHandle::start(actor_system.arbiter(), store.clone());
@@ -155,6 +159,7 @@ impl Application {
                 // With a cluster each delivery is made by the one instance holding its claim.
                 claim_as: state.cluster.as_ref().map(|c| c.instance().to_string()),
                 lookup: None,
+                jobs: Some(approval_webhooks),
             },
         )
         .await;
@@ -163,6 +168,14 @@ impl Application {
         // announced (webhook `task.failed`, statistics, metrics) like any other end.
         if let Err(e) = state.queue.announce_interrupted().await {
             log::warn!(error:% = e; "cannot announce the interrupted tasks");
+        }
+        // Approvals whose run did not survive the restart must not stay pending.
+        match actors::approval::expire_orphans(state.store.as_ref()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                log::info!(count = n; "expired the approvals of runs that did not survive the restart")
+            }
+            Err(e) => log::warn!(error:% = e; "cannot expire the approvals of interrupted runs"),
         }
 
         let live = state.clone();

@@ -1079,3 +1079,124 @@ fn a_second_invocation_on_a_locked_session_is_flagged() {
         false
     );
 }
+
+/// Reads a child's stdout lines on a thread, so that every wait has a deadline.
+struct LineFeed(std::sync::mpsc::Receiver<String>);
+
+impl LineFeed {
+    fn new(child: &mut Child) -> LineFeed {
+        use std::io::BufRead;
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        LineFeed(rx)
+    }
+
+    /// The next line matching `pred` (others are skipped), within 10 s.
+    fn until(&self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .0
+                .recv_timeout(left)
+                .expect("a line before the deadline");
+            let v: Value = serde_json::from_str(&line).expect("stream line is JSON");
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+/// One run of the stdin permission protocol: returns the `can_use_tool` request, the tool
+/// result line and the result line, after answering the request with `answer`.
+fn permission_round(sb: &Sandbox, answer: impl Fn(&str) -> Value) -> (Value, Value, Value) {
+    use std::io::Write;
+    let mut child = sb
+        .cmd(&[
+            "-p",
+            "--output-format=stream-json",
+            "--input-format=stream-json",
+            "--verbose",
+            "--permission-prompt-tool=stdio",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn fake");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feed = LineFeed::new(&mut child);
+    writeln!(
+        stdin,
+        r#"{{"type":"control_request","request_id":"init-1","request":{{"subtype":"initialize"}}}}"#
+    )
+    .expect("write");
+    let init = feed.until(|v| v["type"] == "control_response");
+    assert_eq!(init["response"]["subtype"], "success");
+    assert_eq!(init["response"]["request_id"], "init-1");
+    writeln!(
+        stdin,
+        r#"{{"type":"user","message":{{"role":"user","content":"make it [[fake:tool=Bash]] [[fake:deny_tool]]"}},"parent_tool_use_id":null,"session_id":""}}"#
+    )
+    .expect("write");
+    let request = feed.until(|v| v["type"] == "control_request");
+    let request_id = request["request_id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+    writeln!(stdin, "{}", answer(&request_id)).expect("write");
+    let tool_result = feed.until(|v| v["type"] == "user");
+    let result = feed.until(|v| v["type"] == "result");
+    // Still running until stdin closes, as the real CLI.
+    assert!(child.try_wait().expect("try_wait").is_none());
+    drop(stdin);
+    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("exits after EOF");
+    assert_eq!(status.code(), Some(0));
+    (request, tool_result, result)
+}
+
+#[test]
+fn permission_prompt_over_stdin_allow_runs_the_tool() {
+    let sb = Sandbox::new();
+    let (request, tool_result, result) = permission_round(&sb, |id| {
+        serde_json::json!({"type":"control_response","response":{"subtype":"success","request_id":id,
+            "response":{"behavior":"allow","updatedInput":{"command":"mkdir y && echo made"}}}})
+    });
+    assert_eq!(request["request"]["subtype"], "can_use_tool");
+    assert_eq!(request["request"]["tool_name"], "Bash");
+    assert_eq!(
+        request["request"]["input"]["command"],
+        "mkdir x && echo made"
+    );
+    assert_eq!(request["request"]["description"], "Make a dir");
+    let block = &tool_result["message"]["content"][0];
+    assert_eq!(block["is_error"], false);
+    assert_eq!(block["content"], "made");
+    // The updated input is what ran.
+    assert!(sb.cwd().join("y").is_dir());
+    assert!(!sb.cwd().join("x").exists());
+    assert_eq!(result["is_error"], false);
+    assert_eq!(result["permission_denials"], serde_json::json!([]));
+}
+
+#[test]
+fn permission_prompt_over_stdin_deny_reaches_the_model() {
+    let sb = Sandbox::new();
+    let (_, tool_result, result) = permission_round(&sb, |id| {
+        serde_json::json!({"type":"control_response","response":{"subtype":"success","request_id":id,
+            "response":{"behavior":"deny","message":"not today"}}})
+    });
+    let block = &tool_result["message"]["content"][0];
+    assert_eq!(block["is_error"], true);
+    assert_eq!(block["content"], "not today");
+    assert!(!sb.cwd().join("x").exists());
+    assert_eq!(result["subtype"], "success");
+    assert_eq!(result["permission_denials"][0]["tool_name"], "Bash");
+}

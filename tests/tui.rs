@@ -87,6 +87,7 @@ fn menu_and_dashboard_show_the_live_queue() {
         "[d] Dashboard",
         "[s] Sessions",
         "[t] Tasks",
+        "[v] Approvals",
         "[a] Statistics",
         "[l] Logs",
         "[h] API docs",
@@ -445,4 +446,60 @@ fn start_and_stop_the_daemon() {
     ]);
     assert!(is_gone(pid));
     assert!(!root.join("server.pid").exists());
+}
+
+/// Wait (10 s at most) until `task` has `n` approvals, the last one pending.
+fn wait_pending(rt: &tokio::runtime::Runtime, app: &TestApp, task: &str, n: usize) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = get(rt, app, &format!("/api/tasks/{task}/approvals"));
+        let list = b["approvals"].as_array().cloned().unwrap_or_default();
+        if list.len() == n && list[n - 1]["status"] == "pending" {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "no pending approval: {b}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn approvals_are_listed_and_allowed_or_denied_with_a_key() {
+    let rt = runtime();
+    let (app, mut tui) = setup(&rt, json!({}));
+    let body = post(
+        &rt,
+        &app,
+        "/api/tasks/async",
+        json!({"prompt": "[[fake:asks=2]] two dirs", "approvals": true}),
+    );
+    let id = body["task"]["id"].as_str().expect("id").to_string();
+    wait_pending(&rt, &app, &id, 1);
+    tui.press('v');
+    tui.wait_for_all(&[
+        "1 pending",
+        "Bash",
+        "mkdir x1 && echo made",
+        "a allow · x deny",
+    ]);
+    tui.press('a');
+    tui.wait_for("Allowed Bash of task");
+    // The run goes on and asks again; the list refreshes by itself.
+    tui.wait_for("mkdir x2 && echo made");
+    tui.press('x');
+    tui.wait_for_all(&["Denied Bash of task", "No approval is pending."]);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, t) = get(&rt, &app, &format!("/api/tasks/{id}"));
+        if t["task"]["status"] == "completed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "not completed: {t}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(app.project.join("x1").is_dir());
+    assert!(!app.project.join("x2").exists());
+    let (_, list) = get(&rt, &app, &format!("/api/tasks/{id}/approvals"));
+    assert_eq!(list["approvals"][0]["status"], "allowed");
+    assert_eq!(list["approvals"][1]["status"], "denied");
+    rt.block_on(app.shutdown());
 }

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::approval::bus::ApprovalHub;
 use crate::cluster::events::{EventMirror, RemoteLog};
 use crate::cluster::Cluster;
 use crate::mem;
@@ -34,7 +35,15 @@ pub const CLOSED_LOG_TTL: Duration = Duration::from_secs(300);
 pub const MAX_CLOSED_LOGS: usize = 1000;
 
 /// The SSE event names a run can produce (the last two end it).
-pub const KINDS: [&str; 6] = ["init", "text", "tool_use", "tool_result", "result", "error"];
+pub const KINDS: [&str; 7] = [
+    "init",
+    "text",
+    "tool_use",
+    "tool_result",
+    "approval",
+    "result",
+    "error",
+];
 
 /// `kind` as one of [`KINDS`] (events read back from Redis carry their name as text).
 pub fn known_kind(kind: &str) -> Option<&'static str> {
@@ -353,6 +362,10 @@ pub struct EventHub {
     cluster: Option<(Arc<Cluster>, EventMirror)>,
     /// `limits.eventReplayBytes`.
     replay_bytes: AtomicUsize,
+    /// How decisions reach runs. Kept here because the hub, like the event logs, is what ties
+    /// a run to the outside by task id, and it travels wherever the events go (queue,
+    /// workers, HTTP handlers).
+    approvals: Arc<ApprovalHub>,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -369,7 +382,13 @@ impl EventHub {
             cluster: None,
             // No byte bound until the queue applies the config (count and time still apply).
             replay_bytes: AtomicUsize::new(usize::MAX),
+            approvals: Arc::new(ApprovalHub::new()),
         }
+    }
+
+    /// How approval decisions reach this instance's runs.
+    pub fn approvals(&self) -> &Arc<ApprovalHub> {
+        &self.approvals
     }
 
     /// Share the events with the other instances of `cluster`: every event is also copied to
@@ -377,6 +396,7 @@ impl EventHub {
     /// there. Needs a tokio runtime (it starts the writer).
     pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> EventHub {
         let mirror = EventMirror::start(&cluster);
+        self.approvals.join_cluster(cluster.clone());
         self.cluster = Some((cluster, mirror));
         self
     }

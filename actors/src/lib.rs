@@ -16,6 +16,7 @@
 //! * [`system`]  — the actix actor system the actors run on: its own threads (arbiters),
 //!   reached from anywhere by messages; [`system::Feed`], a tokio channel as an actor's input.
 
+pub mod approval;
 pub mod claude;
 pub mod cluster;
 pub mod config;

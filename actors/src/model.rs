@@ -191,6 +191,10 @@ pub struct RunSpec {
     pub session: SessionMode,
     /// Wall-clock limit of this run, in ms.
     pub timeout_ms: u64,
+    /// Tool calls that need permission are asked over HTTP (approvals) instead of denied:
+    /// the CLI runs with `--permission-prompt-tool=stdio` and stream-json input.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approvals: bool,
 }
 
 impl RunSpec {
@@ -216,6 +220,7 @@ impl RunSpec {
             mcp_config: None,
             session: SessionMode::None,
             timeout_ms,
+            approvals: false,
         }
     }
 }

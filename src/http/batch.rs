@@ -42,6 +42,8 @@ pub struct BatchRequest {
     pub webhook_url: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Ask over HTTP before tool calls that need permission; default `permissions.approvalsDefault`.
+    pub approvals: Option<bool>,
 }
 
 impl Rules for BatchRequest {
@@ -97,6 +99,7 @@ pub async fn run_batch(
             priority: req.priority,
             webhook_url: req.webhook_url.clone(),
             metadata: req.metadata.clone(),
+            approvals: req.approvals,
             ..Default::default()
         };
         let run = validate(one, &config).map_err(|mut e| {

@@ -11,6 +11,7 @@ use actix_web::{web, App, HttpResponse};
 use crate::state::AppState;
 
 pub mod anthropic;
+pub mod approvals;
 pub mod auth;
 pub mod batch;
 pub mod budget;
@@ -102,6 +103,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/tasks/{id}/priority").route(patch().to(tasks::set_priority)))
         .service(resource("/api/tasks/{id}/events").route(get().to(events::task_events)))
         .service(resource("/api/tasks/{id}/webhooks").route(get().to(webhooks::list_deliveries)))
+        .service(resource("/api/tasks/{id}/approvals").route(get().to(approvals::task_approvals)))
+        .service(
+            resource("/api/tasks/{id}/approvals/{approval_id}").route(post().to(approvals::decide)),
+        )
+        .service(resource("/api/approvals").route(get().to(approvals::list_approvals)))
         .service(
             resource("/api/sessions")
                 .route(post().to(sessions::create))

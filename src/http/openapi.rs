@@ -4,6 +4,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::approvals;
 use super::{
     anthropic, batch, claude, config_api, events, health, metrics, openai, run_request, schema,
     sessions, statistics, tasks, webhooks,
@@ -54,6 +55,9 @@ use super::{
         openai::get_model,
         openai::responses::create,
         anthropic::messages,
+        approvals::task_approvals,
+        approvals::list_approvals,
+        approvals::decide,
     ),
     components(schemas(
         run_request::RunRequest,
@@ -67,6 +71,7 @@ use super::{
         schema::V1Error,
         anthropic::response::ModelList,
         anthropic::response::ModelInfo,
+        approvals::DecisionRequest,
     )),
     modifiers(&Security),
     tags(
@@ -77,6 +82,7 @@ use super::{
         (name = "operations", description = "Health, metrics, configuration and this document"),
         (name = "openai", description = "OpenAI-compatible API, for the OpenAI SDKs"),
         (name = "anthropic", description = "Anthropic-compatible API, for the Anthropic SDKs"),
+        (name = "approvals", description = "Tool calls a run asks permission for, decided over HTTP"),
     )
 )]
 pub struct ApiDoc;

@@ -103,6 +103,9 @@ pub struct RunRequest {
     /// Send a `/command` prompt verbatim (needs `permissions.allowSlashCommands`).
     #[validate(custom(function = "slash_command_rule", use_context))]
     pub slash_command: Option<bool>,
+    /// Ask over HTTP before a tool call that needs permission (approvals) instead of denying
+    /// it; default `permissions.approvalsDefault`.
+    pub approvals: Option<bool>,
 }
 
 impl Rules for RunRequest {
@@ -193,6 +196,9 @@ pub fn validate(req: RunRequest, config: &Config) -> Result<ValidatedRun, ApiErr
             timeout_ms: req
                 .timeout_ms
                 .map_or(config.task_queue.default_timeout, |t| t as u64),
+            approvals: req
+                .approvals
+                .unwrap_or(config.permissions.approvals_default),
         },
         priority,
         is_async,

@@ -155,7 +155,7 @@ pub const ANTHROPIC_ERROR: &str = "AnthropicError";
 pub const OPENAI_ERROR: &str = "OpenAiError";
 
 /// One Server-Sent Event: `id` counts from 1; `event` is init, text, tool_use, tool_result,
-/// result or error; `data` is a JSON object.
+/// approval, result or error; `data` is a JSON object.
 #[derive(ToSchema)]
 pub struct SseEvent {
     pub id: String,
@@ -237,6 +237,47 @@ pub struct TaskObject {
     pub webhook_url: Option<String>,
     pub metadata: Option<HashMap<String, Value>>,
     pub attempts: u32,
+    /// Tool calls that need permission are asked over HTTP (`approvals` of the request).
+    pub approvals: bool,
+    /// Approvals waiting for a decision (the task stays `processing` meanwhile).
+    pub pending_approvals: u32,
+}
+
+/// A tool call a run with `approvals` asked permission for.
+#[derive(ToSchema)]
+pub struct ApprovalObject {
+    pub id: Uuid,
+    pub task_id: Uuid,
+    pub tool_name: String,
+    /// The tool's input as the model asked for it.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    pub description: Option<String>,
+    /// pending | allowed | denied | expired
+    pub status: String,
+    pub requested_at: String,
+    pub decided_at: Option<String>,
+    /// The name of the API key that decided (`null`: anonymous, or expired).
+    pub decided_by: Option<String>,
+    /// The decision's note; for a denial or an expiry, what the model was told.
+    pub message: Option<String>,
+    /// With `allow`: the input the tool ran with instead.
+    #[schema(value_type = Option<Object>)]
+    pub updated_input: Option<Value>,
+}
+
+/// `GET /api/tasks/:id/approvals`, `GET /api/approvals`.
+#[derive(ToSchema)]
+pub struct ApprovalList {
+    pub success: bool,
+    pub approvals: Vec<ApprovalObject>,
+}
+
+/// `POST /api/tasks/:id/approvals/:approval_id`.
+#[derive(ToSchema)]
+pub struct ApprovalEnvelope {
+    pub success: bool,
+    pub approval: ApprovalObject,
 }
 
 #[derive(ToSchema)]

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 use validator::{Validate, ValidationErrors};
 
+use actors::approval::{ApprovalFilter, ApprovalStatus};
 use actors::model::{rfc3339, Priority, Task, TaskStatus};
 use actors::queue::CancelReason;
 use actors::store::TaskFilter;
@@ -49,7 +50,44 @@ pub fn task_json(task: &Task) -> Value {
         "webhook_url": task.webhook_url,
         "metadata": task.metadata,
         "attempts": task.attempts,
+        "approvals": task.spec.approvals,
+        // Filled from storage where the task is read (see `with_pending_approvals`).
+        "pending_approvals": 0,
     })
+}
+
+/// Task objects with `pending_approvals` counted: one storage read, and only when a task of
+/// the list is a running run with approvals (nothing else can have pending ones).
+pub async fn with_pending_approvals(
+    state: &AppState,
+    caller: &Caller,
+    tasks: &[Task],
+) -> Result<Vec<Value>, ApiError> {
+    let mut items: Vec<Value> = tasks.iter().map(task_json).collect();
+    let asking = |t: &Task| t.spec.approvals && t.status == TaskStatus::Processing;
+    if !tasks.iter().any(asking) {
+        return Ok(items);
+    }
+    let pending = if let [one] = tasks {
+        state.store.task_approvals(one.id).await?
+    } else {
+        let filter = ApprovalFilter {
+            status: Some(ApprovalStatus::Pending),
+            owner: caller.owner_filter(),
+            limit: 0,
+        };
+        state.store.list_approvals(&filter).await?
+    };
+    for (task, item) in tasks.iter().zip(items.iter_mut()) {
+        if asking(task) {
+            let n = pending
+                .iter()
+                .filter(|a| a.task_id == task.id && a.is_pending())
+                .count();
+            item["pending_approvals"] = json!(n);
+        }
+    }
+    Ok(items)
 }
 
 /// Parse a task id from the path: a malformed id is simply not found.
@@ -80,7 +118,9 @@ pub async fn get_task(
     id: web::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
-    Ok(Json(json!({"success": true, "task": task_json(&task)})))
+    let mut items = with_pending_approvals(&state, &caller, std::slice::from_ref(&task)).await?;
+    let item = items.pop().unwrap_or_else(|| task_json(&task));
+    Ok(Json(json!({"success": true, "task": item})))
 }
 
 /// `GET /api/tasks?status=&session_id=&limit=&offset=`: pending tasks in run order, the rest
@@ -118,7 +158,7 @@ pub async fn list_tasks(
         offset: p.offset,
     };
     let (tasks, total) = state.store.list_tasks(&filter).await?;
-    let items: Vec<Value> = tasks.iter().map(task_json).collect();
+    let items = with_pending_approvals(&state, &caller, &tasks).await?;
     Ok(Json(
         json!({"success": true, "count": items.len(), "total": total, "tasks": items}),
     ))

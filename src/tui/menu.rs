@@ -6,7 +6,9 @@ use cursive::Cursive;
 
 use super::daemon_screen::{self, Action};
 use super::widgets::ctx;
-use super::{api_docs, dashboard, logs, sessions, settings, statistics, tasks, test_api};
+use super::{
+    api_docs, approvals, dashboard, logs, sessions, settings, statistics, tasks, test_api,
+};
 
 /// One line of the menu.
 struct Entry {
@@ -46,6 +48,11 @@ const ENTRIES: &[Entry] = &[
         key: 't',
         label: "Tasks",
         open: tasks::open,
+    },
+    Entry {
+        key: 'v',
+        label: "Approvals (pending tool use)",
+        open: approvals::open,
     },
     Entry {
         key: 'a',

@@ -17,6 +17,7 @@ use crate::client::{Client, Target};
 use crate::daemon::Control;
 
 pub mod api_docs;
+pub mod approvals;
 pub mod daemon_screen;
 pub mod dashboard;
 pub mod format;

@@ -509,6 +509,125 @@ async fn e2e_the_mock_sees_the_history_of_a_resumed_session() {
     );
 }
 
+/// Poll a task's approvals until one is pending (60 s at most: the real CLI starts slowly).
+async fn wait_real_pending(app: &TestApp, id: &str) -> Value {
+    let found = poll_until_async(Duration::from_secs(60), || async {
+        let (_, b) = json_body(app.get(&format!("/api/tasks/{id}/approvals")).await).await;
+        b["approvals"]
+            .as_array()
+            .and_then(|l| l.iter().find(|a| a["status"] == "pending").cloned())
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("no pending approval for {id}"))
+}
+
+async fn poll_until_async<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_real_final(app: &TestApp, id: &str) -> Value {
+    poll_until_async(Duration::from_secs(60), || async {
+        let (_, b) = json_body(app.get(&format!("/api/tasks/{id}")).await).await;
+        let done = ["completed", "failed", "cancelled", "timeout"]
+            .contains(&b["task"]["status"].as_str().unwrap_or(""));
+        done.then(|| b["task"].clone())
+    })
+    .await
+    .unwrap_or_else(|| panic!("task {id} did not end"))
+}
+
+#[tokio::test]
+async fn e2e_approvals_allow_and_deny_a_mkdir_over_http() {
+    let mock = MockAnthropic::start().await;
+    let app = spawn_real(&mock).await;
+
+    // Allowed: the CLI runs the command, and the model is told its result.
+    let id = app
+        .enqueue(json!({"prompt": "make a dir TOOLW", "approvals": true}))
+        .await;
+    let a = wait_real_pending(&app, &id).await;
+    assert_eq!(a["tool_name"], "Bash", "{a}");
+    assert_eq!(a["input"]["command"], WRITE_COMMAND, "{a}");
+    let (_, t) = json_body(app.get(&format!("/api/tasks/{id}")).await).await;
+    assert_eq!(t["task"]["status"], "processing");
+    assert_eq!(t["task"]["pending_approvals"], 1);
+    let path = format!(
+        "/api/tasks/{id}/approvals/{}",
+        a["id"].as_str().expect("id")
+    );
+    let (s, b) = json_body(app.post_json(&path, &json!({"decision": "allow"})).await).await;
+    assert_eq!(s, 200, "{b}");
+    let task = wait_real_final(&app, &id).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    assert!(app.project.join("x").is_dir(), "the allowed mkdir ran");
+    assert_eq!(task["permission_denials"], json!([]), "{task}");
+    assert!(
+        task["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("tool said:")),
+        "the model got the tool's result: {task}"
+    );
+    let tool_results: Vec<String> = mock
+        .message_requests()
+        .iter()
+        .flat_map(|r| r.tool_results.clone())
+        .collect();
+    assert_eq!(tool_results.len(), 1, "{tool_results:?}");
+
+    // Denied: the command does not run, and the denial message reaches the model.
+    let elsewhere = app.project.join("deny-here");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    let id = app
+        .enqueue(json!({"prompt": "make a dir TOOLW", "approvals": true,
+                        "project_path": elsewhere.display().to_string()}))
+        .await;
+    let a = wait_real_pending(&app, &id).await;
+    let path = format!(
+        "/api/tasks/{id}/approvals/{}",
+        a["id"].as_str().expect("id")
+    );
+    let message = "No directories today";
+    let (s, b) = json_body(
+        app.post_json(&path, &json!({"decision": "deny", "message": message}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["approval"]["status"], "denied");
+    let task = wait_real_final(&app, &id).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    // The real CLI lists a denial answered over stdin like any other (the fake does the same).
+    assert_eq!(task["permission_denials"][0]["tool_name"], "Bash", "{task}");
+    assert!(
+        !elsewhere.join("x").exists(),
+        "the denied mkdir did not run"
+    );
+    assert!(
+        task["result"].as_str().is_some_and(|r| r.contains(message)),
+        "the model was told the denial: {task}"
+    );
+    let told = mock
+        .message_requests()
+        .iter()
+        .flat_map(|r| r.tool_results.clone())
+        .any(|t| t.contains(message));
+    assert!(told, "the denial reached the API as the tool's result");
+    app.shutdown().await;
+}
+
 /// The last streamed model call the mock saw (the CLI's main conversation call).
 fn last_model_call(mock: &MockAnthropic) -> SeenRequest {
     mock.message_requests()

@@ -9,6 +9,7 @@ mod mock_anthropic;
 mod redis_server;
 
 mod anthropic;
+mod approvals;
 mod auth;
 mod cluster;
 mod cluster_events;

@@ -15,7 +15,23 @@ use crate::session::Session;
 use crate::settings::Settings;
 use crate::usage::{self, ModelUsage, Tokens};
 use crate::version::{Generation, Version};
-use crate::{shutdown, signals};
+use crate::{control, shutdown, signals};
+
+/// "Runs" an allowed tool: `mkdir DIR && …` creates DIR in the cwd (so a test can see that
+/// an allowed command really ran) and answers `made`; anything else answers `tool-ran`.
+fn execute(name: &str, input: &serde_json::Value, cwd: &str) -> String {
+    let command = input.get("command").and_then(serde_json::Value::as_str);
+    match command.and_then(|c| c.strip_prefix("mkdir ")) {
+        Some(rest) if name == "Bash" => {
+            let dir = rest.split_whitespace().next().unwrap_or("x");
+            match std::fs::create_dir_all(std::path::Path::new(cwd).join(dir)) {
+                Ok(()) => "made".to_string(),
+                Err(e) => format!("mkdir: {dir}: {e}"),
+            }
+        }
+        _ => TOOL_OUTPUT.to_string(),
+    }
+}
 
 /// `tool_loop` without `--max-turns` stops asking for tools after this many calls.
 const TOOL_LOOP_CAP: u32 = 50;
@@ -257,8 +273,30 @@ impl Run<'_> {
             t.settings.permission_mode.as_str(),
             "acceptEdits" | "bypassPermissions"
         );
-        let denied = t.d.flag("deny_tool") && !allowed && !lenient_mode;
-        let (content, result_record) = if denied {
+        let needs_permission = (t.d.flag("deny_tool") || t.d.num::<u32>("asks").is_some())
+            && !allowed
+            && !lenient_mode;
+        let (content, denied) = if needs_permission && t.settings.prompt_stdio {
+            let description = match input.get("description") {
+                Some(J::Str(s)) => Some(s.clone()),
+                _ => None,
+            };
+            match control::ask(name, input, description.as_deref()) {
+                Some(control::Answer::Allow { input }) => (execute(name, &input, &ctx.cwd), false),
+                Some(control::Answer::Deny { message }) => {
+                    self.denials.push(
+                        obj! {"tool_name" => name, "tool_use_id" => id, "tool_input" => input.clone()},
+                    );
+                    (message, true)
+                }
+                None => {
+                    output::stderr_line(
+                        "Error: stdin closed while waiting for a permission answer",
+                    );
+                    shutdown::exit(1);
+                }
+            }
+        } else if needs_permission {
             let message = if name == "Bash" {
                 format!(
                     "mkdir in '{cwd}/x' needs approval. The path is inside the working directories for this \
@@ -275,15 +313,11 @@ impl Run<'_> {
             self.denials.push(
                 obj! {"tool_name" => name, "tool_use_id" => id, "tool_input" => input.clone()},
             );
-            let line = messages::tool_result(ctx, id, &message, true);
-            (message, line)
+            (message, true)
         } else {
-            (
-                TOOL_OUTPUT.to_string(),
-                messages::tool_result(ctx, id, TOOL_OUTPUT, false),
-            )
+            (TOOL_OUTPUT.to_string(), false)
         };
-        output::emit(result_record);
+        output::emit(messages::tool_result(ctx, id, &content, denied));
         self.rec.append(obj! {
             "type" => "user",
             "message" => obj! {"role" => "user", "content" => vec![obj! {
@@ -295,7 +329,10 @@ impl Run<'_> {
     /// A call that asks for `name`; returns the tool_use to run.
     fn tool_call(&mut self, name: &str, hang_early: bool) -> (String, String, J) {
         let id = messages::tool_use_id();
-        let input = if name == "Bash" && self.t.d.flag("deny_tool") {
+        let input = if name == "Bash" && self.t.d.num::<u32>("asks").is_some() {
+            let dir = format!("x{}", self.calls + 1);
+            obj! {"command" => format!("mkdir {dir} && echo made"), "description" => format!("Make the directory {dir}")}
+        } else if name == "Bash" && self.t.d.flag("deny_tool") {
             obj! {"command" => "mkdir x && echo made", "description" => "Make a dir"}
         } else if name == "Bash" {
             obj! {"command" => "echo tool-ran", "description" => "Echo a word"}
@@ -514,12 +551,14 @@ impl Run<'_> {
         let t = self.t;
         let d = t.d;
         let tool_loop = d.flag("tool_loop");
+        // `asks=N`: N calls in a row each ask for a Bash command that needs permission.
+        let asks = d.num::<u32>("asks");
         let tool = d
             .text("tool")
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map(str::to_string)
-            .or_else(|| tool_loop.then(|| "Bash".to_string()));
+            .or_else(|| (tool_loop || asks.is_some()).then(|| "Bash".to_string()));
         let hang_after_partial = d.flag("hang_after_partial");
         let legacy_turns = t.version.legacy_max_turns();
         loop {
@@ -541,6 +580,7 @@ impl Run<'_> {
             }
             let wants_tool = match &tool {
                 Some(_) if tool_loop => call_no <= TOOL_LOOP_CAP,
+                Some(_) if asks.is_some() => call_no <= asks.unwrap_or(0),
                 Some(_) => call_no == 1,
                 None => false,
             };

@@ -23,6 +23,11 @@
 //!   `FAKE_CLAUDE_COST_MODE=per_run|cumulative` override the version defaults.
 //! * `FAKE_CLAUDE_SCRIPT=file.json`: a JSON array, entry *i* for the *i*-th invocation
 //!   (`{"api_error":"500"}` or `"[[fake:…]]"` text); precedence prompt > script > env.
+//! * `--input-format=stream-json --permission-prompt-tool=stdio` speaks the control protocol
+//!   (see `control`): a tool that needs permission (`deny_tool` with `tool=Bash`, or `asks=N`:
+//!   N calls in a row, each a `mkdir xK`) is asked as `can_use_tool` and answered on stdin; an
+//!   allowed `mkdir DIR` really creates DIR in the cwd. Answers land in the call log's
+//!   `permission_answers`; each request also writes a `can_use_tool` event line.
 
 #[macro_use]
 mod json;
@@ -30,6 +35,7 @@ mod api_error;
 mod args;
 mod calllog;
 mod clock;
+mod control;
 mod conversation;
 mod directives;
 mod messages;
@@ -320,6 +326,13 @@ fn run_stream_input(
         received.push_str(&line);
         calllog::set("stdin", received.clone().into());
         if line.trim().is_empty() {
+            continue;
+        }
+        // Control messages are not turns: a request is answered, a late response is dropped.
+        if serde_json::from_str::<Value>(&line).is_ok_and(|v| {
+            control::handle_request(&v)
+                || v.get("type").and_then(Value::as_str) == Some("control_response")
+        }) {
             continue;
         }
         let Some((prompt, content)) = streamed_prompt(&line) else {

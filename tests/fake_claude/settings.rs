@@ -40,6 +40,9 @@ pub struct Settings {
     pub fork: bool,
     pub persist: bool,
     pub name: Option<String>,
+    /// `--permission-prompt-tool=stdio` (with stream-json input): a tool call that needs
+    /// permission is asked on stdout as a `can_use_tool` control request, answered on stdin.
+    pub prompt_stdio: bool,
 }
 
 /// Splits tool lists the way the CLI accepts them: commas or spaces, but a space inside
@@ -239,5 +242,6 @@ pub fn resolve(p: &Parsed, cwd: &str) -> Result<Settings, String> {
         fork: p.has("fork-session"),
         persist: !p.has("no-session-persistence"),
         name: p.text("name").map(str::to_string),
+        prompt_stdio: stream_input && p.text("permission-prompt-tool") == Some("stdio"),
     })
 }

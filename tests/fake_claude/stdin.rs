@@ -104,8 +104,33 @@ pub fn read_prompt(has_arg: bool) -> StdinText {
     }
 }
 
+/// Input lines read while waiting for a permission answer that were not that answer (a
+/// further user message, say): handed out again, in order, before stdin is read further.
+static DEFERRED: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// Puts `line` back for the next [`read_line`].
+pub fn defer(line: String) {
+    DEFERRED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(line);
+}
+
 /// One line of `--input-format stream-json` input, or `None` at EOF.
 pub fn read_line() -> Option<String> {
+    if let Some(line) = DEFERRED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front()
+    {
+        return Some(line);
+    }
+    read_stdin_line()
+}
+
+/// The next line straight from stdin (what a permission wait reads).
+pub fn read_stdin_line() -> Option<String> {
     let mut line = Vec::new();
     match std::io::stdin().lock().read_until(b'\n', &mut line) {
         Ok(0) | Err(_) => None,

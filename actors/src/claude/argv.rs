@@ -56,6 +56,12 @@ pub fn build_args(spec: &RunSpec) -> Vec<String> {
         args.push("--strict-mcp-config".to_string());
     }
     push_session(&mut args, &spec.session);
+    if spec.approvals {
+        // The control protocol: prompts and permission answers go on stdin as stream-json, and
+        // a tool that needs permission is asked on stdout instead of being denied.
+        args.push("--input-format=stream-json".to_string());
+        args.push("--permission-prompt-tool=stdio".to_string());
+    }
     args
 }
 
@@ -137,6 +143,21 @@ mod tests {
     #[test]
     fn minimal_spec_has_only_the_fixed_flags() {
         assert_eq!(build_args(&spec()), BASE);
+    }
+
+    #[test]
+    fn approvals_add_the_stdin_control_protocol() {
+        let mut s = spec();
+        s.approvals = true;
+        let args = build_args(&s);
+        assert_eq!(args[..4], BASE);
+        assert_eq!(
+            args[4..],
+            [
+                "--input-format=stream-json",
+                "--permission-prompt-tool=stdio"
+            ]
+        );
     }
 
     #[test]

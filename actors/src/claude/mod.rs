@@ -3,7 +3,8 @@
 //! * [`argv`]     — the argument vector for a [`RunSpec`](crate::model::RunSpec) (`--flag=value` only).
 //! * [`stream`]   — a line-bounded reader and the stream-json parser into [`CliEvent`]s.
 //! * [`classify`] — what a finished run means: status, error code, details.
-//! * [`process`]  — spawning (own process group, `posix_spawn`, stdin written then closed),
+//! * [`process`]  — spawning (own process group, `posix_spawn`, stdin written then closed, or
+//!   kept open for the permission answers of a run with approvals),
 //!   reading, timeouts, and killing the whole group.
 //! * [`marker`]   — finding a run's processes by the marker in their environment.
 //! * [`watchdog`] — the process that kills what the daemon's runs left when the daemon dies.
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::approval::PermissionRequest;
 use crate::model::RunReport;
 
 pub mod argv;
@@ -53,6 +55,31 @@ pub enum CliEvent {
     },
     /// The result line: the run's report.
     Result(Box<RunReport>),
+    /// `can_use_tool` (`--permission-prompt-tool=stdio`): the CLI waits for the answer.
+    PermissionRequest(PermissionRequest),
+}
+
+/// The answer to a [`CliEvent::PermissionRequest`], written to the CLI's stdin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlAnswer {
+    pub request_id: String,
+    /// `{"behavior":"allow","updatedInput":…}` or `{"behavior":"deny","message":…}`.
+    pub response: serde_json::Value,
+}
+
+impl ControlAnswer {
+    /// The stdin line (`control_response`), newline included.
+    pub fn to_line(&self) -> String {
+        let line = serde_json::json!({
+            "type": "control_response",
+            "response": {
+                "subtype": "success",
+                "request_id": self.request_id,
+                "response": self.response,
+            },
+        });
+        format!("{line}\n")
+    }
 }
 
 /// Why the service stopped a run itself. Decides the final status when the CLI dies of our signal.

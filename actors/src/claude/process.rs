@@ -13,7 +13,11 @@
 //! * `kill_on_drop(true)` plus a group guard: if the future running [`run`] is dropped midway,
 //!   the group is still SIGKILLed.
 //! * **Prompt on stdin** from a separate task, then closed, so a large prompt cannot deadlock
-//!   against a child that fills stdout before reading stdin.
+//!   against a child that fills stdout before reading stdin. A run with approvals
+//!   (`--permission-prompt-tool=stdio`) keeps stdin open instead: the writer sends the
+//!   `initialize` request and the prompt as stream-json, then each permission answer as it
+//!   comes, and closes stdin after the result line (the CLI exits then). While a permission
+//!   request waits for its answer the CLI is silent by design, so the idle timeout is paused.
 //! * stdout is read with a bounded line length; stderr is kept as a bounded tail.
 //! * Wall-clock timeout, idle timeout and the stop channel all end the same way: SIGTERM to the
 //!   group, `kill_grace`, SIGKILL to the group. After the CLI exits the group is SIGKILLed
@@ -28,13 +32,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::argv::build_args;
 use super::classify::{classify, Exit, Finished, Stopped};
 use super::stream::{fill_from_init, parse_events, result_errors, LineReader};
-use super::{CliEvent, RunnerSettings, StopReason};
+use super::{CliEvent, ControlAnswer, RunnerSettings, StopReason};
 use crate::model::{RunOutcome, RunReport, RunSpec};
 
 /// After the result line, how long the CLI may take to exit before it is stopped (the real
@@ -66,8 +70,20 @@ const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 pub async fn run(
     spec: &RunSpec,
     settings: &RunnerSettings,
+    stop: watch::Receiver<Option<StopReason>>,
+    on_event: &mut (dyn FnMut(CliEvent) + Send),
+) -> RunOutcome {
+    run_with_answers(spec, settings, stop, on_event, None).await
+}
+
+/// [`run`] for a run with approvals: the answers to its [`CliEvent::PermissionRequest`]s
+/// arrive on `answers` and are written to the CLI's stdin.
+pub async fn run_with_answers(
+    spec: &RunSpec,
+    settings: &RunnerSettings,
     mut stop: watch::Receiver<Option<StopReason>>,
     on_event: &mut (dyn FnMut(CliEvent) + Send),
+    answers: Option<mpsc::UnboundedReceiver<ControlAnswer>>,
 ) -> RunOutcome {
     let started = Instant::now();
     // Stopped before it started (cancelled while queued, shutdown): do not spawn at all.
@@ -94,9 +110,16 @@ pub async fn run(
         marker: settings.run_marker.clone(),
         armed: true,
     };
-    let writer = feed_stdin(&mut child, &spec.prompt);
     let mut sup = Supervisor::new(spec, settings, pgid, started);
-    sup.supervise(&mut child, &mut stop, on_event).await;
+    let writer = if spec.approvals {
+        let (lines, rx) = mpsc::unbounded_channel();
+        sup.stdin_lines = Some(lines);
+        feed_control(&mut child, &spec.prompt, rx)
+    } else {
+        feed_stdin(&mut child, &spec.prompt)
+    };
+    sup.supervise(&mut child, &mut stop, on_event, answers)
+        .await;
     writer.abort();
     // Tools that left the group are ours to kill when we stopped the run or the CLI died
     // without reporting (a CLI that reported has ended its tools itself).
@@ -212,6 +235,44 @@ fn feed_stdin(child: &mut Child, prompt: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// The stream-json stdin of a run with approvals: `initialize`, the prompt as a user message,
+/// then every line sent on `lines` (permission answers); stdin closes when `lines` does.
+fn feed_control(
+    child: &mut Child,
+    prompt: &str,
+    mut lines: mpsc::UnboundedReceiver<String>,
+) -> tokio::task::JoinHandle<()> {
+    let stdin = child.stdin.take();
+    let opening = format!(
+        "{}\n{}\n",
+        serde_json::json!({
+            "type": "control_request",
+            "request_id": format!("init-{}", uuid::Uuid::new_v4().simple()),
+            "request": {"subtype": "initialize"},
+        }),
+        serde_json::json!({
+            "type": "user",
+            "message": {"role": "user", "content": prompt},
+            "parent_tool_use_id": null,
+            "session_id": "",
+        })
+    );
+    tokio::spawn(async move {
+        let Some(mut stdin) = stdin else { return };
+        if let Err(e) = stdin.write_all(opening.as_bytes()).await {
+            log::debug!(error:% = e; "could not write the prompt to the CLI");
+            return;
+        }
+        while let Some(line) = lines.recv().await {
+            if let Err(e) = stdin.write_all(line.as_bytes()).await {
+                log::debug!(error:% = e; "could not write a permission answer to the CLI");
+                return;
+            }
+        }
+        let _ = stdin.shutdown().await;
+    })
+}
+
 fn stopped_for(reason: StopReason) -> Stopped {
     match reason {
         StopReason::Cancelled => Stopped::Cancelled,
@@ -264,6 +325,12 @@ struct Supervisor<'a> {
     result_at: Option<Instant>,
     non_json_lines: u64,
     observed: Observed,
+    /// With approvals: the lines still to write to the CLI's stdin; dropped (stdin closes)
+    /// after the result line.
+    stdin_lines: Option<mpsc::UnboundedSender<String>>,
+    /// Permission requests the CLI waits on (their `request_id`s): the idle clock is paused
+    /// while there is any.
+    awaiting: std::collections::HashSet<String>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -281,6 +348,8 @@ impl<'a> Supervisor<'a> {
             result_at: None,
             non_json_lines: 0,
             observed,
+            stdin_lines: None,
+            awaiting: std::collections::HashSet::new(),
         }
     }
 
@@ -291,6 +360,7 @@ impl<'a> Supervisor<'a> {
         child: &mut Child,
         stop: &mut watch::Receiver<Option<StopReason>>,
         on_event: &mut (dyn FnMut(CliEvent) + Send),
+        mut answers: Option<mpsc::UnboundedReceiver<ControlAnswer>>,
     ) {
         let mut stdout = child
             .stdout
@@ -329,6 +399,10 @@ impl<'a> Supervisor<'a> {
                         self.last_output = Instant::now();
                         self.observed.stderr.push(&buf[..n]);
                     }
+                },
+                answer = next_answer(answers.as_mut()) => match answer {
+                    Some(answer) => self.on_answer(answer),
+                    None => answers = None,
                 },
                 reason = stop_requested(stop.as_deref_mut()), if clocks_on => match reason {
                     Some(reason) => self.stop_for(stopped_for(reason)),
@@ -376,6 +450,9 @@ impl<'a> Supervisor<'a> {
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
+        if !self.awaiting.is_empty() {
+            return None;
+        }
         self.settings
             .idle_timeout
             .map(|idle| after(self.last_output, idle))
@@ -407,11 +484,30 @@ impl<'a> Supervisor<'a> {
                     self.observed.errors = result_errors(line);
                     self.observed.report = Some((*report).clone());
                     self.result_at = Some(Instant::now());
+                    // The run is over: closing stdin lets the CLI exit.
+                    self.stdin_lines = None;
+                    self.awaiting.clear();
                     CliEvent::Result(report)
+                }
+                CliEvent::PermissionRequest(request) => {
+                    self.awaiting.insert(request.request_id.clone());
+                    CliEvent::PermissionRequest(request)
                 }
                 other => other,
             };
             on_event(event);
+        }
+    }
+
+    /// Write an answer to a permission request the CLI waits on; the idle clock restarts.
+    fn on_answer(&mut self, answer: ControlAnswer) {
+        if !self.awaiting.remove(&answer.request_id) {
+            log::debug!(request_id:% = answer.request_id; "an answer for no waiting permission request; dropped");
+            return;
+        }
+        self.last_output = Instant::now();
+        if let Some(lines) = &self.stdin_lines {
+            let _ = lines.send(answer.to_line());
         }
     }
 
@@ -445,6 +541,16 @@ impl<'a> Supervisor<'a> {
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The next permission answer; `None` once when the sender is gone, never without a receiver.
+async fn next_answer(
+    rx: Option<&mut mpsc::UnboundedReceiver<ControlAnswer>>,
+) -> Option<ControlAnswer> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next stdout line, or never when stdout is closed (a disabled `select!` branch).

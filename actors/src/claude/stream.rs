@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use super::CliEvent;
+use crate::approval::PermissionRequest;
 use crate::model::{RunReport, Usage};
 
 // ------------------------------------------------------------------------------------------------
@@ -180,6 +181,9 @@ struct RawLine {
     is_error: Option<Value>,
     api_error_status: Option<Value>,
     errors: Option<Value>,
+    /// `control_request` lines (`--permission-prompt-tool=stdio`).
+    request_id: Option<Value>,
+    request: Option<Value>,
     /// Only the first key matters (the main model), and its *order* is information that a
     /// `serde_json::Map` (sorted) would lose, hence a dedicated type.
     #[serde(rename = "modelUsage")]
@@ -327,8 +331,31 @@ fn events_of(raw: RawLine) -> Vec<CliEvent> {
         Some("assistant") => assistant_events(raw.message.as_ref()),
         Some("user") => tool_results(raw.message.as_ref()),
         Some("result") => vec![CliEvent::Result(Box::new(report_of(raw)))],
+        Some("control_request") => permission_request(&raw).into_iter().collect(),
         _ => Vec::new(),
     }
+}
+
+/// A `control_request` of subtype `can_use_tool`: the CLI waits for its answer on stdin. Other
+/// subtypes (none observed from the CLI's side) are dropped.
+fn permission_request(raw: &RawLine) -> Option<CliEvent> {
+    let request = raw.request.as_ref()?;
+    if request.get("subtype")?.as_str()? != "can_use_tool" {
+        return None;
+    }
+    Some(CliEvent::PermissionRequest(PermissionRequest {
+        request_id: string_of(&raw.request_id)?,
+        tool_name: request
+            .get("tool_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        input: request.get("input").cloned().unwrap_or(Value::Null),
+        description: request
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    }))
 }
 
 /// `content_block_delta` / `text_delta` only; every other raw API event is dropped.

@@ -129,6 +129,8 @@ pub enum Control {
     Cancel { task: TaskId },
     /// A task reached its final record: instances with a caller waiting for it read it.
     Finished { task: TaskId },
+    /// An approval of a task was decided: the instance running it answers its CLI.
+    Approval { task: TaskId },
 }
 
 /// This instance's handle on the cluster: its id, the shared connection and the control

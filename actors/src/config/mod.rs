@@ -182,6 +182,10 @@ pub struct PermissionsConfig {
     pub allowed_modes: Vec<String>,
     pub allowed_tools: Option<Vec<String>>,
     pub allow_slash_commands: bool,
+    /// `approvals` of a run request that does not say.
+    pub approvals_default: bool,
+    /// An approval unanswered this long (ms) expires and is answered as a denial.
+    pub approval_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,6 +325,11 @@ impl Config {
                 ));
             }
         }
+        at_least(
+            "permissions.approvalTimeoutMs",
+            self.permissions.approval_timeout_ms,
+            1000,
+        )?;
         let l = &self.limits;
         at_least("limits.maxPromptBytes", l.max_prompt_bytes, 1)?;
         at_least("limits.maxBodyBytes", l.max_body_bytes, 1024)?;

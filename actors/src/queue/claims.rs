@@ -114,6 +114,8 @@ async fn forward_control(mut rx: broadcast::Receiver<Control>, tx: SupervisorTx)
             Ok(Control::Cancel { task } | Control::Finished { task }) => {
                 tx.send(EndedElsewhere(task)).is_ok()
             }
+            // For the run's approval desk (`approval::bus`), not the queue.
+            Ok(Control::Approval { .. }) => true,
             // Missed some: look at everything again.
             Err(broadcast::error::RecvError::Lagged(_)) => tx.send(Wake).is_ok(),
             Err(broadcast::error::RecvError::Closed) => return,

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::supervisor::{Finished, SupervisorTx};
 use super::Shared;
+use crate::approval::desk::Desk;
+use crate::approval::PermissionRequest;
 use crate::claude::{process, transcript, CliEvent, RunnerSettings, StopReason};
 use crate::cluster::{transcripts, Cluster};
 use crate::config::Config;
@@ -199,6 +201,33 @@ async fn execute(
     let mut relay = EventRelay::new(&task, events);
     let mut outcome = match portable.failure() {
         Some(failed) => failed,
+        None if spec.approvals => {
+            // The desk serves the run's permission requests while it runs, and expires what
+            // still waits once the run (and its process group) is over.
+            let (requests, requests_rx) = mpsc::unbounded_channel();
+            let (answers, answers_rx) = mpsc::unbounded_channel();
+            relay.permissions = Some(requests);
+            let desk = Desk {
+                task: &task,
+                store,
+                hub: events.approvals(),
+                events,
+                config,
+            };
+            let run = async {
+                let outcome = process::run_with_answers(
+                    &spec,
+                    &settings,
+                    stop.clone(),
+                    &mut |e| relay.relay(e),
+                    Some(answers_rx),
+                )
+                .await;
+                relay.permissions = None;
+                outcome
+            };
+            tokio::join!(run, desk.serve(requests_rx, answers)).0
+        }
         None => process::run(&spec, &settings, stop.clone(), &mut |e| relay.relay(e)).await,
     };
     log::info!(
@@ -527,6 +556,8 @@ struct EventRelay<'a> {
     /// Text arrives as deltas (partial messages); whole text blocks are relayed only from a
     /// CLI that sent no deltas, so no text is shown twice.
     saw_delta: bool,
+    /// With approvals: where permission requests go (the run's desk).
+    permissions: Option<mpsc::UnboundedSender<PermissionRequest>>,
 }
 
 impl<'a> EventRelay<'a> {
@@ -535,6 +566,7 @@ impl<'a> EventRelay<'a> {
             task,
             events,
             saw_delta: false,
+            permissions: None,
         }
     }
 
@@ -567,6 +599,12 @@ impl<'a> EventRelay<'a> {
                 "tool_result",
                 serde_json::json!({"tool_use_id": tool_use_id, "content": content, "is_error": is_error}),
             ),
+            CliEvent::PermissionRequest(request) => match &self.permissions {
+                Some(tx) => {
+                    let _ = tx.send(request);
+                }
+                None => log::warn!(task_id:% = id; "a permission request from a run without approvals"),
+            },
             // The final event is the task's answer, published when its record is final.
             CliEvent::AssistantText { .. } | CliEvent::Result(_) => {}
         }

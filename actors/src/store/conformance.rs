@@ -49,6 +49,8 @@ macro_rules! conformance_suite {
             webhook_attempts_in_order,
             webhook_attempts_pruned,
             webhook_claims,
+            approvals_decided_once,
+            approvals_listed_and_deleted_with_their_task,
         ]);
     };
     (@each $name:ident, $make:expr, [$($check:ident),* $(,)?]) => {
@@ -148,6 +150,7 @@ pub(crate) mod fixtures {
                 id: uuid::Uuid::new_v4(),
             },
             timeout_ms: 123_456,
+            approvals: true,
         };
         t.session_id = Some(uuid::Uuid::new_v4());
         t.owner = Some("team-a".into());
@@ -258,6 +261,9 @@ pub(crate) mod checks {
     use serde_json::json;
 
     use super::fixtures::*;
+    use crate::approval::{
+        expired, Approval, ApprovalFilter, ApprovalStatus, Decided, Decision, PermissionRequest,
+    };
     use crate::error::ErrorCode;
     use crate::model::{SessionStatus, Task, TaskId, TaskStatus};
     use crate::store::{SessionFilter, Store, TaskFilter};
@@ -1262,5 +1268,127 @@ pub(crate) mod checks {
                 None
             );
         }
+    }
+
+    fn approval(task: &Task, owner: Option<&str>, ms: i64) -> Approval {
+        let request = PermissionRequest {
+            request_id: format!("req-{ms}"),
+            tool_name: "Bash".into(),
+            input: serde_json::json!({"command": "mkdir x"}),
+            description: Some("Make x".into()),
+        };
+        Approval::new(task.id, owner.map(str::to_string), &request, at(ms))
+    }
+
+    pub async fn approvals_decided_once(s: S) {
+        let t = insert(&s, task(5)).await;
+        let a = approval(&t, Some("team-a"), 1_000);
+        s.insert_approval(&a).await.expect("insert");
+        assert_eq!(s.task_approvals(t.id).await.expect("read"), vec![a.clone()]);
+        let allow = Decision::Allow {
+            message: Some("ok".into()),
+            updated_input: Some(serde_json::json!({"command": "mkdir y"})),
+        }
+        .into_state(Some("alice".into()), at(2_000));
+        let Decided::Now(won) = s
+            .decide_approval(t.id, a.id, allow.clone())
+            .await
+            .expect("decide")
+        else {
+            panic!("a pending approval is decided");
+        };
+        assert_eq!(won.state, allow);
+        // Later decisions (a second caller, the expiry) lose and see the winner.
+        match s
+            .decide_approval(t.id, a.id, expired(at(3_000)))
+            .await
+            .expect("decide again")
+        {
+            Decided::Already(seen) => assert_eq!(seen, won),
+            other => panic!("expected Already, got {other:?}"),
+        }
+        assert_eq!(
+            s.decide_approval(t.id, uuid::Uuid::new_v4(), expired(at(3_000)))
+                .await
+                .expect("decide unknown"),
+            Decided::Missing
+        );
+        let other_task = uuid::Uuid::new_v4();
+        assert_eq!(
+            s.decide_approval(other_task, a.id, expired(at(3_000)))
+                .await
+                .expect("decide under another task"),
+            Decided::Missing
+        );
+        assert_eq!(s.task_approvals(t.id).await.expect("read"), vec![won]);
+    }
+
+    pub async fn approvals_listed_and_deleted_with_their_task(s: S) {
+        let t1 = insert(&s, task(5)).await;
+        let t2 = insert(&s, task(5)).await;
+        let a1 = approval(&t1, Some("team-a"), 1_000);
+        let a2 = approval(&t2, Some("team-b"), 2_000);
+        let a3 = approval(&t1, None, 3_000);
+        for a in [&a3, &a1, &a2] {
+            s.insert_approval(a).await.expect("insert");
+        }
+        let ids = |v: Vec<Approval>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+        let all = ApprovalFilter::default();
+        assert_eq!(
+            ids(s.list_approvals(&all).await.expect("list")),
+            vec![a1.id, a2.id, a3.id]
+        );
+        assert_eq!(
+            ids(s.task_approvals(t1.id).await.expect("read")),
+            vec![a1.id, a3.id]
+        );
+        s.decide_approval(t2.id, a2.id, expired(at(4_000)))
+            .await
+            .expect("expire");
+        let pending = ApprovalFilter {
+            status: Some(ApprovalStatus::Pending),
+            ..ApprovalFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_approvals(&pending).await.expect("list")),
+            vec![a1.id, a3.id]
+        );
+        let mine = ApprovalFilter {
+            owner: Some(Some("team-a".into())),
+            ..ApprovalFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_approvals(&mine).await.expect("list")),
+            vec![a1.id]
+        );
+        let anon = ApprovalFilter {
+            owner: Some(None),
+            ..ApprovalFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_approvals(&anon).await.expect("list")),
+            vec![a3.id]
+        );
+        let expired_only = ApprovalFilter {
+            status: Some(ApprovalStatus::Expired),
+            limit: 1,
+            ..ApprovalFilter::default()
+        };
+        assert_eq!(
+            ids(s.list_approvals(&expired_only).await.expect("list")),
+            vec![a2.id]
+        );
+        // Retention deletes a task's approvals with it.
+        s.finish_task(&finished(&t1, TaskStatus::Completed, 0.0, 1_000))
+            .await
+            .expect("finish");
+        s.delete_tasks_finished_before(at(5_000))
+            .await
+            .expect("delete");
+        assert!(s.task_approvals(t1.id).await.expect("read").is_empty());
+        assert_eq!(
+            ids(s.list_approvals(&all).await.expect("list")),
+            vec![a2.id]
+        );
     }
 }

@@ -20,6 +20,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::rules;
 use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
+use crate::approval::{
+    apply_decision, Approval, ApprovalFilter, ApprovalId, ApprovalState, Decided,
+};
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
 use crate::webhook::{WebhookAttempt, WebhookJob};
 
@@ -66,6 +69,8 @@ struct Inner {
     webhook_jobs: HashMap<String, WebhookJob>,
     /// Per task, in recording order.
     webhook_attempts: HashMap<TaskId, Vec<WebhookAttempt>>,
+    /// Per task, in request order.
+    approvals: HashMap<TaskId, Vec<Approval>>,
 }
 
 fn run_key(t: &Task) -> RunKey {
@@ -344,8 +349,67 @@ impl Store for MemoryStore {
             if let Some(t) = g.tasks.remove(id) {
                 g.unindex(&t);
             }
+            g.approvals.remove(id);
         }
         Ok(doomed.len() as u64)
+    }
+
+    async fn insert_approval(&self, approval: &Approval) -> StoreResult<()> {
+        let mut g = self.lock();
+        let list = g.approvals.entry(approval.task_id).or_default();
+        match list.iter_mut().find(|a| a.id == approval.id) {
+            Some(a) => *a = approval.clone(),
+            None => list.push(approval.clone()),
+        }
+        Ok(())
+    }
+
+    async fn task_approvals(&self, task: TaskId) -> StoreResult<Vec<Approval>> {
+        let mut list = self
+            .lock()
+            .approvals
+            .get(&task)
+            .cloned()
+            .unwrap_or_default();
+        list.sort_by_key(|a| (a.requested_at, a.id));
+        Ok(list)
+    }
+
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> StoreResult<Vec<Approval>> {
+        let g = self.lock();
+        let mut all: Vec<Approval> = g
+            .approvals
+            .values()
+            .flatten()
+            .filter(|a| filter.matches(a))
+            .cloned()
+            .collect();
+        all.sort_by_key(|a| (a.requested_at, a.id));
+        if filter.limit > 0 {
+            all.truncate(filter.limit as usize);
+        }
+        Ok(all)
+    }
+
+    async fn decide_approval(
+        &self,
+        task: TaskId,
+        id: ApprovalId,
+        state: ApprovalState,
+    ) -> StoreResult<Decided> {
+        let mut g = self.lock();
+        let Some(a) = g
+            .approvals
+            .get_mut(&task)
+            .and_then(|l| l.iter_mut().find(|a| a.id == id))
+        else {
+            return Ok(Decided::Missing);
+        };
+        Ok(if apply_decision(a, state) {
+            Decided::Now(a.clone())
+        } else {
+            Decided::Already(a.clone())
+        })
     }
 
     async fn insert_session(&self, session: &Session) -> StoreResult<()> {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::approval::{Approval, ApprovalFilter, ApprovalId, ApprovalState, Decided};
 use crate::model::{Priority, Session, SessionId, SessionStatus, Task, TaskId, TaskStatus};
 use crate::webhook::{WebhookAttempt, WebhookJob};
 
@@ -119,8 +120,24 @@ pub trait Store: Send + Sync + 'static {
     /// `interrupted` (never run again). Returns their ids.
     async fn interrupt_processing(&self, at: DateTime<Utc>) -> StoreResult<Vec<TaskId>>;
     async fn task_counts(&self) -> StoreResult<TaskCounts>;
-    /// Delete final tasks completed before `before`. Returns how many.
+    /// Delete final tasks completed before `before`, with their approvals. Returns how many tasks.
     async fn delete_tasks_finished_before(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    // ---- approvals: a run's permission requests, stored with its task (see `crate::approval`)
+    /// Store a new approval (pending). Durable when this returns, like `insert_task`.
+    async fn insert_approval(&self, approval: &Approval) -> StoreResult<()>;
+    /// A task's approvals, oldest request first.
+    async fn task_approvals(&self, task: TaskId) -> StoreResult<Vec<Approval>>;
+    /// Approvals across tasks matching `filter`, oldest request first.
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> StoreResult<Vec<Approval>>;
+    /// Compare-and-set: give a *pending* approval `state` (a decision or the expiry),
+    /// atomically. Whoever decides first wins; later callers get the approval as it is.
+    async fn decide_approval(
+        &self,
+        task: TaskId,
+        id: ApprovalId,
+        state: ApprovalState,
+    ) -> StoreResult<Decided>;
 
     // ---- sessions
     async fn insert_session(&self, session: &Session) -> StoreResult<()>;

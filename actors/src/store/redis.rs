@@ -35,6 +35,7 @@
 //! | `stc:<day>`, `stc-seen:<day>`, `stc-days` | hash, set, zset | shared statistics: the day's counters, the tasks counted, the days (scored by day number); expire after retention ([`crate::stats::shared`]) |
 //! | `wh-att-seq`, `wh-att-docs`, `wh-att:<task>`, `wh-att-at` | string, hash, zset, zset | attempts: number → JSON; a task's numbers in recording order; `<task>:<n>` scored by time (retention) |
 //! | `ev:<task id>` | stream | a run's live events, entry id `<event id>-0`, fields `kind`, `data`, `final` (see [`crate::cluster::events`]); capped, expires after the run |
+//! | `ap-docs` + `ap-all`, `ap-pending`, `ap:<task>` | hash + zsets | approvals: `<task>:<id>` → JSON; all, the pending ones, a task's, scored by requested at; deleted with their task |
 //! | `schema` | string | the data model's version ([`SCHEMA_VERSION`]); a newer one is refused |
 //!
 //! The run-order score: priority is 1..=10, so `(10 - priority)` is 0..=9 and each priority has a
@@ -79,6 +80,9 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 use super::rules;
 use super::{SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
+use crate::approval::{
+    apply_decision, Approval, ApprovalFilter, ApprovalId, ApprovalState, ApprovalStatus, Decided,
+};
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
 use crate::webhook::{WebhookAttempt, WebhookJob};
 
@@ -777,6 +781,108 @@ impl Store for RedisStore {
     async fn delete_tasks_finished_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.delete_in_batches(&scripts::DELETE_FINISHED, rules::ms(&before))
             .await
+    }
+
+    // ---- approvals
+
+    async fn insert_approval(&self, approval: &Approval) -> StoreResult<()> {
+        let doc = encode("approval", approval)?;
+        let member = format!("{}:{}", approval.task_id, approval.id);
+        let at = rules::ms(&approval.requested_at);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(self.key("ap-docs"))
+            .arg(&member)
+            .arg(doc)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.key("ap-all"))
+            .arg(at)
+            .arg(&member)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.key(&format!("ap:{}", approval.task_id)))
+            .arg(at)
+            .arg(&member)
+            .ignore();
+        if approval.is_pending() {
+            pipe.cmd("ZADD")
+                .arg(self.key("ap-pending"))
+                .arg(at)
+                .arg(&member)
+                .ignore();
+        }
+        self.query_pipe::<()>(&pipe).await
+    }
+
+    async fn task_approvals(&self, task: TaskId) -> StoreResult<Vec<Approval>> {
+        self.read_range(
+            &self.key(&format!("ap:{task}")),
+            &self.key("ap-docs"),
+            "-inf",
+            "+inf",
+        )
+        .await?
+        .iter()
+        .map(|(_, doc)| decode("approval", doc))
+        .collect()
+    }
+
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> StoreResult<Vec<Approval>> {
+        // The pending ones have an index of their own (the list people poll); other statuses
+        // are filtered from all approvals, which retention bounds with their tasks.
+        let order = match filter.status {
+            Some(ApprovalStatus::Pending) => "ap-pending",
+            _ => "ap-all",
+        };
+        let mut out = Vec::new();
+        for (_, doc) in self
+            .read_range(&self.key(order), &self.key("ap-docs"), "-inf", "+inf")
+            .await?
+        {
+            let a: Approval = decode("approval", &doc)?;
+            if filter.matches(&a) {
+                out.push(a);
+                if filter.limit > 0 && out.len() >= filter.limit as usize {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn decide_approval(
+        &self,
+        task: TaskId,
+        id: ApprovalId,
+        state: ApprovalState,
+    ) -> StoreResult<Decided> {
+        let member = format!("{task}:{id}");
+        let doc: Option<String> = self
+            .query(::redis::cmd("HGET").arg(self.key("ap-docs")).arg(&member))
+            .await?;
+        let Some(doc) = doc else {
+            return Ok(Decided::Missing);
+        };
+        let mut a: Approval = decode("approval", &doc)?;
+        if !apply_decision(&mut a, state) {
+            return Ok(Decided::Already(a));
+        }
+        let mut inv = scripts::DECIDE_APPROVAL.prepare_invoke();
+        inv.key(self.key("ap-docs"))
+            .key(self.key("ap-pending"))
+            .arg(&member)
+            .arg(encode("approval", &a)?);
+        let (code, stored): (i64, Option<String>) = match self.run::<Vec<String>>(&inv).await? {
+            v if v.len() == 2 => (v[0].parse().unwrap_or(0), Some(v[1].clone())),
+            v => (v.first().and_then(|c| c.parse().ok()).unwrap_or(0), None),
+        };
+        match (code, stored) {
+            (2, _) => Ok(Decided::Now(a)),
+            (1, Some(doc)) => Ok(Decided::Already(decode("approval", &doc)?)),
+            _ => Ok(Decided::Missing),
+        }
     }
 
     // ---- sessions

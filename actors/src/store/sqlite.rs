@@ -112,6 +112,9 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::rules;
 use super::{SessionChange, SessionFilter, Store, StoreError, StoreResult, TaskCounts, TaskFilter};
+use crate::approval::{
+    apply_decision, Approval, ApprovalFilter, ApprovalId, ApprovalState, Decided,
+};
 use crate::model::{Priority, Session, SessionId, Task, TaskId, TaskStatus};
 use crate::webhook::{WebhookAttempt, WebhookJob};
 
@@ -211,6 +214,19 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_attempts_task ON webhook_attempts (task_id, id);
     CREATE INDEX webhook_attempts_at ON webhook_attempts (at);
+    ",
+    // 3 -> 4: approvals, a task's permission requests (deleted with their task).
+    "
+    CREATE TABLE approvals (
+        task_id      TEXT NOT NULL,
+        id           TEXT NOT NULL,
+        owner        TEXT,
+        status       TEXT NOT NULL,
+        requested_at INTEGER NOT NULL,
+        doc          TEXT NOT NULL,
+        PRIMARY KEY (task_id, id)
+    );
+    CREATE INDEX approvals_status ON approvals (status, requested_at);
     ",
 ];
 
@@ -1361,27 +1377,147 @@ impl Store for SqliteStore {
     async fn delete_tasks_finished_before(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         let cut = rules::ms(&before);
         self.write(move |w| {
-            let gone: Vec<(String, Option<f64>)> = {
+            let gone: Vec<(String, Option<f64>, String)> = {
                 let mut st = w
                     .conn
                     .prepare_cached(
                         "DELETE FROM tasks WHERE completed_at < ?1
                          AND status NOT IN ('pending', 'processing')
-                         RETURNING status, cost_usd",
+                         RETURNING status, cost_usd, id",
                     )
                     .map_err(db_err)?;
                 let rows = st
-                    .query_map([cut], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_map([cut], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?))
+                    })
                     .map_err(db_err)?;
-                rows.collect::<Result<_, _>>().map_err(db_err)?
+                rows.collect::<Result<Vec<(String, Option<f64>, String)>, _>>()
+                    .map_err(db_err)?
             };
-            for (status, cost) in &gone {
+            {
+                let mut st = w
+                    .conn
+                    .prepare_cached("DELETE FROM approvals WHERE task_id = ?1")
+                    .map_err(db_err)?;
+                for (_, _, id) in &gone {
+                    st.execute([id]).map_err(db_err)?;
+                }
+            }
+            for (status, cost, _) in &gone {
                 let status = TaskStatus::parse(status).ok_or_else(|| {
                     StoreError::Corrupt(format!("unknown task status {status:?}"))
                 })?;
                 w.tally_change(Some((status, *cost)), None);
             }
             Ok(gone.len() as u64)
+        })
+        .await
+    }
+
+    async fn insert_approval(&self, approval: &Approval) -> StoreResult<()> {
+        let a = approval.clone();
+        let doc = encode("approval", &a)?;
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO approvals (task_id, id, owner, status, requested_at, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (task_id, id) DO UPDATE SET
+                        owner = excluded.owner, status = excluded.status,
+                        requested_at = excluded.requested_at, doc = excluded.doc",
+                )
+                .map_err(db_err)?
+                .execute(params![
+                    a.task_id.to_string(),
+                    a.id.to_string(),
+                    a.owner,
+                    a.status().as_str(),
+                    rules::ms(&a.requested_at),
+                    doc
+                ])
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn task_approvals(&self, task: TaskId) -> StoreResult<Vec<Approval>> {
+        self.read(move |c| {
+            query_docs(
+                c,
+                "SELECT doc FROM approvals WHERE task_id = ? ORDER BY requested_at, id",
+                &[Value::Text(task.to_string())],
+            )?
+            .iter()
+            .map(|d| decode_doc("approval", d))
+            .collect()
+        })
+        .await
+    }
+
+    async fn list_approvals(&self, filter: &ApprovalFilter) -> StoreResult<Vec<Approval>> {
+        let f = filter.clone();
+        self.read(move |c| {
+            let mut conds: Vec<&str> = Vec::new();
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(s) = f.status {
+                conds.push("status = ?");
+                args.push(Value::Text(s.as_str().to_string()));
+            }
+            match &f.owner {
+                Some(Some(o)) => {
+                    conds.push("owner = ?");
+                    args.push(Value::Text(o.clone()));
+                }
+                Some(None) => conds.push("owner IS NULL"),
+                None => {}
+            }
+            args.push(Value::Integer(sql_limit(f.limit)));
+            let sql = format!(
+                "SELECT doc FROM approvals{} ORDER BY requested_at, id LIMIT ?",
+                where_clause(&conds)
+            );
+            query_docs(c, &sql, &args)?
+                .iter()
+                .map(|d| decode_doc("approval", d))
+                .collect()
+        })
+        .await
+    }
+
+    async fn decide_approval(
+        &self,
+        task: TaskId,
+        id: ApprovalId,
+        state: ApprovalState,
+    ) -> StoreResult<Decided> {
+        self.write(move |w| {
+            let docs = query_docs(
+                &w.conn,
+                "SELECT doc FROM approvals WHERE task_id = ?1 AND id = ?2",
+                &[Value::Text(task.to_string()), Value::Text(id.to_string())],
+            )?;
+            let Some(doc) = docs.first() else {
+                return Ok(Decided::Missing);
+            };
+            let mut a: Approval = decode_doc("approval", doc)?;
+            if !apply_decision(&mut a, state) {
+                return Ok(Decided::Already(a));
+            }
+            let doc = encode("approval", &a)?;
+            w.conn
+                .prepare_cached(
+                    "UPDATE approvals SET status = ?3, doc = ?4 WHERE task_id = ?1 AND id = ?2",
+                )
+                .map_err(db_err)?
+                .execute(params![
+                    task.to_string(),
+                    id.to_string(),
+                    a.status().as_str(),
+                    doc
+                ])
+                .map_err(db_err)?;
+            Ok(Decided::Now(a))
         })
         .await
     }

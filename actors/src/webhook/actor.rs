@@ -85,7 +85,14 @@ pub struct WebhookOptions {
     /// How webhook host names are resolved (`None`: the system's resolver). Every answer still
     /// passes the SSRF policy; tests answer with addresses of their own.
     pub lookup: Option<Lookup>,
+    /// Deliveries made during runs (`task.approval_requested`), from
+    /// [`ApprovalHub::webhook_jobs`](crate::approval::bus::ApprovalHub::webhook_jobs); taken
+    /// by the actor when it starts (shared only so that the options stay `Clone`).
+    pub jobs: Option<JobFeed>,
 }
+
+/// See [`WebhookOptions::jobs`].
+pub type JobFeed = Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<WebhookJob>>>>;
 
 /// Store the deliveries of the records still queued for the actor, stop every delivery in
 /// flight (they stay in the outbox), release this instance's claims, then stop the actor.
@@ -185,6 +192,17 @@ impl WebhookActor {
             ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
                 records.borrow_mut().poll_recv(cx)
             }));
+            let taken = options.jobs.as_ref().and_then(|j| {
+                j.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+            });
+            if let Some(jobs) = taken {
+                let jobs = RefCell::new(jobs);
+                ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+                    jobs.borrow_mut().poll_recv(cx)
+                }));
+            }
             let lookup = options.lookup.unwrap_or_else(system_lookup);
             WebhookActor {
                 delivery: Delivery {
@@ -219,6 +237,11 @@ impl WebhookActor {
         let Some(job) = new_job(task, &config.webhook, Utc::now()) else {
             return;
         };
+        self.enqueue_job(job, ctx);
+    }
+
+    /// Store `job`, then (claimed, with a cluster) make it.
+    fn enqueue_job(&mut self, job: WebhookJob, ctx: &mut Context<Self>) {
         self.in_flight.insert(job.webhook_id.clone(), None);
         let store = self.store();
         let owner = self.claim_as.clone();
@@ -326,6 +349,23 @@ impl StreamHandler<Arc<Task>> for WebhookActor {
     }
 
     /// The queue has stopped; deliveries in flight go on until [`Shutdown`].
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+/// Deliveries made during a run (`task.approval_requested`), from the approval hub.
+impl StreamHandler<WebhookJob> for WebhookActor {
+    fn handle(&mut self, job: WebhookJob, ctx: &mut Context<Self>) {
+        if self.stopping {
+            let store = self.store();
+            let saved = self.ops.track_future(async move {
+                save(&store, &job).await;
+            });
+            ctx.spawn(saved.into_actor(self));
+        } else {
+            self.enqueue_job(job, ctx);
+        }
+    }
+
     fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
@@ -513,6 +553,33 @@ pub fn new_job(task: &Task, config: &WebhookConfig, now: DateTime<Utc>) -> Optio
         event: event.to_owned(),
         url,
         body: body.to_string(),
+        attempts: 0,
+        created_at: now,
+        next_attempt_at: now,
+    })
+}
+
+/// The delivery of `task.approval_requested` for `approval` of `task` under `config`, or
+/// `None` (webhooks off, no URL).
+pub fn approval_job(
+    task: &Task,
+    approval: &crate::approval::Approval,
+    config: &WebhookConfig,
+    now: DateTime<Utc>,
+) -> Option<WebhookJob> {
+    if !config.enabled {
+        return None;
+    }
+    let url = task
+        .webhook_url
+        .clone()
+        .or_else(|| config.default_url.clone())?;
+    Some(WebhookJob {
+        webhook_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        task_id: task.id,
+        event: payload::APPROVAL_REQUESTED.to_owned(),
+        url,
+        body: payload::approval_requested(approval).to_string(),
         attempts: 0,
         created_at: now,
         next_attempt_at: now,
@@ -728,6 +795,7 @@ mod tests {
                 })),
                 claim_as: None,
                 lookup,
+                jobs: None,
             };
             let handle = WebhookActor::start(
                 system.arbiter(),

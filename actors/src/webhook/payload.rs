@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use crate::approval::Approval;
 use crate::model::{rfc3339, Task, TaskStatus};
 
 /// The event a final status announces; `None` for a live status (nothing to announce).
@@ -39,6 +40,22 @@ pub fn build(task: &Task, now: DateTime<Utc>) -> Option<(&'static str, Value)> {
         },
     });
     Some((event, body))
+}
+
+/// The event announcing that a run waits for a decision on `approval`.
+pub const APPROVAL_REQUESTED: &str = "task.approval_requested";
+
+/// The body of `task.approval_requested`: `data: {task_id, approval}`, stamped with the time
+/// the approval was requested (the same on every attempt).
+pub fn approval_requested(approval: &Approval) -> Value {
+    json!({
+        "event": APPROVAL_REQUESTED,
+        "timestamp": rfc3339(&approval.requested_at),
+        "data": {
+            "task_id": approval.task_id,
+            "approval": approval.to_api_json(),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -681,3 +681,26 @@ fn fill_from_init_only_fills_gaps() {
     assert_eq!(r.resolved_model.as_deref(), Some("m"));
     assert_eq!(r.cli_version.as_deref(), Some("2.1.197"));
 }
+
+#[test]
+fn can_use_tool_control_requests_become_permission_requests() {
+    let line = br#"{"type":"control_request","request_id":"r-1","request":{"subtype":"can_use_tool","tool_name":"Bash","input":{"command":"mkdir x"},"description":"Make x","permission_suggestions":[]}}"#;
+    let events = parse_events(line).expect("json");
+    assert_eq!(
+        events,
+        vec![CliEvent::PermissionRequest(
+            crate::approval::PermissionRequest {
+                request_id: "r-1".into(),
+                tool_name: "Bash".into(),
+                input: serde_json::json!({"command": "mkdir x"}),
+                description: Some("Make x".into()),
+            }
+        )]
+    );
+    // Other control traffic (the answer to our `initialize`) is not an event.
+    let answer = br#"{"type":"control_response","response":{"subtype":"success","request_id":"init-1","response":{}}}"#;
+    assert_eq!(parse_events(answer).expect("json"), vec![]);
+    let other =
+        br#"{"type":"control_request","request_id":"r-2","request":{"subtype":"interrupt"}}"#;
+    assert_eq!(parse_events(other).expect("json"), vec![]);
+}

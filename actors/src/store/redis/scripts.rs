@@ -198,6 +198,14 @@ for _, id in ipairs(ids) do
   if old then
     unindex(id, old)
     redis.call('DEL', key)
+    -- The task's approvals go with it.
+    local ak = P .. 'ap:' .. id
+    for _, m in ipairs(redis.call('ZRANGE', ak, 0, -1)) do
+      redis.call('HDEL', P .. 'ap-docs', m)
+      redis.call('ZREM', P .. 'ap-all', m)
+      redis.call('ZREM', P .. 'ap-pending', m)
+    end
+    redis.call('DEL', ak)
     deleted = deleted + 1
   else
     redis.call('ZREM', P .. 't-finished', id)
@@ -206,6 +214,23 @@ end
 return {#ids, deleted}
 "#
     ))
+});
+
+/// Decide a pending approval (compare-and-set on its status). KEYS: `ap-docs`, `ap-pending`;
+/// ARGV: the member (`<task>:<id>`), the decided doc. Pending docs never change, so the caller
+/// computed the new doc from exactly what is stored if it is still pending. Returns {0} when
+/// missing, {1, stored doc} when already decided, {2, new doc} when written.
+pub(super) static DECIDE_APPROVAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local doc = redis.call('HGET', KEYS[1], ARGV[1])
+if not doc then return {0} end
+if cjson.decode(doc).status ~= 'pending' then return {1, doc} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return {2, ARGV[2]}
+"#,
+    )
 });
 
 /// One page of records from sorted-set indexes, with the total, in one consistent snapshot.

@@ -31,10 +31,7 @@ pub async fn run_claude(
 ) -> Result<HttpResponse, ApiError> {
     let config = state.config();
     let run = validate(req, &config)?;
-    let target = match run.session_id {
-        Some(sid) => Target::Continue(sid),
-        None => Target::NewSession,
-    };
+    let target = Target::of(run.session_id);
     turns::start(&state, &caller, run, target, &idem).await
 }
 

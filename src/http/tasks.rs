@@ -178,10 +178,7 @@ pub async fn create_async(
 ) -> Result<HttpResponse, ApiError> {
     req.is_async = Some(true);
     let run = validate(req, &state.config())?;
-    let target = match run.session_id {
-        Some(sid) => Target::Continue(sid),
-        None => Target::NewSession,
-    };
+    let target = Target::of(run.session_id);
     let unused = idempotency::no_finished_answer;
     let admitted = turns::admit(
         &state,

@@ -34,6 +34,16 @@ pub enum Target {
     Fork(SessionId),
 }
 
+impl Target {
+    /// A turn of `session` when the request names one, else the first turn of a new session.
+    pub fn of(session: Option<SessionId>) -> Target {
+        match session {
+            Some(sid) => Target::Continue(sid),
+            None => Target::NewSession,
+        }
+    }
+}
+
 /// What the uncancellable start of a run produced.
 pub enum Admitted {
     /// A retry of an earlier request: its answer.

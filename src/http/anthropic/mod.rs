@@ -22,9 +22,9 @@ use super::claude::wait_submitted;
 use super::compat::{header_session, task_cut_short, with_session_header, written_text};
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::idempotency::{IdempotencyKey, Kind};
+use super::idempotency::IdempotencyKey;
 use super::run_request::validate;
-use super::turns::{self, Admitted, Queued, Target};
+use super::turns::{Queued, Target};
 use crate::state::AppState;
 
 pub mod error;
@@ -64,19 +64,15 @@ pub async fn messages(
     let config = state.config();
     let msg = request::translate(req, header_session(http.headers())?, &config)?;
     let run = validate(msg.run, &config)?;
-    let target = match run.session_id {
-        Some(sid) => Target::Continue(sid),
-        None => Target::NewSession,
-    };
-    let admitted = turns::admit(&state, &caller, &idem, run, target, Kind::Chat, replay);
+    let target = Target::of(run.session_id);
     let Queued {
         submitted,
         guard,
         session_id,
         ..
-    } = match admitted.await? {
-        Admitted::Replay(replay) => return Ok(replay.into_response()),
-        Admitted::Queued(q) => *q,
+    } = match crate::http::compat::admit(&state, &caller, &idem, run, target, replay).await? {
+        Ok(queued) => queued,
+        Err(replayed) => return Ok(replayed),
     };
     let env = Envelope {
         id: message_id(submitted.task.id),

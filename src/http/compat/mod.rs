@@ -22,12 +22,33 @@ use actors::events::{EventSource, TaskEvent};
 use actors::model::{Task, TaskId, TaskStatus, Usage};
 use actors::store::Store;
 
+use super::auth::Caller;
 use super::error::ApiError;
+use super::idempotency::{IdempotencyKey, Kind};
+use super::run_request::ValidatedRun;
+use super::turns::{self, Admitted, Queued, Target};
+use crate::state::AppState;
 
 pub mod stream;
 
 /// The session of a conversation: sent by the client to continue one, returned on every answer.
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-session-id");
+
+/// Admit the run of a compatible API (every one answers a retry in its own shape, built by
+/// `replay` from the original tasks): `Ok(Err(answer))` is that retry's answer.
+pub async fn admit(
+    state: &AppState,
+    caller: &Caller,
+    idem: &IdempotencyKey,
+    run: ValidatedRun,
+    target: Target,
+    replay: fn(&[Task]) -> HttpResponse,
+) -> Result<Result<Queued, HttpResponse>, ApiError> {
+    match turns::admit(state, caller, idem, run, target, Kind::Chat, replay).await? {
+        Admitted::Replay(r) => Ok(Err(r.into_response())),
+        Admitted::Queued(q) => Ok(Ok(*q)),
+    }
+}
 
 /// The `X-Session-Id` header, if sent and not blank.
 pub fn header_session(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

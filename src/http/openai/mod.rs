@@ -25,9 +25,9 @@ use super::compat::{header_session, with_session_header};
 use super::dialect::Dialect;
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::idempotency::{IdempotencyKey, Kind};
+use super::idempotency::IdempotencyKey;
 use super::run_request::validate;
-use super::turns::{self, Admitted, Queued, Target};
+use super::turns::{Queued, Target};
 use crate::state::AppState;
 
 pub mod error;
@@ -70,19 +70,15 @@ pub async fn chat_completions(
     let chat = request::translate(req, header_session(http.headers())?)?;
     let config = state.config();
     let run = validate(chat.run, &config)?;
-    let target = match run.session_id {
-        Some(sid) => Target::Continue(sid),
-        None => Target::NewSession,
-    };
-    let admitted = turns::admit(&state, &caller, &idem, run, target, Kind::Chat, replay);
+    let target = Target::of(run.session_id);
     let Queued {
         submitted,
         guard,
         session_id,
         ..
-    } = match admitted.await? {
-        Admitted::Replay(replay) => return Ok(replay.into_response()),
-        Admitted::Queued(q) => *q,
+    } = match crate::http::compat::admit(&state, &caller, &idem, run, target, replay).await? {
+        Ok(queued) => queued,
+        Err(replayed) => return Ok(replayed),
     };
     let env = Envelope {
         id: completion_id(submitted.task.id),

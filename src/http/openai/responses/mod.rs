@@ -14,9 +14,9 @@ use super::super::claude::wait_submitted;
 use super::super::compat::{task_cut_short, with_session_header, written_text};
 use super::super::error::ApiError;
 use super::super::extract::ApiJson;
-use super::super::idempotency::{IdempotencyKey, Kind};
+use super::super::idempotency::IdempotencyKey;
 use super::super::run_request::validate;
-use super::super::turns::{self, Admitted, Queued, Target};
+use super::super::turns::{Queued, Target};
 use crate::state::AppState;
 
 pub mod request;
@@ -50,15 +50,14 @@ pub async fn create(
         Some(id) => Target::Continue(session_of(&state, &caller, id).await?),
         None => Target::NewSession,
     };
-    let admitted = turns::admit(&state, &caller, &idem, run, target, Kind::Chat, replay);
     let Queued {
         submitted,
         guard,
         session_id,
         ..
-    } = match admitted.await? {
-        Admitted::Replay(replay) => return Ok(replay.into_response()),
-        Admitted::Queued(q) => *q,
+    } = match crate::http::compat::admit(&state, &caller, &idem, run, target, replay).await? {
+        Ok(queued) => queued,
+        Err(replayed) => return Ok(replayed),
     };
     let task = &submitted.task;
     let env = Envelope {

@@ -786,3 +786,31 @@ async fn after_a_kill_9_the_approval_is_history_and_expired_and_the_run_ends_int
     daemon.child.kill().expect("stop");
     let _ = daemon.child.wait();
 }
+
+#[tokio::test]
+async fn past_max_approvals_per_run_a_request_is_denied_without_an_approval() {
+    let app = spawn_app_with(json!({"permissions": {"maxApprovalsPerRun": 1}})).await;
+    let id = submit(&app, "make two dirs [[fake:asks=2]]", None, json!({})).await;
+    let first = wait_pending(&app, &id, 1, None).await;
+    let aid = first[0]["id"].as_str().expect("id");
+    let (s, b) = decide_as(&app, &id, aid, None, json!({"decision": "allow"})).await;
+    assert_eq!(s, 200, "{b}");
+    let task = wait_final(&app, &id, None).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    // The second request never became an approval: the run was told no at once, and why.
+    let (_, all) = get_as(&app, &format!("/api/tasks/{id}/approvals"), None).await;
+    assert_eq!(all["approvals"].as_array().map(Vec::len), Some(1), "{all}");
+    let got = answers(&app);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["response"]["behavior"], "allow");
+    assert_eq!(got[1]["response"]["behavior"], "deny");
+    assert!(
+        got[1]["response"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("as many permissions as the server allows")),
+        "{got:?}"
+    );
+    assert!(app.project.join("x1").is_dir(), "the allowed mkdir ran");
+    assert!(!app.project.join("x2").exists(), "the refused one did not");
+    app.shutdown().await;
+}

@@ -2,7 +2,8 @@
 //!
 //! * stores each `can_use_tool` request as a pending [`Approval`], announces it (SSE `approval`
 //!   event, webhook `task.approval_requested`) and starts its expiry clock
-//!   (`permissions.approvalTimeoutMs`, read when the request arrives);
+//!   (`permissions.approvalTimeoutMs`, read when the request arrives) — up to
+//!   `permissions.maxApprovalsPerRun` of them; past it, a request is denied at once;
 //! * when woken by a decision (or every [`RECHECK_EVERY`] while something waits, in case a
 //!   wake was lost), reads the stored approvals and answers the CLI for each one decided;
 //! * at the expiry, expires the approval in the store (compare-and-set: a decision that came
@@ -36,6 +37,9 @@ const STORE_RETRY: Duration = Duration::from_millis(100);
 /// The CLI's answer when an approval could not be stored.
 const UNSTORED_MESSAGE: &str =
     "Permission request could not be recorded (storage unavailable); denied.";
+/// The CLI's answer past `permissions.maxApprovalsPerRun`.
+const TOO_MANY_MESSAGE: &str =
+    "This run has asked for as many permissions as the server allows; denied without asking.";
 
 /// One approval the CLI waits on.
 struct Waiting {
@@ -61,12 +65,21 @@ impl Desk<'_> {
     ) {
         let mut registration = self.hub.register(self.task.id);
         let mut waiting: Vec<Waiting> = Vec::new();
+        // Requests turned into approvals so far.
+        let mut made: u32 = 0;
         loop {
             let expiry = waiting.iter().map(|w| w.expires_at).min();
             let recheck = (!waiting.is_empty()).then(|| Instant::now() + RECHECK_EVERY);
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(r) => self.on_request(r, &mut waiting, &answers).await,
+                    Some(r) if made >= self.config.permissions.max_approvals_per_run => {
+                        log::warn!(task_id:% = self.task.id, limit = made; "permission request past permissions.maxApprovalsPerRun: denied");
+                        deny(&answers, r.request_id, TOO_MANY_MESSAGE);
+                    }
+                    Some(r) => {
+                        made += 1;
+                        self.on_request(r, &mut waiting, &answers).await;
+                    }
                     None => break,
                 },
                 Some(()) = registration.wakes.recv() => {
@@ -93,10 +106,7 @@ impl Desk<'_> {
         log::info!(task_id:% = task.id, approval_id:% = approval.id, tool:% = approval.tool_name; "approval requested");
         log::debug!(task_id:% = task.id, approval_id:% = approval.id, input:% = approval.input; "approval input");
         if !self.insert(&approval).await {
-            let _ = answers.send(ControlAnswer {
-                request_id: request.request_id,
-                response: serde_json::json!({"behavior": "deny", "message": UNSTORED_MESSAGE}),
-            });
+            deny(answers, request.request_id, UNSTORED_MESSAGE);
             return;
         }
         self.events
@@ -216,6 +226,14 @@ impl Desk<'_> {
             response,
         });
     }
+}
+
+/// Answer a request the run will not wait on: denied, with why.
+fn deny(answers: &mpsc::UnboundedSender<ControlAnswer>, request_id: String, message: &str) {
+    let _ = answers.send(ControlAnswer {
+        request_id,
+        response: serde_json::json!({"behavior": "deny", "message": message}),
+    });
 }
 
 async fn sleep_opt(at: Option<Instant>) {

@@ -186,6 +186,10 @@ pub struct PermissionsConfig {
     pub approvals_default: bool,
     /// An approval unanswered this long (ms) expires and is answered as a denial.
     pub approval_timeout_ms: u64,
+    /// Permission requests one run may turn into approvals; past it, each is denied at once
+    /// (nothing stored or announced), so a looping run cannot flood the store and the people
+    /// who decide.
+    pub max_approvals_per_run: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,6 +333,11 @@ impl Config {
             "permissions.approvalTimeoutMs",
             self.permissions.approval_timeout_ms,
             1000,
+        )?;
+        at_least(
+            "permissions.maxApprovalsPerRun",
+            u64::from(self.permissions.max_approvals_per_run),
+            1,
         )?;
         let l = &self.limits;
         at_least("limits.maxPromptBytes", l.max_prompt_bytes, 1)?;

@@ -51,7 +51,12 @@ pub(crate) async fn start_daemon_with_env(
         .stderr(Stdio::null())
         .spawn()
         .expect("start the daemon");
-    let base = format!("http://127.0.0.1:{port}");
+    // From here on a failed assertion kills it (`Drop`).
+    let daemon = Daemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let base = &daemon.base;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -66,7 +71,16 @@ pub(crate) async fn start_daemon_with_env(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Daemon { child, base }
+    daemon
+}
+
+/// A test that fails (or simply ends) must not leave its daemon running: SIGKILL it, as the
+/// tests themselves do. Killing one already killed and waited for is a harmless error.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The files of a daemon run as a child process: a temp dir with its config (the fake CLI,

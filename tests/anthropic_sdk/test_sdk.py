@@ -1,19 +1,20 @@
 """The official `anthropic` Python package against the server's /v1/messages and /v1/models.
 
-Run by tests/api/anthropic_sdk.rs, which starts the daemon (with the fake CLI) and passes
+Run by tests/api/sdk.rs, which starts the daemon (with the fake CLI) and passes
 CCS_ANTHROPIC_BASE_URL (http://127.0.0.1:PORT, the SDK adds /v1), CCS_ANTHROPIC_API_KEY and
 CCS_ANTHROPIC_MODEL. Plain asserts; every test_* function runs in order, and the first failure
 exits non-zero with its traceback.
 """
 
-import json
 import os
 import sys
-import traceback
-import urllib.request
 
 import anthropic
 from anthropic import Anthropic
+
+# The helpers the SDK scripts share, one directory up.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sdk_common import expect_raises, native_get as _native_get, run_tests  # noqa: E402
 
 BASE_URL = os.environ["CCS_ANTHROPIC_BASE_URL"]
 API_KEY = os.environ["CCS_ANTHROPIC_API_KEY"]
@@ -24,19 +25,8 @@ MODEL = os.environ.get("CCS_ANTHROPIC_MODEL", "claude-sonnet-4-5")
 client = Anthropic(base_url=BASE_URL, api_key=API_KEY, max_retries=0, timeout=60)
 
 
-def expect_raises(exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        return e
-    raise AssertionError(f"expected {exc_type.__name__}")
-
-
 def native_get(path):
-    """A native route of the server (not Anthropic's API), with the same key."""
-    req = urllib.request.Request(BASE_URL + path, headers={"X-API-Key": API_KEY})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.load(resp)
+    return _native_get(BASE_URL + path, {"X-API-Key": API_KEY})
 
 
 def user(text):
@@ -200,18 +190,5 @@ def test_error_types():
     assert e.type == "api_error" and e.error_code == "cli_api_error", (e.type, e.error_code)
 
 
-def main():
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
-    for name, fn in tests:
-        try:
-            fn()
-        except Exception:
-            print(f"FAIL {name}", flush=True)
-            traceback.print_exc()
-            sys.exit(1)
-        print(f"ok   {name}", flush=True)
-    print(f"{len(tests)} passed (anthropic {anthropic.__version__})", flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_tests(globals(), "anthropic", anthropic.__version__)

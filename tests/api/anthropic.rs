@@ -599,7 +599,6 @@ async fn models_and_rate_limits_answer_in_anthropic_shape_with_its_header() {
 
 #[tokio::test]
 async fn a_streaming_client_that_leaves_cancels_its_run() {
-    use futures_util::StreamExt;
     let app = spawn_app().await;
     let resp = post(
         &app,
@@ -609,38 +608,9 @@ async fn a_streaming_client_that_leaves_cancels_its_run() {
     .await;
     assert_eq!(resp.status().as_u16(), 200);
     let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("message_start")
-        .expect("a body")
-        .expect("bytes");
-    let first = String::from_utf8_lossy(&first);
-    let start: Value = serde_json::from_str(
-        first
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
-            .expect("a data line"),
-    )
-    .expect("json");
+    let start = first_data(&mut body).await;
     let task_id = task_of(start["message"]["id"].as_str().expect("id"));
-    // The run's own start line: the daemon's `--version` check logs one too.
-    let started = poll_until(Duration::from_secs(10), || {
-        app.starts()
-            .into_iter()
-            .find(|s| s["argv"] != json!(["--version"]))
-    })
-    .await
-    .expect("the run started");
-    drop(body);
-    let pgid = started["pgid"].as_i64().expect("pgid");
-    assert!(
-        wait_group_gone(pgid, Duration::from_secs(5)).await,
-        "the run outlived its streaming client"
-    );
-    let task = app
-        .wait_for_task(&task_id, |t| t["status"] == "cancelled")
-        .await;
-    assert_eq!(task["status"], "cancelled", "{task}");
+    hang_up_and_check_the_run_is_cancelled(&app, body, &task_id).await;
     app.shutdown().await;
 }
 

@@ -279,6 +279,52 @@ pub async fn wait_group_gone(pgid: i64, within: Duration) -> bool {
         .is_some()
 }
 
+/// The first `data:` line of a streamed answer, as JSON (the stream stays open).
+pub async fn first_data<S>(body: &mut S) -> Value
+where
+    S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("the first event")
+        .expect("a body")
+        .expect("bytes");
+    let first = String::from_utf8_lossy(&first);
+    let line = first
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line");
+    serde_json::from_str(line).expect("json data")
+}
+
+/// Hang up a streaming client once its run has started, and check the run goes with it: its
+/// process group gone, task `task_id` cancelled.
+pub async fn hang_up_and_check_the_run_is_cancelled(
+    app: &TestApp,
+    body: impl Sized,
+    task_id: &str,
+) {
+    // The run's own start line: the daemon's `--version` check logs one too.
+    let started = poll_until(Duration::from_secs(10), || {
+        app.starts()
+            .into_iter()
+            .find(|s| s["argv"] != json!(["--version"]))
+    })
+    .await
+    .expect("the run started");
+    drop(body);
+    let pgid = started["pgid"].as_i64().expect("pgid");
+    assert!(
+        wait_group_gone(pgid, Duration::from_secs(5)).await,
+        "the run outlived its streaming client"
+    );
+    let task = app
+        .wait_for_task(task_id, |t| t["status"] == "cancelled")
+        .await;
+    assert_eq!(task["status"], "cancelled", "{task}");
+}
+
 pub async fn json_body(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -510,42 +509,13 @@ async fn a_streaming_client_that_leaves_cancels_its_run() {
     .await;
     assert_eq!(resp.status().as_u16(), 200);
     let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("the role chunk")
-        .expect("a body")
-        .expect("bytes");
-    let first = String::from_utf8_lossy(&first);
-    let chunk: Value = serde_json::from_str(
-        first
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
-            .expect("a data line"),
-    )
-    .expect("json chunk");
+    let chunk = first_data(&mut body).await;
     let task_id = chunk["id"]
         .as_str()
         .expect("id")
         .trim_start_matches("chatcmpl-")
         .to_string();
-    // The run's own start line: the daemon's `--version` check logs one too.
-    let start = poll_until(Duration::from_secs(10), || {
-        app.starts()
-            .into_iter()
-            .find(|s| s["argv"] != json!(["--version"]))
-    })
-    .await
-    .expect("the run started");
-    drop(body);
-    let pgid = start["pgid"].as_i64().expect("pgid");
-    assert!(
-        wait_group_gone(pgid, Duration::from_secs(5)).await,
-        "the run outlived its streaming client"
-    );
-    let task = app
-        .wait_for_task(&task_id, |t| t["status"] == "cancelled")
-        .await;
-    assert_eq!(task["status"], "cancelled", "{task}");
+    hang_up_and_check_the_run_is_cancelled(&app, body, &task_id).await;
     app.shutdown().await;
 }
 

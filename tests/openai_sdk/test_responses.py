@@ -6,14 +6,15 @@ asserts; every test_* function runs in order, and the first failure exits non-ze
 traceback.
 """
 
-import json
 import os
 import sys
-import traceback
-import urllib.request
 
 import openai
 from openai import OpenAI
+
+# The helpers the SDK scripts share, one directory up.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sdk_common import expect_raises, native_get as _native_get, run_tests  # noqa: E402
 
 BASE_URL = os.environ["CCS_OPENAI_BASE_URL"]
 API_KEY = os.environ["CCS_OPENAI_API_KEY"]
@@ -23,20 +24,9 @@ MODEL = os.environ.get("CCS_OPENAI_MODEL", "claude-sonnet-4-5")
 client = OpenAI(base_url=BASE_URL, api_key=API_KEY, max_retries=0, timeout=60)
 
 
-def expect_raises(exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        return e
-    raise AssertionError(f"expected {exc_type.__name__}")
-
-
 def native_get(path):
-    """A native route of the server (not OpenAI's API), with the same key."""
     root = BASE_URL[: -len("/v1")]
-    req = urllib.request.Request(root + path, headers={"Authorization": f"Bearer {API_KEY}"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.load(resp)
+    return _native_get(root + path, {"Authorization": f"Bearer {API_KEY}"})
 
 
 def test_create():
@@ -137,18 +127,5 @@ def test_errors():
     assert events[-1].response.error.code == "cli_api_error", events[-1].response.error
 
 
-def main():
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
-    for name, fn in tests:
-        try:
-            fn()
-        except Exception:
-            print(f"FAIL {name}", flush=True)
-            traceback.print_exc()
-            sys.exit(1)
-        print(f"ok   {name}", flush=True)
-    print(f"{len(tests)} passed (openai {openai.__version__})", flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_tests(globals(), "openai", openai.__version__)

@@ -7,10 +7,13 @@ test_* function runs in order, and the first failure exits non-zero with its tra
 
 import os
 import sys
-import traceback
 
 import openai
 from openai import OpenAI
+
+# The helpers the SDK scripts share, one directory up.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sdk_common import expect_raises, run_tests  # noqa: E402
 
 BASE_URL = os.environ["CCS_OPENAI_BASE_URL"]
 API_KEY = os.environ["CCS_OPENAI_API_KEY"]
@@ -18,14 +21,6 @@ MODEL = os.environ.get("CCS_OPENAI_MODEL", "claude-sonnet-4-5")
 
 # No retries: a retried 5xx would be a second run, and the tests count runs by their replies.
 client = OpenAI(base_url=BASE_URL, api_key=API_KEY, max_retries=0, timeout=60)
-
-
-def expect_raises(exc_type, fn):
-    try:
-        fn()
-    except exc_type as e:
-        return e
-    raise AssertionError(f"expected {exc_type.__name__}")
 
 
 def test_models():
@@ -158,18 +153,5 @@ def test_wrong_key():
     assert e.status_code == 401
 
 
-def main():
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and callable(f)]
-    for name, fn in tests:
-        try:
-            fn()
-        except Exception:
-            print(f"FAIL {name}", flush=True)
-            traceback.print_exc()
-            sys.exit(1)
-        print(f"ok   {name}", flush=True)
-    print(f"{len(tests)} passed (openai {openai.__version__})", flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_tests(globals(), "openai", openai.__version__)

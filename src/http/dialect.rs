@@ -52,6 +52,22 @@ impl Dialect {
     }
 }
 
+/// The message of a native error body (`{"success":false,"error",…}`), for either dialect's
+/// error object; a body without one (not expected) gets one named after the status.
+pub fn native_message(status: actix_web::http::StatusCode, native: &Value) -> String {
+    native
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "The request failed ({} {}).",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("error")
+            )
+        })
+}
+
 /// Whether `path` is under `/v1`.
 pub fn is_v1(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")

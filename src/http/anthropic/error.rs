@@ -77,17 +77,7 @@ pub fn from_native(
     native: &Value,
     request_id: Option<String>,
 ) -> ErrorEnvelope {
-    let message = native
-        .get("error")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            format!(
-                "The request failed ({} {}).",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or("error")
-            )
-        });
+    let message = super::super::dialect::native_message(status, native);
     let details = native
         .get("code")
         .and_then(Value::as_str)

@@ -55,17 +55,7 @@ fn error_type(status: StatusCode, code: Option<&str>) -> &'static str {
 /// refusal of the native `prompt` or system prompt names as `param`.
 pub fn from_native(status: StatusCode, native: &Value, prompt_field: &str) -> ErrorEnvelope {
     let code = native.get("code").and_then(Value::as_str);
-    let message = native
-        .get("error")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            format!(
-                "The request failed ({} {}).",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or("error")
-            )
-        });
+    let message = super::super::dialect::native_message(status, native);
     let param = native
         .get("details")
         .and_then(|d| d.get("field"))

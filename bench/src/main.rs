@@ -452,6 +452,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
 
     // Drain: release the slots and time until nothing is pending or running.
     let cpu_before = server.cpu_seconds()?;
+    let switches_before = server.context_switches()?;
     let runs_before = server.children_cpu_seconds()?;
     let machine = MachineCpu::now()?;
     let redis_before = match server.redis() {
@@ -480,9 +481,19 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     let drain = t0.elapsed();
     phase("drained");
     let cpu_drain = server.cpu_seconds()? - cpu_before;
+    let switches = server.context_switches()?;
+    let switches = (
+        switches.0.saturating_sub(switches_before.0),
+        switches.1.saturating_sub(switches_before.1),
+    );
     let machine_drain = MachineCpu::now()?.busy_since(&machine);
     let runs_drain = server.children_cpu_seconds()? - runs_before;
     let per_run = |secs: f64| secs * 1e3 / n as f64;
+    let switches_per_run = (switches.0 as f64 / n as f64, switches.1 as f64 / n as f64);
+    say(format!(
+        "  server context switches per drained run (the /health polls included): {:.1} voluntary (thread hand-offs), {:.1} involuntary",
+        switches_per_run.0, switches_per_run.1
+    ));
     say(format!(
         "  machine CPU busy (all cores, every process): {:.0} % during the direct spawns, {:.0} % during the drain; \
          CPU per run of the fake CLI: {:.3} ms direct, {:.3} ms drained; of the driver spawning directly: {:.3} ms",
@@ -599,6 +610,7 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     s.add("q.direct.rate", backend, direct.rate());
     s.add("q.drain.ratio", backend, drain_rate / direct.rate());
     s.add("q.drain.cpu_ms", backend, cpu_drain * 1e3 / n as f64);
+    s.add("q.drain.switches", backend, switches_per_run.0);
     s.add("q.list.p50", backend, list.p50());
     s.add("q.list.p99", backend, list.p99());
     s.add("q.patch.p50", backend, patch.p50());
@@ -855,6 +867,11 @@ fn build_rows(opts: &Opts, backends: &[String], s: &Samples) -> Vec<Row> {
         &|b| Cell::info(pair(m("q.enqueue.cpu_ms", b), m("q.drain.cpu_ms", b), "ms")),
     );
     row(
+        "Server threads' voluntary context switches per drained run (thread hand-offs)".into(),
+        "—",
+        &|b| Cell::info(num(m("q.drain.switches", b))),
+    );
+    row(
         "Redis per drained run: redis-server CPU; scripts / all commands (inside scripts too)"
             .into(),
         "—",
@@ -950,6 +967,7 @@ fn print_raw(s: &Samples, backends: &[String]) {
         "q.direct.rate",
         "q.drain.ratio",
         "q.drain.cpu_ms",
+        "q.drain.switches",
         "q.redis.cpu_ms",
         "q.redis.scripts",
         "q.redis.commands",

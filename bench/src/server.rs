@@ -234,6 +234,31 @@ impl Server {
         Ok(proc_cpu(&pid.to_string())?.1)
     }
 
+    /// Context switches of the server's threads so far: (voluntary, involuntary). A voluntary
+    /// one is a thread going to sleep to wait (for a message, a lock, I/O), so the count tells
+    /// how many thread hand-offs a piece of work took. Summed over the threads alive now: a
+    /// thread that ended took its count with it (blocking-pool threads end after 10 s idle).
+    pub fn context_switches(&self) -> anyhow::Result<(u64, u64)> {
+        let pid = self.pid().context("the server is not running")?;
+        let mut total = (0, 0);
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            // A thread that ended since the listing: nothing to count.
+            let Ok(status) = std::fs::read_to_string(entry?.path().join("status")) else {
+                continue;
+            };
+            let field = |name: &str| -> u64 {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            total.0 += field("voluntary_ctxt_switches:");
+            total.1 += field("nonvoluntary_ctxt_switches:");
+        }
+        Ok(total)
+    }
+
     /// With Redis storage: its private server.
     pub fn redis(&self) -> Option<&RedisChild> {
         self.redis.as_ref()

@@ -5,7 +5,7 @@
 //! with `wrk`; 50 → 20 µs per request with logging off). Now a line costs its request one
 //! copy into a shared buffer, and a wake-up only when the writer sleeps; a thread per
 //! destination waits [`LINGER`] after the first line, then writes everything that arrived in
-//! one `write(2)`. A line reaches its file at most about a millisecond late.
+//! one `write(2)`. A line reaches its file at most about [`LINGER`] late.
 //!
 //! Nothing is dropped: when [`MAX_BUFFERED`] bytes wait, a logging thread waits for room (the
 //! writer drains at disk speed). What a `kill -9` or a power cut catches in the buffer is lost,
@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 /// Bytes that may wait for the writer thread before a logging thread waits for room.
 pub const MAX_BUFFERED: usize = 1 << 20;
 
-/// How long the writer lets lines gather after the first one. Under load that is tens of
-/// lines per write; a quiet server pays one extra millisecond of delay, no CPU.
-const LINGER: Duration = Duration::from_millis(1);
+/// How long the writer lets lines gather after the first one: a batch costs its thread two
+/// context switches (the wake, the linger), so the longer, the fewer per line. Under load that
+/// is hundreds of lines per write. At 1 ms, a queue draining ~800 runs/s (two lines each)
+/// woke each writer thread about once per run; at 10 ms, about once per eight runs (counted
+/// per thread by `ccs-bench`'s drain). Nobody reads a log 10 ms sooner; a quiet server pays
+/// that delay, no CPU.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// A spare buffer keeps at most this much capacity between batches, so a burst of logging
 /// does not keep its memory.

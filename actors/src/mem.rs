@@ -76,14 +76,27 @@ pub fn shrink_sparse(c: &mut impl Shrink) {
 /// the main one (measured: 2.4 MiB of RSS after such a drain). Setting the threshold, to the
 /// initial 128 KiB, turns that adjustment off: free space at an arena's top beyond it goes back
 /// to the OS when freed, and blocks of 128 KiB or more stay mmapped (unmapped when freed).
+///
+/// It also allows one arena per core instead of glibc's eight: the actor system adds threads
+/// that allocate (arbiters, HTTP workers), and a thread takes an arena of its own while there
+/// are fewer than the limit, so a record built on one thread and freed on another fragments
+/// more heaps. No more threads than cores run at once, so more arenas buy little but
+/// fragmentation (measured, `ccs-bench`, memory store, 10,000 tasks drained: 32.8 → 27.2 MiB
+/// anonymous RSS after the drain; CPU per run and `/health` throughput level).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         /// glibc's own initial trim threshold.
         const TRIM_THRESHOLD: libc::c_int = 128 * 1024;
-        // SAFETY: mallopt only sets an allocator parameter; called before other threads start.
-        // It cannot refuse a non-negative threshold, and the default would do if it did.
-        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets allocator parameters; called before other threads start.
+        // It cannot refuse a non-negative threshold or a positive arena count, and the
+        // defaults would do if it did.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
     }
 }
 

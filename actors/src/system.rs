@@ -10,8 +10,8 @@
 //!   (queue supervisor, statistics, webhooks, rate limits, sessions). Each handles its
 //!   messages one at a time, so each one's state needs no lock.
 //! * [`ActorSystem::worker_arbiter`] — one of a pool of arbiters (one per core), handed out in
-//!   turn, for the WorkerActors, so their mailboxes are spread over threads. (A worker's run
-//!   itself goes on the server's runtime, beside the storage connections: see
+//!   turn, for the WorkerActors and their runs, so the runs use every core. (With Redis a run
+//!   goes on the server's runtime instead, beside the storage connections: see
 //!   `queue::worker`.)
 //!
 //! The system stops with [`ActorSystem::stop`] (or when dropped): every arbiter's loop ends and

@@ -277,7 +277,6 @@ impl Queue {
             mode: Mode::local(pending),
             events,
             workers: system.worker_pool(),
-            io: tokio::runtime::Handle::current(),
             sessions,
         };
         Ok(Queue::launch(system, setup, interrupted, None))
@@ -323,10 +322,10 @@ impl Queue {
             store,
             config,
             shared,
-            mode: Mode::shared(cluster.clone()),
+            // The runs go on this runtime, beside the Redis connections' driver tasks.
+            mode: Mode::shared(cluster.clone(), tokio::runtime::Handle::current()),
             events,
             workers: system.worker_pool(),
-            io: tokio::runtime::Handle::current(),
             sessions,
         };
         let queue = Queue::launch(system, setup, Vec::new(), Some(cluster.clone()));

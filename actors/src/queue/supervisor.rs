@@ -114,8 +114,6 @@ struct Core {
     workers: WorkerPool,
     /// The SessionActor, handed to each worker.
     sessions: SessionHandle,
-    /// The runtime the runs' I/O goes on (see `worker::Run::io`).
-    io: tokio::runtime::Handle,
     /// The runs going on, by task: their WorkerActors (told [`Stop`] to end a run early).
     running: HashMap<TaskId, Addr<WorkerActor>>,
     waiters: HashMap<TaskId, Vec<oneshot::Sender<Task>>>,
@@ -136,8 +134,6 @@ pub(crate) struct Setup {
     pub workers: WorkerPool,
     /// The SessionActor, for the workers' turn accounting.
     pub sessions: SessionHandle,
-    /// The runtime the runs' I/O goes on (see `worker::Run::io`).
-    pub io: tokio::runtime::Handle,
 }
 
 impl Actor for QueueSupervisor {
@@ -167,7 +163,6 @@ impl QueueSupervisor {
             events,
             workers,
             sessions,
-            io,
         } = setup;
         QueueSupervisor {
             core: Core {
@@ -177,7 +172,6 @@ impl QueueSupervisor {
                 tx,
                 workers,
                 sessions,
-                io,
                 running: HashMap::new(),
                 waiters: HashMap::new(),
                 finished: Vec::new(),
@@ -356,8 +350,17 @@ impl Core {
 
     /// Start a WorkerActor for `id` on the next worker arbiter.
     fn spawn_worker(&mut self, id: TaskId, mode: RunMode) {
+        let arbiter = match mode {
+            // The run goes on this worker's arbiter: the pool spreads runs over the cores.
+            RunMode::Local => self.workers.next().clone(),
+            // The run goes on the Redis connections' multi-threaded runtime, which spreads
+            // runs over the cores; its worker only holds it (and is told `Stop`), so it lives
+            // here, beside the supervisor: its start and its report cost no thread hand-off
+            // (on a worker arbiter, two more per run, measured).
+            RunMode::Shared(_) => actix::Arbiter::current(),
+        };
         let worker = WorkerActor::start(
-            self.workers.next(),
+            &arbiter,
             worker::Run {
                 id,
                 store: self.store.clone(),
@@ -366,7 +369,6 @@ impl Core {
                 events: self.events.clone(),
                 mode,
                 sessions: self.sessions.clone(),
-                io: self.io.clone(),
             },
         );
         self.running.insert(id, worker);

@@ -541,11 +541,10 @@ impl SharedFixture {
             store,
             config: self.config.clone(),
             shared: Arc::new(Shared::new(&self.config, 0, HashMap::new())),
-            mode: Mode::shared(self.cluster.clone()),
+            mode: Mode::shared(self.cluster.clone(), tokio::runtime::Handle::current()),
             events: events(),
             workers: self.system.worker_pool(),
             sessions,
-            io: tokio::runtime::Handle::current(),
         };
         QueueSupervisor::start(self.system.arbiter(), setup)
     }

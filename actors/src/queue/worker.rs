@@ -2,6 +2,13 @@
 //! (and so the CLI's child process, in its own process group): told [`Stop`], it has the run
 //! end the group (SIGTERM, then SIGKILL after the grace); when the run is over — the group gone
 //! and the final record written — it reports `Finished` to the supervisor and stops.
+//!
+//! Where it runs, by the supervisor's mode ([`RunMode`]): on local storage (memory, SQLite) the
+//! worker lives on one of the worker arbiters and its run goes on there; on the shared queue
+//! (Redis) the run goes on the runtime of the Redis connections ([`SharedRun::io`]) and the
+//! worker, which only holds it, lives on the supervisor's arbiter. Either way the report
+//! leaves from the worker's thread, and when the session's accounting is still to be written
+//! the SessionActor sends it after the write ([`Reporter::send`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -10,6 +17,8 @@ use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message};
 use chrono::Utc;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
 use super::supervisor::{Finished, SupervisorTx};
@@ -21,7 +30,8 @@ use crate::cluster::{transcripts, Cluster};
 use crate::config::Config;
 use crate::events::{init_data, EventHub};
 use crate::model::{Session, SessionId, SessionMode, Task, TaskId, TaskMode};
-use crate::session::accounting::{apply_turn, cost_mode, run_cost};
+use crate::session::accounting::{apply_turn, cost_mode, run_cost, CostMode};
+use crate::session::actor::AfterTurn;
 use crate::session::SessionHandle;
 use crate::store::redis::{Claimed, Leased, NextClaim, SessionTurn};
 use crate::store::{Store, StoreError};
@@ -55,6 +65,10 @@ pub(crate) enum RunMode {
 /// instance's claim read it, and the queue's figures (whether the freed slot may claim the
 /// next task).
 pub(crate) struct SharedRun {
+    /// The runtime the run goes on: the one the Redis connections were opened on (a
+    /// connection's driver task lives there), so the run's storage calls stay beside it (from
+    /// another thread they cost +20–25 % server CPU per run, measured).
+    pub io: tokio::runtime::Handle,
     pub cluster: Arc<Cluster>,
     pub leased: Leased,
     pub queue: Arc<Shared>,
@@ -72,17 +86,12 @@ pub(crate) struct Run {
     /// The writer of session records: a turn's accounting when it did not go with the final
     /// record (always, on local storage).
     pub sessions: SessionHandle,
-    /// The runtime the run's I/O goes on: the one storage's connections were opened on (a
-    /// Redis connection's driver task lives there), so a run's storage calls stay on it.
-    pub io: tokio::runtime::Handle,
 }
 
 /// One run; see the module docs.
 pub struct WorkerActor {
     /// What the run watches to end early.
     stop: watch::Sender<Option<StopReason>>,
-    /// The run, until `started` spawns it.
-    run: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// End the run early (a cancel, a timeout elsewhere, a lost lease, the shutdown grace): its
@@ -94,29 +103,40 @@ pub struct Stop(pub StopReason);
 impl WorkerActor {
     /// Start a worker for `run` on `arbiter`.
     pub(crate) fn start(arbiter: &actix::prelude::ArbiterHandle, run: Run) -> Addr<WorkerActor> {
-        WorkerActor::start_in_arbiter(arbiter, move |_| {
+        WorkerActor::start_in_arbiter(arbiter, move |ctx| {
             let (stop, stop_rx) = watch::channel(None);
-            // On the storage's runtime: a run's storage calls stay beside the connections'
-            // driver tasks (on Redis, a call from another thread cost +20–25 % server CPU per
-            // run, measured).
-            let run = run.io.clone().spawn(run_task(run, stop_rx));
-            WorkerActor {
-                stop,
-                run: Some(run),
-            }
+            let report = Reporter {
+                id: run.id,
+                tx: run.tx.clone(),
+                sessions: run.sessions.clone(),
+            };
+            let ran: BoxFuture<'static, Option<Ran>> = match &run.mode {
+                // On the Redis connections' runtime (see `SharedRun::io`). `None`: the run
+                // panicked.
+                RunMode::Shared(s) => {
+                    let io = s.io.clone();
+                    Box::pin(io.spawn(run_task(run, stop_rx)).map(Result::ok))
+                }
+                // Memory or SQLite storage ties a run to no runtime (SQLite's writer is a
+                // thread of its own): the run goes on here, on this worker's arbiter, one
+                // thread hand-off fewer at its start and at its end.
+                RunMode::Local => Box::pin(run_task(run, stop_rx).map(Some)),
+            };
+            // Awaited off the mailbox, so `Stop` is handled while the run goes on; the report
+            // leaves from this actor's thread.
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(ran).map(move |ran, _, ctx| {
+                    report.send(ran);
+                    ctx.stop();
+                }),
+            );
+            WorkerActor { stop }
         })
     }
 }
 
 impl Actor for WorkerActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(run) = self.run.take() {
-            // Its end is awaited off the mailbox, so `Stop` is handled while the run goes on.
-            ctx.spawn(actix::fut::wrap_future::<_, Self>(run).map(|_, _, ctx| ctx.stop()));
-        }
-    }
 }
 
 impl Handler<Stop> for WorkerActor {
@@ -127,30 +147,88 @@ impl Handler<Stop> for WorkerActor {
     }
 }
 
-/// Run one task and report to the supervisor. The report is sent only after the process group
-/// is gone, so the slot is never freed while a process of the run lives.
-async fn run_task(run: Run, stop: watch::Receiver<Option<StopReason>>) {
+/// What a finished run leaves to report: the supervisor's [`Finished`], and the session's
+/// accounting if it did not go with the final record.
+struct Ran {
+    report: Finished,
+    turn: Option<TurnLeft>,
+}
+
+/// Where a worker's report goes.
+struct Reporter {
+    id: TaskId,
+    tx: SupervisorTx,
+    sessions: SessionHandle,
+}
+
+impl Reporter {
+    /// Report the run's end: only after its process group is gone (the run is over), so the
+    /// slot is never freed while a process of the run lives; and only after the session shows
+    /// the turn, so whoever the report wakes (a sync caller) reads it there. A run that
+    /// panicked (`None`) is reported too, without a record, so its slot is freed.
+    fn send(self, ran: Option<Ran>) {
+        let Some(Ran { report, turn }) = ran else {
+            log::error!(task_id:% = self.id; "a run ended without its report (it panicked)");
+            let _ = self.tx.send(Finished {
+                id: self.id,
+                task: None,
+                wrote: false,
+                handover: None,
+            });
+            return;
+        };
+        let Some(turn) = turn else {
+            let _ = self.tx.send(report);
+            return;
+        };
+        // The SessionActor sends the report once the turn is written, from its own thread,
+        // which the supervisor shares: one thread hand-off fewer than waiting for its answer.
+        let sid = turn.session;
+        let tx = self.tx;
+        let then = AfterTurn::new(move |written| {
+            if let Err(e) = written {
+                log::error!(session_id:% = sid, error:% = e; "cannot record the turn on its session");
+            }
+            let _ = tx.send(report);
+        });
+        self.sessions
+            .apply_turn_then(sid, turn.task, turn.mode, turn.reported, then);
+    }
+}
+
+/// Run one task: start it, run the CLI, write its final record; what is left to report.
+async fn run_task(run: Run, stop: watch::Receiver<Option<StopReason>>) -> Ran {
     let Run {
         id,
         store,
         config,
-        tx,
         events,
         mode,
-        sessions,
-        io: _,
+        ..
     } = run;
-    let (ended, handover) = execute(id, &store, &config, stop, &events, mode, &sessions).await;
+    let (ended, handover, turn) = execute(id, &store, &config, stop, &events, mode).await;
     let (task, wrote) = match ended {
         Ended::Wrote(t) => (Some(Box::new(t)), true),
         Ended::Read(t) => (t.map(Box::new), false),
     };
-    let _ = tx.send(Finished {
-        id,
-        task,
-        wrote,
-        handover,
-    });
+    Ran {
+        report: Finished {
+            id,
+            task,
+            wrote,
+            handover,
+        },
+        turn,
+    }
+}
+
+/// A turn's accounting still to be written on its session, by the SessionActor.
+struct TurnLeft {
+    session: SessionId,
+    /// The run's final record as stored.
+    task: Task,
+    mode: CostMode,
+    reported: f64,
 }
 
 /// How a run ended, as far as the final record goes.
@@ -163,7 +241,7 @@ enum Ended {
 }
 
 /// Runs the task; on the shared queue also returns what its final write did with the lease
-/// (see [`Finished`]).
+/// (see [`Finished`]), and the session's accounting if it did not go with the final record.
 async fn execute(
     id: TaskId,
     store: &Arc<dyn Store>,
@@ -171,8 +249,7 @@ async fn execute(
     stop: watch::Receiver<Option<StopReason>>,
     events: &EventHub,
     mode: RunMode,
-    sessions: &SessionHandle,
-) -> (Ended, Option<Claimed>) {
+) -> (Ended, Option<Claimed>, Option<TurnLeft>) {
     let read = || async { Ended::Read(store.get_task(id).await.ok().flatten()) };
     let Start {
         started,
@@ -180,15 +257,15 @@ async fn execute(
         session_before,
     } = mode.start(id, store, config, &stop).await;
     let Some(started) = started else {
-        return (Ended::Read(None), None);
+        return (Ended::Read(None), None, None);
     };
     let Some((task, ending)) = started else {
         // Cancelled before it started: it never runs.
-        return (read().await, None);
+        return (read().await, None, None);
     };
     if stop.borrow().is_some() {
         // Cancelled between dispatch and start; the canceller wrote the final record.
-        return (read().await, None);
+        return (read().await, None, None);
     }
     log::info!(task_id:% = id; "run started");
     log::debug!(task_id:% = id, prompt:% = task.spec.prompt; "run prompt");
@@ -291,22 +368,26 @@ async fn execute(
         _ => read().await,
     };
     if accounted {
-        return (ended, handover);
+        return (ended, handover, None);
     }
-    // The session's accounting did not go with the final record: the SessionActor writes it
-    // now, over the record as it is then (on the shared queue it changed during the run, or
-    // the task was ended by someone else meanwhile), never interleaved with another write of
-    // it from this instance (a `PATCH status`).
+    // The session's accounting did not go with the final record: the SessionActor writes it,
+    // over the record as it is then (on the shared queue it changed during the run, or the
+    // task was ended by someone else meanwhile), never interleaved with another write of it
+    // from this instance (a `PATCH status`).
     let final_task = match &ended {
         Ended::Wrote(t) => Some(t),
         Ended::Read(t) => t.as_ref(),
     };
-    if let (Some(sid), Some(_), Some(t)) = (sid, &session, final_task) {
-        if let Err(e) = sessions.apply_turn(sid, t.clone(), mode, reported).await {
-            log::error!(session_id:% = sid, error:% = e; "cannot record the turn on its session");
-        }
-    }
-    (ended, handover)
+    let turn = match (sid, &session, final_task) {
+        (Some(session), Some(_), Some(t)) => Some(TurnLeft {
+            session,
+            task: t.clone(),
+            mode,
+            reported,
+        }),
+        _ => None,
+    };
+    (ended, handover, turn)
 }
 
 async fn read_session(store: &Arc<dyn Store>, sid: Option<SessionId>) -> Option<Session> {

@@ -66,7 +66,7 @@ pub struct Delete {
 /// Record a finished turn on its session ([`apply_turn`]): its cost (`task.cost_usd`, what
 /// this run added), the completed-turn count, the last task and the cost baseline (`reported`,
 /// under `mode`). Written lazily, like the final record of a sync run. Answers the session as
-/// written (`None`: it was deleted meanwhile).
+/// written (`None`: it was deleted meanwhile), and hands the same to `then`.
 #[derive(Message)]
 #[rtype(result = "StoreResult<Option<Session>>")]
 pub struct ApplyTurn {
@@ -74,6 +74,41 @@ pub struct ApplyTurn {
     pub task: Box<Task>,
     pub mode: CostMode,
     pub reported: f64,
+    pub then: AfterTurn,
+}
+
+/// What follows a turn's accounting, run once it is written, here on the actor's thread: a
+/// queue worker's report to the supervisor, which lives on this same thread — so the report
+/// costs no thread hand-off, and nobody hears the run is over before its session shows it.
+/// Run exactly once: with the write's result, or with an error if the message is dropped
+/// unhandled (the actor stopped), so a report is never lost.
+pub struct AfterTurn(Option<AfterTurnFn>);
+
+type AfterTurnFn = Box<dyn FnOnce(&StoreResult<Option<Session>>) + Send>;
+
+impl AfterTurn {
+    /// Nothing follows (the caller awaits the answer instead).
+    pub fn nothing() -> AfterTurn {
+        AfterTurn(None)
+    }
+
+    pub fn new(then: impl FnOnce(&StoreResult<Option<Session>>) + Send + 'static) -> AfterTurn {
+        AfterTurn(Some(Box::new(then)))
+    }
+
+    fn run(mut self, result: &StoreResult<Option<Session>>) {
+        if let Some(then) = self.0.take() {
+            then(result);
+        }
+    }
+}
+
+impl Drop for AfterTurn {
+    fn drop(&mut self) {
+        if let Some(then) = self.0.take() {
+            then(&Err(gone(MailboxError::Closed)));
+        }
+    }
 }
 
 type Atomic<T> = AtomicResponse<SessionActor, StoreResult<T>>;
@@ -108,17 +143,17 @@ enum Write {
 }
 
 impl SessionActor {
-    /// Read session `id`, `change` it and write it back, while the mailbox waits. Answers the
-    /// session as written (`None`: there is none).
+    /// Read session `id`, `change` it and write it back (run it while the mailbox waits:
+    /// [`atomic`]). Answers the session as written (`None`: there is none).
     fn modify(
         &self,
         id: SessionId,
         write: Write,
         change: impl FnOnce(&mut Session) + Send + 'static,
-    ) -> Atomic<Option<Session>> {
+    ) -> impl std::future::Future<Output = StoreResult<Option<Session>>> + 'static {
         let store = self.store.clone();
         let lazily = matches!(write, Write::Lazy);
-        atomic(async move { store.modify_session(id, lazily, Box::new(change)).await })
+        async move { store.modify_session(id, lazily, Box::new(change)).await }
     }
 }
 
@@ -126,10 +161,10 @@ impl Handler<SetStatus> for SessionActor {
     type Result = Atomic<Option<Session>>;
 
     fn handle(&mut self, msg: SetStatus, _: &mut Context<Self>) -> Self::Result {
-        self.modify(msg.id, Write::Durable, move |session| {
+        atomic(self.modify(msg.id, Write::Durable, move |session| {
             session.status = msg.status;
             session.updated_at = Utc::now();
-        })
+        }))
     }
 }
 
@@ -151,11 +186,17 @@ impl Handler<ApplyTurn> for SessionActor {
             task,
             mode,
             reported,
+            then,
         } = msg;
         // Lazily: this bookkeeping rides on the next fsync (as a sync run's final record does).
-        self.modify(id, Write::Lazy, move |session| {
+        let write = self.modify(id, Write::Lazy, move |session| {
             let cost = task.cost_usd.unwrap_or(0.0);
             apply_turn(session, &task, mode, reported, cost, Utc::now());
+        });
+        atomic(async move {
+            let written = write.await;
+            then.run(&written);
+            written
         })
     }
 }
@@ -212,8 +253,28 @@ impl SessionHandle {
             task: Box::new(task),
             mode,
             reported,
+            then: AfterTurn::nothing(),
         };
         self.0.send(msg).await.map_err(gone)?
+    }
+
+    /// See [`ApplyTurn`]: without waiting; `then` runs once the turn is written (or could
+    /// not be), on the actor's thread.
+    pub fn apply_turn_then(
+        &self,
+        id: SessionId,
+        task: Task,
+        mode: CostMode,
+        reported: f64,
+        then: AfterTurn,
+    ) {
+        self.0.do_send(ApplyTurn {
+            id,
+            task: Box::new(task),
+            mode,
+            reported,
+            then,
+        });
     }
 }
 
@@ -283,6 +344,41 @@ mod tests {
 
         system.stop();
         assert!(sessions.delete(s.id).await.is_err(), "stopped: unavailable");
+    }
+
+    /// `then` runs once the turn is written — what it wakes reads the turn on the session —
+    /// and runs even when the actor has stopped (with an error): a worker's report to the
+    /// queue, sent this way, is never lost.
+    #[tokio::test]
+    async fn what_follows_a_turn_sees_it_written_and_is_never_lost() {
+        use futures_util::FutureExt;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let (system, sessions) = start(store.clone());
+        let s = session();
+        sessions.create(s.clone(), false).await.expect("create");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reader = store.clone();
+        let then = AfterTurn::new(move |written| {
+            // The memory store answers at once: read it right here, before anyone is told.
+            let seen = reader
+                .get_session(s.id)
+                .now_or_never()
+                .expect("memory reads at once");
+            let _ = tx.send((written.clone(), seen));
+        });
+        sessions.apply_turn_then(s.id, turn(0.25), CostMode::PerRun, 0.25, then);
+        let (written, seen) = rx.await.expect("then ran");
+        assert_eq!(written.expect("written").expect("found").messages_count, 1);
+        assert_eq!(seen.expect("read").expect("found").messages_count, 1);
+
+        system.stop();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let then = AfterTurn::new(move |written| {
+            let _ = tx.send(written.clone());
+        });
+        sessions.apply_turn_then(s.id, turn(0.25), CostMode::PerRun, 0.25, then);
+        let written = rx.await.expect("then ran although the actor had stopped");
+        assert!(written.is_err(), "{written:?}");
     }
 
     /// A status change and a turn's accounting sent at the same moment, many times over, on

@@ -238,8 +238,6 @@ impl Application {
 
         let listener = listener.into_std()?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Built here, once, rather than in each HTTP worker.
-        crate::http::openapi::document_json();
         let app_state = state.clone();
         let server = actix_web::HttpServer::new(move || crate::http::app(app_state.clone()))
             // A client's EOF ends its connection at once, dropping a pending handler: a client
@@ -253,6 +251,11 @@ impl Application {
             .run();
         let http = server.handle();
         let server = tokio::spawn(server);
+        // The OpenAPI document is built once, off the start-up path: it takes milliseconds,
+        // which `/health` need not wait for; a request for it meanwhile waits for this build.
+        drop(tokio::task::spawn_blocking(
+            crate::http::openapi::document_json,
+        ));
 
         shutdown.await;
         // No config change while shutting down.

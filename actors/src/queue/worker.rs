@@ -110,9 +110,9 @@ impl WorkerActor {
                 tx: run.tx.clone(),
                 sessions: run.sessions.clone(),
             };
+            // `None`: the run panicked.
             let ran: BoxFuture<'static, Option<Ran>> = match &run.mode {
-                // On the Redis connections' runtime (see `SharedRun::io`). `None`: the run
-                // panicked.
+                // On the Redis connections' runtime (see `SharedRun::io`).
                 RunMode::Shared(s) => {
                     let io = s.io.clone();
                     Box::pin(io.spawn(run_task(run, stop_rx)).map(Result::ok))
@@ -120,7 +120,11 @@ impl WorkerActor {
                 // Memory or SQLite storage ties a run to no runtime (SQLite's writer is a
                 // thread of its own): the run goes on here, on this worker's arbiter, one
                 // thread hand-off fewer at its start and at its end.
-                RunMode::Local => Box::pin(run_task(run, stop_rx).map(Some)),
+                RunMode::Local => Box::pin(
+                    std::panic::AssertUnwindSafe(run_task(run, stop_rx))
+                        .catch_unwind()
+                        .map(Result::ok),
+                ),
             };
             // Awaited off the mailbox, so `Stop` is handled while the run goes on; the report
             // leaves from this actor's thread.

@@ -481,17 +481,21 @@ async fn queue_and_control(ctx: &Ctx, backend: &str, s: &mut Samples) -> anyhow:
     let drain = t0.elapsed();
     phase("drained");
     let cpu_drain = server.cpu_seconds()? - cpu_before;
-    let switches = server.context_switches()?;
-    let switches = (
-        switches.0.saturating_sub(switches_before.0),
-        switches.1.saturating_sub(switches_before.1),
-    );
+    let (switches_by_thread, switches) = server.context_switches()?.since(&switches_before);
     let machine_drain = MachineCpu::now()?.busy_since(&machine);
     let runs_drain = server.children_cpu_seconds()? - runs_before;
     let per_run = |secs: f64| secs * 1e3 / n as f64;
-    let switches_per_run = (switches.0 as f64 / n as f64, switches.1 as f64 / n as f64);
+    let switches_per_run = (
+        switches.voluntary as f64 / n as f64,
+        switches.involuntary as f64 / n as f64,
+    );
+    let by_thread = switches_by_thread
+        .iter()
+        .map(|(name, s)| format!("{name} {:.2}", s.voluntary as f64 / n as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
     say(format!(
-        "  server context switches per drained run (the /health polls included): {:.1} voluntary (thread hand-offs), {:.1} involuntary",
+        "  server context switches per drained run (the /health polls included): {:.1} voluntary (thread hand-offs), {:.1} involuntary; voluntary by thread name: {by_thread}",
         switches_per_run.0, switches_per_run.1
     ));
     say(format!(

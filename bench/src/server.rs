@@ -1,5 +1,6 @@
 //! The server under test: the release binary as a child process with a temp config.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -234,16 +235,20 @@ impl Server {
         Ok(proc_cpu(&pid.to_string())?.1)
     }
 
-    /// Context switches of the server's threads so far: (voluntary, involuntary). A voluntary
-    /// one is a thread going to sleep to wait (for a message, a lock, I/O), so the count tells
-    /// how many thread hand-offs a piece of work took. Summed over the threads alive now: a
-    /// thread that ended took its count with it (blocking-pool threads end after 10 s idle).
-    pub fn context_switches(&self) -> anyhow::Result<(u64, u64)> {
+    /// Context switches of the server's threads so far, per thread. A voluntary one is a
+    /// thread going to sleep to wait (for a message, a lock, I/O), so the count tells how many
+    /// thread hand-offs a piece of work took. Only threads alive now: a thread that ended took
+    /// its count with it (blocking-pool threads end after 10 s idle).
+    pub fn context_switches(&self) -> anyhow::Result<ContextSwitches> {
         let pid = self.pid().context("the server is not running")?;
-        let mut total = (0, 0);
+        let mut threads = HashMap::new();
         for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let path = entry?.path();
             // A thread that ended since the listing: nothing to count.
-            let Ok(status) = std::fs::read_to_string(entry?.path().join("status")) else {
+            let (Ok(status), Ok(name)) = (
+                std::fs::read_to_string(path.join("status")),
+                std::fs::read_to_string(path.join("comm")),
+            ) else {
                 continue;
             };
             let field = |name: &str| -> u64 {
@@ -253,10 +258,13 @@ impl Server {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0)
             };
-            total.0 += field("voluntary_ctxt_switches:");
-            total.1 += field("nonvoluntary_ctxt_switches:");
+            let counts = Switches {
+                voluntary: field("voluntary_ctxt_switches:"),
+                involuntary: field("nonvoluntary_ctxt_switches:"),
+            };
+            threads.insert(path, (name.trim().to_string(), counts));
         }
-        Ok(total)
+        Ok(ContextSwitches { threads })
     }
 
     /// With Redis storage: its private server.
@@ -330,4 +338,48 @@ pub fn proc_cpu(pid: &str) -> anyhow::Result<(f64, f64)> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(((utime + stime) / hz, (cutime + cstime) / hz))
+}
+
+/// Context switches of one thread, or summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Switches {
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+/// The context switches of a process's threads at one moment ([`Server::context_switches`]).
+pub struct ContextSwitches {
+    /// By thread (its `/proc` path): its name and counts.
+    threads: HashMap<PathBuf, (String, Switches)>,
+}
+
+impl ContextSwitches {
+    /// What each thread name's threads did since `before` (a thread new since then counts
+    /// from zero), the busiest first, and the total.
+    pub fn since(&self, before: &ContextSwitches) -> (Vec<(String, Switches)>, Switches) {
+        let mut by_name: HashMap<&str, Switches> = HashMap::new();
+        let mut total = Switches::default();
+        for (path, (name, now)) in &self.threads {
+            let then = before
+                .threads
+                .get(path)
+                .map(|(_, s)| *s)
+                .unwrap_or_default();
+            let d = Switches {
+                voluntary: now.voluntary.saturating_sub(then.voluntary),
+                involuntary: now.involuntary.saturating_sub(then.involuntary),
+            };
+            let e = by_name.entry(name).or_default();
+            e.voluntary += d.voluntary;
+            e.involuntary += d.involuntary;
+            total.voluntary += d.voluntary;
+            total.involuntary += d.involuntary;
+        }
+        let mut by_name: Vec<(String, Switches)> = by_name
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        by_name.sort_by(|a, b| b.1.voluntary.cmp(&a.1.voluntary).then(a.0.cmp(&b.0)));
+        (by_name, total)
+    }
 }

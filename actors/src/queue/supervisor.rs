@@ -348,7 +348,8 @@ impl Core {
         }
     }
 
-    /// Start a WorkerActor for `id` on the next worker arbiter.
+    /// Start a WorkerActor for `id`: on the next worker arbiter, or beside the supervisor for
+    /// a shared run (see below).
     fn spawn_worker(&mut self, id: TaskId, mode: RunMode) {
         let arbiter = match mode {
             // The run goes on this worker's arbiter: the pool spreads runs over the cores.

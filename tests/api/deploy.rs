@@ -381,21 +381,3 @@ async fn serve_on_every_interface_without_a_key_refuses_to_start() {
         "{stderr}"
     );
 }
-
-/// Like `poll_until`, for an async check.
-async fn poll_until_async<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = std::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if std::time::Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}

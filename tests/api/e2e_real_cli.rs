@@ -521,23 +521,6 @@ async fn wait_real_pending(app: &TestApp, id: &str) -> Value {
     found.unwrap_or_else(|| panic!("no pending approval for {id}"))
 }
 
-async fn poll_until_async<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = std::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if std::time::Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn wait_real_final(app: &TestApp, id: &str) -> Value {
     poll_until_async(Duration::from_secs(60), || async {
         let (_, b) = json_body(app.get(&format!("/api/tasks/{id}")).await).await;

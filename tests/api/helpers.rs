@@ -265,6 +265,24 @@ pub async fn poll_until<T>(deadline: Duration, mut check: impl FnMut() -> Option
     }
 }
 
+/// Like [`poll_until`], for an async check (polled every 50 ms).
+pub async fn poll_until_async<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// True when no process is left in the process group `pgid`.
 pub fn group_is_gone(pgid: i64) -> bool {
     // SAFETY: kill with signal 0 only checks for existence; a negative pid names a group.

@@ -33,19 +33,18 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Attempts to release a lease before leaving it to expire (it is then reaped harmlessly).
 const RELEASE_TRIES: u32 = 5;
 
-// The calls below go on `io`, the runtime of the Redis connections' driver tasks, not on the
-// supervisor's thread: Redis's answer then wakes no other thread (one hand-off fewer each).
+// The calls below go on `Cluster::io`, the runtime of the Redis connections' driver tasks, not
+// on the supervisor's thread: Redis's answer then wakes no other thread (one hand-off fewer each).
 
 /// Claim up to `want` tasks; the answer comes back as [`ClaimAnswered`].
 pub(super) fn claim(
-    io: &tokio::runtime::Handle,
     cluster: Arc<Cluster>,
     config: Arc<Config>,
     want: usize,
     shared: Arc<Shared>,
     tx: SupervisorTx,
 ) {
-    io.spawn(async move {
+    cluster.io().clone().spawn(async move {
         let q = &config.task_queue;
         let claimed = cluster
             .store()
@@ -77,12 +76,8 @@ pub(super) fn left(claimed: &Claimed) -> u64 {
 }
 
 /// Drop this instance's lease on `id` (a task that never started goes back to the queue).
-pub(super) fn release(
-    io: &tokio::runtime::Handle,
-    cluster: Arc<Cluster>,
-    id: crate::model::TaskId,
-) {
-    io.spawn(async move {
+pub(super) fn release(cluster: Arc<Cluster>, id: crate::model::TaskId) {
+    cluster.io().clone().spawn(async move {
         let mut pause = Duration::from_millis(50);
         for _ in 0..RELEASE_TRIES {
             match cluster
@@ -103,8 +98,11 @@ pub(super) fn release(
 }
 
 /// Tell the other instances, without holding up the caller.
-pub(super) fn publish(io: &tokio::runtime::Handle, cluster: Arc<Cluster>, msg: Control) {
-    io.spawn(async move { cluster.publish(&msg).await });
+pub(super) fn publish(cluster: Arc<Cluster>, msg: Control) {
+    cluster
+        .io()
+        .clone()
+        .spawn(async move { cluster.publish(&msg).await });
 }
 
 /// Start the background tasks of the shared queue for this instance's supervisor.

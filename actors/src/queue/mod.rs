@@ -322,8 +322,7 @@ impl Queue {
             store,
             config,
             shared,
-            // The runs go on this runtime, beside the Redis connections' driver tasks.
-            mode: Mode::shared(cluster.clone(), tokio::runtime::Handle::current()),
+            mode: Mode::shared(cluster.clone()),
             events,
             workers: system.worker_pool(),
             sessions,
@@ -442,32 +441,38 @@ impl Queue {
         let max_pending = self.shared.max_pending.load(Ordering::SeqCst);
         let (done_tx, done_rx) = waiter(wait);
         // As in `submit`: storing and announcing happen together even if the caller goes away.
+        // On the connections' runtime: two Redis calls in a row, and only the answer crosses
+        // back to the caller's thread.
         let queue = self.clone();
-        let stored = tokio::spawn(async move {
-            let stored = match cluster
-                .store()
-                .insert_checked(task, exclusive, max_pending)
-                .await?
-            {
-                Ok(t) => t,
-                Err(Refused::SessionBusy) => return Err(QueueError::SessionBusy),
-                Err(Refused::QueueFull(n)) => return Err(QueueError::QueueFull(n)),
-            };
-            queue.shared.pending.fetch_add(1, Ordering::SeqCst);
-            if let Some(waiter) = done_tx {
-                let _ = queue.tx.send(Watch {
-                    id: stored.id,
-                    waiter,
-                });
-            }
-            let _ = queue.tx.send(Wake);
-            cluster.publish(&Control::Enqueued).await;
-            Ok(stored)
-        })
-        .await
-        .map_err(|_| {
-            QueueError::Store(StoreError::Unavailable("the submission task failed".into()))
-        })??;
+        let stored = cluster
+            .io()
+            .clone()
+            .spawn(async move {
+                let stored = match cluster
+                    .store()
+                    .insert_checked(task, exclusive, max_pending)
+                    .await?
+                {
+                    Ok(t) => t,
+                    Err(Refused::SessionBusy) => return Err(QueueError::SessionBusy),
+                    Err(Refused::QueueFull(n)) => return Err(QueueError::QueueFull(n)),
+                };
+                queue.shared.pending.fetch_add(1, Ordering::SeqCst);
+                if let Some(waiter) = done_tx {
+                    let _ = queue.tx.send(Watch {
+                        id: stored.id,
+                        waiter,
+                    });
+                }
+                let _ = queue.tx.send(Wake);
+                // The other instances hear of it without the caller waiting for Redis's answer.
+                tokio::spawn(async move { cluster.publish(&Control::Enqueued).await });
+                Ok(stored)
+            })
+            .await
+            .map_err(|_| {
+                QueueError::Store(StoreError::Unavailable("the submission task failed".into()))
+            })??;
         Ok(Submitted {
             task: stored,
             done: done_rx,

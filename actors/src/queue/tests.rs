@@ -541,7 +541,7 @@ impl SharedFixture {
             store,
             config: self.config.clone(),
             shared: Arc::new(Shared::new(&self.config, 0, HashMap::new())),
-            mode: Mode::shared(self.cluster.clone(), tokio::runtime::Handle::current()),
+            mode: Mode::shared(self.cluster.clone()),
             events: events(),
             workers: self.system.worker_pool(),
             sessions,

@@ -5,7 +5,7 @@
 //!
 //! Where it runs, by the supervisor's mode ([`RunMode`]): on local storage (memory, SQLite) the
 //! worker lives on one of the worker arbiters and its run goes on there; on the shared queue
-//! (Redis) the run goes on the runtime of the Redis connections ([`SharedRun::io`]) and the
+//! (Redis) the run goes on the runtime of the Redis connections ([`Cluster::io`]) and the
 //! worker, which only holds it, lives on the supervisor's arbiter. Either way the report
 //! leaves from the worker's thread, and when the session's accounting is still to be written
 //! the SessionActor sends it after the write ([`Reporter::send`]).
@@ -65,10 +65,7 @@ pub(crate) enum RunMode {
 /// instance's claim read it, and the queue's figures (whether the freed slot may claim the
 /// next task).
 pub(crate) struct SharedRun {
-    /// The runtime the run goes on: the one the Redis connections were opened on (a
-    /// connection's driver task lives there), so the run's storage calls stay beside it (from
-    /// another thread they cost +20–25 % server CPU per run, measured).
-    pub io: tokio::runtime::Handle,
+    /// The run goes on [`Cluster::io`], beside the Redis connections' driver tasks.
     pub cluster: Arc<Cluster>,
     pub leased: Leased,
     pub queue: Arc<Shared>,
@@ -112,9 +109,9 @@ impl WorkerActor {
             };
             // `None`: the run panicked.
             let ran: BoxFuture<'static, Option<Ran>> = match &run.mode {
-                // On the Redis connections' runtime (see `SharedRun::io`).
+                // On the Redis connections' runtime (see `Cluster::io`).
                 RunMode::Shared(s) => {
-                    let io = s.io.clone();
+                    let io = s.cluster.io().clone();
                     Box::pin(io.spawn(run_task(run, stop_rx)).map(Result::ok))
                 }
                 // Memory or SQLite storage ties a run to no runtime (SQLite's writer is a

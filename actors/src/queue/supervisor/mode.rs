@@ -36,9 +36,6 @@ pub(crate) struct LocalQueue {
 /// The supervisor's view of the shared queue.
 pub(crate) struct SharedQueue {
     cluster: Arc<Cluster>,
-    /// The runtime the runs go on: the one the Redis connections were opened on (see
-    /// [`SharedRun::io`]).
-    io: tokio::runtime::Handle,
     /// One claim at a time, so this instance never claims more than its free slots.
     claiming: bool,
     /// Something happened since the last claim that may have made work claimable.
@@ -58,13 +55,12 @@ impl Mode {
         Mode::Local(LocalQueue { pending })
     }
 
-    /// One of the instances sharing the queue of `cluster`'s namespace, its runs on `io` (the
-    /// runtime its Redis connections were opened on). Nothing is recovered: pending tasks wait
-    /// in Redis, and the first dispatch claims.
-    pub(crate) fn shared(cluster: Arc<Cluster>, io: tokio::runtime::Handle) -> Mode {
+    /// One of the instances sharing the queue of `cluster`'s namespace, its runs on
+    /// [`Cluster::io`]. Nothing is recovered: pending tasks wait in Redis, and the first
+    /// dispatch claims.
+    pub(crate) fn shared(cluster: Arc<Cluster>) -> Mode {
         Mode::Shared(SharedQueue {
             cluster,
-            io,
             claiming: false,
             wanted: true,
         })
@@ -186,7 +182,6 @@ impl Mode {
                     sq.claiming = true;
                     sq.wanted = false;
                     claims::claim(
-                        &sq.io,
                         sq.cluster.clone(),
                         core.config.clone(),
                         free,
@@ -269,7 +264,7 @@ impl SharedQueue {
             // The lease is still to be released.
             None => {
                 self.wanted = true;
-                claims::release(&self.io, self.cluster.clone(), id);
+                claims::release(self.cluster.clone(), id);
             }
             // Nothing was ready for the freed slot (or it was not to be kept): claiming again
             // now would find the same.
@@ -287,11 +282,7 @@ impl SharedQueue {
         match task {
             Some(task) if wrote => {
                 core.notify(id, &task);
-                claims::publish(
-                    &self.io,
-                    self.cluster.clone(),
-                    Control::Finished { task: id },
-                );
+                claims::publish(self.cluster.clone(), Control::Finished { task: id });
             }
             // A canceller or a reaper wrote it, and told the listeners.
             Some(task) => {
@@ -309,12 +300,11 @@ impl SharedQueue {
         let limit = core.limit();
         for leased in tasks {
             if core.closing() || core.running.len() >= limit {
-                claims::release(&self.io, self.cluster.clone(), leased.task.id);
+                claims::release(self.cluster.clone(), leased.task.id);
                 continue;
             }
             let id = leased.task.id;
             let run = SharedRun {
-                io: self.io.clone(),
                 cluster: self.cluster.clone(),
                 leased,
                 queue: core.shared.clone(),

@@ -11,13 +11,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 
-use actors::claude::process::cli_version;
 use actors::cluster::Cluster;
 use actors::config::load::{load, Environment};
 use actors::config::{Config, StorageType};
 use actors::events::EventHub;
 use actors::metrics::MetricsActor;
-use actors::queue::worker::runner_settings;
 use actors::queue::Queue;
 use actors::rate_limit::RateLimitActor;
 use actors::session::SessionHandle;
@@ -31,7 +29,7 @@ use actors::webhook::{DeliveryObserver, WebhookActor, WebhookHandle, WebhookOpti
 
 use crate::reload::{ConfigWatcher, WatcherHandle};
 
-use crate::state::{AppState, ClaudeInfo};
+use crate::state::AppState;
 
 /// How to build the application.
 #[derive(Debug, Clone, Default)]
@@ -181,24 +179,8 @@ impl Application {
         let live = state.clone();
         actors::retention::start(state.store.clone(), Arc::new(move || live.config()));
 
-        // The version check runs beside start-up so the port answers at once.
-        let check_state = state.clone();
-        let settings = runner_settings(&config);
-        tokio::spawn(async move {
-            let version = cli_version(&settings).await;
-            match &version {
-                Some(v) => {
-                    log::info!(version:% = v, path:% = settings.claude_path.display(); "Claude CLI found")
-                }
-                None => {
-                    log::warn!(path:% = settings.claude_path.display(); "Claude CLI did not answer `--version`; runs will fail")
-                }
-            }
-            check_state.set_claude_info(ClaudeInfo {
-                version,
-                checked: true,
-            });
-        });
+        // Beside start-up, so the port answers at once.
+        crate::cli_check::spawn(&state, &config);
         Ok(Application {
             actor_system,
             listener,

@@ -207,6 +207,9 @@ fn commit(state: &AppState, source: &mut Source, doc: Value, prepared: Prepared)
     state.set_config(config.clone());
     state.queue.reconfigure(config.clone());
     crate::logging::apply(&config);
+    if crate::cli_check::affected_by(&changed) {
+        crate::cli_check::spawn(state, &config);
+    }
     source.doc = doc;
     state.reload.set_last_error(None);
     state.metrics.config_reload(true);

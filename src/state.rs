@@ -16,12 +16,14 @@ use actors::session::SessionHandle;
 use actors::stats::StatsHandle;
 use actors::store::Store;
 
-/// What `claude --version` said at start-up.
+/// What `claude --version` said for the CLI of the config in force ([`crate::cli_check`]).
 #[derive(Debug, Clone, Default)]
 pub struct ClaudeInfo {
     pub version: Option<String>,
     /// The check has run (until then `/health` reports the CLI as unknown, not missing).
     pub checked: bool,
+    /// The number of the latest check begun: only its answer is kept.
+    check: u64,
 }
 
 #[derive(Clone)]
@@ -104,10 +106,30 @@ impl AppState {
         }
     }
 
-    pub fn set_claude_info(&self, info: ClaudeInfo) {
-        match self.claude.write() {
-            Ok(mut c) => *c = info,
-            Err(poisoned) => *poisoned.into_inner() = info,
+    fn claude_info_mut(&self) -> std::sync::RwLockWriteGuard<'_, ClaudeInfo> {
+        self.claude
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A check of the CLI begins: until it answers the CLI is unknown. Returns its number.
+    pub fn begin_cli_check(&self) -> u64 {
+        let mut info = self.claude_info_mut();
+        info.check += 1;
+        info.checked = false;
+        info.version = None;
+        info.check
+    }
+
+    /// Check `check` answered `version`: kept unless a newer check has begun since (then
+    /// `false`).
+    pub fn finish_cli_check(&self, check: u64, version: Option<String>) -> bool {
+        let mut info = self.claude_info_mut();
+        if info.check != check {
+            return false;
         }
+        info.version = version;
+        info.checked = true;
+        true
     }
 }

@@ -29,6 +29,35 @@ async fn health_is_503_when_the_cli_is_missing() {
 }
 
 #[tokio::test]
+async fn a_reload_that_changes_the_cli_checks_it_again() {
+    let app = spawn_app().await;
+    let body = poll_until_json(&app, |b| b["claude"]["version"].is_string()).await;
+    assert_eq!(body["claude"]["version"], "2.1.197");
+    // No keys configured: the local caller is the admin.
+    let set_path = |path: &str| {
+        app.client
+            .patch(app.url("/api/config"))
+            .header("content-type", "application/merge-patch+json")
+            .body(serde_json::json!({ "claudePath": path }).to_string())
+            .send()
+    };
+    let resp = set_path("/nonexistent/claude").await.expect("PATCH");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = poll_until_json(&app, |b| b["claude"]["ok"] == false).await;
+    assert_eq!(body["claude"]["ok"], false, "{body}");
+    assert_eq!(body["claude"]["path"], "/nonexistent/claude");
+    assert!(body["claude"]["version"].is_null(), "{body}");
+    assert_eq!(body["status"], "degraded");
+    // Back to the working CLI: found again.
+    let resp = set_path(FAKE_CLAUDE).await.expect("PATCH");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = poll_until_json(&app, |b| b["claude"]["version"].is_string()).await;
+    assert_eq!(body["claude"]["version"], "2.1.197", "{body}");
+    assert_eq!(body["status"], "ok");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn config_is_shown_without_secrets() {
     let app = spawn_app_with(serde_json::json!({
         "auth": {"apiKeys": []},

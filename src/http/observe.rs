@@ -3,7 +3,8 @@
 //! - `x-request-id`: the client's, or a new UUID; set on the request (handlers and the log
 //!   formatter see it) and on the response.
 //! - the id on every log line of the request (a task-local read by the log formatter, see
-//!   `logging::format::in_request`), one access log line, and the HTTP metrics.
+//!   `logging::format::in_request`), one access log line (with the `task_id` of the run the
+//!   request queued, if any, which links it to the run's own lines), and the HTTP metrics.
 //!
 //! Layered outside authentication (see `http::app`), so 401s and 429s are logged and counted
 //! too; the key name comes from the [`Caller`] the authentication layer left in the request's
@@ -19,7 +20,7 @@ use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 
 use super::auth::Caller;
-use crate::logging::format::in_request;
+use crate::logging::format::{in_request, noted_task};
 use crate::state::AppState;
 
 /// The route label of requests no route matched: one series, whatever the path.
@@ -57,6 +58,7 @@ pub async fn observe(
             .extensions()
             .get::<Caller>()
             .and_then(|c| c.key_name.clone());
+        let task = noted_task().map(|t| t.to_string());
         state.metrics.http_request(
             method.as_str(),
             route.as_deref().unwrap_or(UNMATCHED),
@@ -69,7 +71,8 @@ pub async fn observe(
             path:% = path,
             status = status,
             duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            key = key.as_deref().unwrap_or("-");
+            key = key.as_deref().unwrap_or("-"),
+            task_id = task.as_deref();
             "request"
         );
         Ok(resp)

@@ -89,7 +89,7 @@ pub async fn admit(
     finished_answer: fn(&[Task]) -> HttpResponse,
 ) -> Result<Admitted, ApiError> {
     let (state, caller, idem) = (state.clone(), caller.clone(), idem.clone());
-    tokio::spawn(async move {
+    let admitted = tokio::spawn(async move {
         let what = format!("{:?}\u{1f}{}", run.session_id, run.spec.prompt);
         let ids = [run.task_id];
         let claim = idempotency::claim(&state, &caller, &idem, kind, &ids, &what, finished_answer);
@@ -121,7 +121,12 @@ pub async fn admit(
         })))
     })
     .await
-    .map_err(|_| ApiError::new(ErrorCode::InternalError, "The run could not be started."))?
+    .map_err(|_| ApiError::new(ErrorCode::InternalError, "The run could not be started."))?;
+    // Back in the request's own task: its access line names the run.
+    if let Ok(Admitted::Queued(q)) = &admitted {
+        crate::logging::format::note_task(q.submitted.task.id);
+    }
+    admitted
 }
 
 /// Start a turn: 202 for async runs; for sync runs wait and answer with its result; with

@@ -13,6 +13,7 @@
 //! `request` (see [`in_request`]). Numbers and booleans stay JSON numbers and booleans; values
 //! captured with `:%` or `:?` are strings; a `None` is left out, as `tracing` left it out.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, Write};
@@ -20,23 +21,35 @@ use std::io::{self, Write};
 use log::kv::{self, Key, Value, VisitSource, VisitValue};
 use log::{Level, Record};
 use serde::ser::{SerializeMap, Serializer};
+use uuid::Uuid;
+
+/// The request the current task serves.
+struct RequestScope {
+    /// Its `x-request-id`.
+    id: String,
+    /// The task it queued, if any ([`note_task`]).
+    task: Cell<Option<Uuid>>,
+}
 
 tokio::task_local! {
-    /// The `x-request-id` of the request the current task serves.
-    static REQUEST_ID: String;
+    static REQUEST: RequestScope;
 }
 
 /// Run `fut` as the handling of the request `request_id`: every line it logs, including while
 /// it is dropped (a client that went away), names the request. Tasks it spawns do not.
 pub async fn in_request<F: Future>(request_id: String, fut: F) -> F::Output {
-    REQUEST_ID.scope(request_id, fut).await
+    let scope = RequestScope {
+        id: request_id,
+        task: Cell::new(None),
+    };
+    REQUEST.scope(scope, fut).await
 }
 
 /// Call `f` with the request id of the current task, if it serves a request.
 pub fn with_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
     // `try_with` runs its closure only when the task-local is set; otherwise `f` is still here.
     let mut f = Some(f);
-    if let Ok(Some(r)) = REQUEST_ID.try_with(|id| f.take().map(|f| f(Some(id.as_str())))) {
+    if let Ok(Some(r)) = REQUEST.try_with(|r| f.take().map(|f| f(Some(r.id.as_str())))) {
         return r;
     }
     match f {
@@ -45,9 +58,22 @@ pub fn with_request_id<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
     }
 }
 
+/// The request the current task serves queued the task `id`. Its run's lines name the task
+/// (they are written elsewhere, outside the request); the request's access line names it too,
+/// which links the two.
+pub fn note_task(id: Uuid) {
+    let _ = REQUEST.try_with(|r| r.task.set(Some(id)));
+}
+
+/// The task the current request queued ([`note_task`]), if any.
+pub fn noted_task() -> Option<Uuid> {
+    REQUEST.try_with(|r| r.task.get()).ok().flatten()
+}
+
 /// The time of a line as both formats write it: RFC 3339, UTC, microseconds.
 pub fn timestamp() -> impl fmt::Display {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    // Not `format("%Y-…")`: that parses its pattern again for every line.
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// One JSON line (with its `\n`).
@@ -306,7 +332,13 @@ mod tests {
             )
         };
         match request_id {
-            Some(id) => REQUEST_ID.sync_scope(id.to_string(), || with_request_id(&mut write)),
+            Some(id) => {
+                let scope = RequestScope {
+                    id: id.to_string(),
+                    task: Cell::new(None),
+                };
+                REQUEST.sync_scope(scope, || with_request_id(&mut write))
+            }
             None => with_request_id(&mut write),
         }
         String::from_utf8(out).expect("utf-8")

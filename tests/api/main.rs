@@ -27,6 +27,7 @@ mod events;
 mod health;
 mod idempotency;
 mod keep_alive;
+mod logs;
 mod metrics;
 mod openai;
 mod openapi;

@@ -71,6 +71,12 @@ struct Opts {
     /// `CCS_LOG` for the servers (default: the server's own default, info).
     #[arg(long)]
     server_log: Option<String>,
+    /// Model latency the fake CLI simulates in every run, in milliseconds (its `latency_ms`),
+    /// for the server's runs and the direct ones alike. 0: it answers at once, so the runs
+    /// are pure CPU and a small machine's cores are the limit; real runs wait seconds for the
+    /// model, and with a latency the figures show what the server adds to such runs.
+    #[arg(long, default_value_t = 0)]
+    run_ms: u64,
 }
 
 struct Ctx {
@@ -179,8 +185,12 @@ async fn bench(opts: Opts) -> anyhow::Result<()> {
     let backends = ctx.opts.storage.clone();
     let rows = build_rows(&ctx.opts, &backends, &samples);
     println!("{}", table::render(&backends, &rows));
+    let latency = match ctx.opts.run_ms {
+        0 => String::new(),
+        ms => format!(" The fake CLI waits {ms} ms for its \"model\" in every run."),
+    };
     println!(
-        "Medians of {} repeats; {} tasks per queue repeat, {} sync runs per loop (×2 at c={}); wrk {} s, {} connections, {} threads. \
+        "Medians of {} repeats; {} tasks per queue repeat, {} sync runs per loop (×2 at c={}); wrk {} s, {} connections, {} threads.{latency} \
          Machine: {} cores, load average {} before / {} after; {:.0} s in all.",
         ctx.opts.repeats,
         ctx.opts.tasks,
@@ -202,8 +212,16 @@ fn server_options(ctx: &Ctx, backend: &str) -> ServerOptions {
     ServerOptions {
         storage: backend.to_string(),
         concurrency: ctx.opts.concurrency,
-        claude_env: Vec::new(),
+        claude_env: fake_env(&ctx.opts),
         log_filter: ctx.opts.server_log.clone(),
+    }
+}
+
+/// The fake CLI's settings every run gets, through the server and directly.
+fn fake_env(opts: &Opts) -> Vec<(String, String)> {
+    match opts.run_ms {
+        0 => Vec::new(),
+        ms => vec![("FAKE_CLAUDE_LATENCY_MS".into(), ms.to_string())],
     }
 }
 
@@ -214,10 +232,13 @@ fn direct_spec(ctx: &Ctx, server: &Server) -> DirectSpec {
         program: ctx.bins.fake.clone(),
         args: ctx.argv.clone(),
         cwd: server.project.clone(),
-        env: vec![(
+        env: [(
             "CLAUDE_CONFIG_DIR".into(),
             server.root.join("claude-home-direct").display().to_string(),
-        )],
+        )]
+        .into_iter()
+        .chain(fake_env(&ctx.opts))
+        .collect(),
         prompt: PROMPT.into(),
     }
 }

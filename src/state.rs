@@ -26,6 +26,27 @@ pub struct ClaudeInfo {
     check: u64,
 }
 
+impl ClaudeInfo {
+    /// A check begins: until it answers the CLI is unknown. Returns its number.
+    fn begin(&mut self) -> u64 {
+        self.check += 1;
+        self.checked = false;
+        self.version = None;
+        self.check
+    }
+
+    /// Check `check` answered `version`: kept unless a newer check has begun since (then
+    /// `false`).
+    fn finish(&mut self, check: u64, version: Option<String>) -> bool {
+        if self.check != check {
+            return false;
+        }
+        self.version = version;
+        self.checked = true;
+        true
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
@@ -112,24 +133,36 @@ impl AppState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A check of the CLI begins: until it answers the CLI is unknown. Returns its number.
+    /// A check of the CLI begins (see [`crate::cli_check`]). Returns its number.
     pub fn begin_cli_check(&self) -> u64 {
-        let mut info = self.claude_info_mut();
-        info.check += 1;
-        info.checked = false;
-        info.version = None;
-        info.check
+        self.claude_info_mut().begin()
     }
 
     /// Check `check` answered `version`: kept unless a newer check has begun since (then
     /// `false`).
     pub fn finish_cli_check(&self, check: u64, version: Option<String>) -> bool {
-        let mut info = self.claude_info_mut();
-        if info.check != check {
-            return false;
-        }
-        info.version = version;
-        info.checked = true;
-        true
+        self.claude_info_mut().finish(check, version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClaudeInfo;
+
+    #[test]
+    fn only_the_latest_cli_check_is_kept() {
+        let mut info = ClaudeInfo::default();
+        let first = info.begin();
+        assert!(info.finish(first, Some("2.1.197".into())));
+        assert_eq!(info.version.as_deref(), Some("2.1.197"));
+        assert!(info.checked);
+        // A reload begins two checks; the older answers last and is dropped.
+        let older = info.begin();
+        assert!(!info.checked && info.version.is_none(), "unknown meanwhile");
+        let newer = info.begin();
+        assert!(info.finish(newer, None));
+        assert!(!info.finish(older, Some("2.1.197".into())));
+        assert!(info.checked);
+        assert_eq!(info.version, None, "the newer check's answer stands");
     }
 }

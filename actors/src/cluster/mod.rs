@@ -196,8 +196,8 @@ impl Cluster {
     /// row goes on there: each answer then wakes the task on the thread that read it, not a
     /// thread of another runtime (a thread hand-off per call; from another runtime a shared
     /// run cost 20–25 % more server CPU, measured).
-    pub fn io(&self) -> &tokio::runtime::Handle {
-        &self.io
+    pub fn io(&self) -> tokio::runtime::Handle {
+        self.io.clone()
     }
 
     /// `"<namespace>:"`, the start of every key of this cluster.

@@ -44,7 +44,7 @@ pub(super) fn claim(
     shared: Arc<Shared>,
     tx: SupervisorTx,
 ) {
-    cluster.io().clone().spawn(async move {
+    cluster.io().spawn(async move {
         let q = &config.task_queue;
         let claimed = cluster
             .store()
@@ -77,7 +77,7 @@ pub(super) fn left(claimed: &Claimed) -> u64 {
 
 /// Drop this instance's lease on `id` (a task that never started goes back to the queue).
 pub(super) fn release(cluster: Arc<Cluster>, id: crate::model::TaskId) {
-    cluster.io().clone().spawn(async move {
+    cluster.io().spawn(async move {
         let mut pause = Duration::from_millis(50);
         for _ in 0..RELEASE_TRIES {
             match cluster
@@ -101,7 +101,6 @@ pub(super) fn release(cluster: Arc<Cluster>, id: crate::model::TaskId) {
 pub(super) fn publish(cluster: Arc<Cluster>, msg: Control) {
     cluster
         .io()
-        .clone()
         .spawn(async move { cluster.publish(&msg).await });
 }
 

@@ -446,7 +446,6 @@ impl Queue {
         let queue = self.clone();
         let stored = cluster
             .io()
-            .clone()
             .spawn(async move {
                 let stored = match cluster
                     .store()

@@ -111,7 +111,7 @@ impl WorkerActor {
             let ran: BoxFuture<'static, Option<Ran>> = match &run.mode {
                 // On the Redis connections' runtime (see `Cluster::io`).
                 RunMode::Shared(s) => {
-                    let io = s.cluster.io().clone();
+                    let io = s.cluster.io();
                     Box::pin(io.spawn(run_task(run, stop_rx)).map(Result::ok))
                 }
                 // Memory or SQLite storage ties a run to no runtime (SQLite's writer is a

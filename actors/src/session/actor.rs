@@ -302,12 +302,18 @@ mod tests {
         (system, handle)
     }
 
-    #[tokio::test]
-    async fn messages_in_records_out() {
+    /// A memory store, the actor over it, and a session it created.
+    async fn with_a_session() -> (Arc<dyn Store>, ActorSystem, SessionHandle, Session) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let (system, sessions) = start(store.clone());
         let s = session();
         sessions.create(s.clone(), false).await.expect("create");
+        (store, system, sessions, s)
+    }
+
+    #[tokio::test]
+    async fn messages_in_records_out() {
+        let (store, system, sessions, s) = with_a_session().await;
         let stored = store.get_session(s.id).await.expect("get").expect("stored");
         assert_eq!((stored.status, stored.messages_count), (s.status, 0));
 
@@ -352,10 +358,7 @@ mod tests {
     #[tokio::test]
     async fn what_follows_a_turn_sees_it_written_and_is_never_lost() {
         use futures_util::FutureExt;
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let (system, sessions) = start(store.clone());
-        let s = session();
-        sessions.create(s.clone(), false).await.expect("create");
+        let (store, system, sessions, s) = with_a_session().await;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reader = store.clone();
         let then = AfterTurn::new(move |written| {
